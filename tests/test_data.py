@@ -1,0 +1,188 @@
+import gzip
+import os
+
+import pytest
+import torch
+from conftest import N_TEST, N_TRAIN, idx_bytes, spec_of, synthetic_digits, write_idx_dir
+
+from data import (
+    BACKGROUND,
+    CUSTOM_FILES,
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    MNIST_FILES,
+    MNIST_MEAN,
+    MNIST_STD,
+    DataError,
+    IdxFile,
+    load_mnist,
+    make_loaders,
+    preprocess,
+    random_affine,
+    read_idx,
+    resolve_data_dir,
+)
+
+IMAGES = IdxFile("images", IMAGE_MAGIC, None, None)
+LABELS = IdxFile("labels", LABEL_MAGIC, None, None)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_round_trip(tmp_path, gz):
+    images, labels = synthetic_digits(12, 0)
+    for name, tensor, magic, spec in (("i", images, IMAGE_MAGIC, IMAGES), ("l", labels, LABEL_MAGIC, LABELS)):
+        payload = idx_bytes(tensor, magic)
+        path = tmp_path / (name + (".gz" if gz else ""))
+        path.write_bytes(gzip.compress(payload) if gz else payload)
+        out = read_idx(path, spec)
+        assert torch.equal(out, tensor.to(out.dtype))
+    assert read_idx(path, LABELS).dtype == torch.int64
+
+
+def write(tmp_path, payload: bytes, name="f"):
+    path = tmp_path / name
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.mark.parametrize(
+    "payload, spec, message",
+    [
+        (idx_bytes(torch.zeros(3, 28, 28), LABEL_MAGIC), IMAGES, "bad magic number 2049, expected 2051"),
+        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC)[:-5], IMAGES, "truncated"),
+        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC) + b"xx", IMAGES, "trailing bytes"),
+        (b"\x00\x00", IMAGES, "truncated (2 bytes)"),
+        (idx_bytes(torch.zeros(3, 20, 20), IMAGE_MAGIC), IMAGES, "images are 20x20, expected 28x28"),
+        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC), IdxFile("x", IMAGE_MAGIC, 5, None), "holds 3 images, expected 5"),
+        (idx_bytes(torch.tensor([1, 12, 3]), LABEL_MAGIC), LABELS, "label 12 is out of range 0..9"),
+        (idx_bytes(torch.tensor([1, 2, 3]), LABEL_MAGIC), IdxFile("x", LABEL_MAGIC, 3, "0" * 32), "does not match"),
+    ],
+)
+def test_read_idx_rejects_bad_files(tmp_path, payload, spec, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_idx(write(tmp_path, payload), spec)
+
+
+def test_read_idx_rejects_broken_gzip(tmp_path):
+    good = gzip.compress(idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC))
+    with pytest.raises(DataError, match="cannot be read or decompressed"):
+        read_idx(write(tmp_path, good[: len(good) // 2], "f.gz"), IMAGES)
+
+
+def test_official_spec_rejects_synthetic_files_by_count(idx_dir):
+    with pytest.raises(DataError, match=f"holds {N_TRAIN} images, expected 60,000"):
+        read_idx(idx_dir / "train-images-idx3-ubyte.gz", MNIST_FILES["train_images"])
+
+
+def test_checksum_mismatch_names_the_file(idx_dir, tmp_path):
+    spec = spec_of(idx_dir)
+    path = idx_dir / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10  # a different but valid label
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: MD5 .* does not match"):
+        load_mnist(idx_dir, tmp_path / "cache", spec, download=False)
+
+
+@pytest.mark.parametrize("layout", ["flat-gz", "flat-raw", "torchvision"])
+def test_load_mnist_layouts(tmp_path, layout):
+    root = tmp_path / "root"
+    directory = root / "MNIST" / "raw" if layout == "torchvision" else root
+    write_idx_dir(directory, gz=layout != "flat-raw")
+    data = load_mnist(root, None, CUSTOM_FILES, download=False)
+    assert data.train_images.shape == (N_TRAIN, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_labels.shape == (N_TEST,) and data.test_labels.dtype == torch.int64
+    assert torch.equal(data.train_labels, torch.arange(N_TRAIN) % 10)
+
+
+def test_missing_files_message(tmp_path):
+    with pytest.raises(DataError) as err:
+        load_mnist(tmp_path / "nowhere", None, MNIST_FILES, download=False)
+    message = str(err.value)
+    for expected in ("nowhere", "MNIST/raw", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir", "MNIST_DIR"):
+        assert expected in message
+
+
+def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path):
+    spec, cache = spec_of(idx_dir), tmp_path / "cache"
+    source_files = sorted(os.listdir(idx_dir))
+    first = load_mnist(idx_dir, cache, spec, download=False)
+    assert sorted(os.listdir(idx_dir)) == source_files  # nothing written into the source folder
+    assert sorted(p.name for p in cache.iterdir()) == ["test.pt", "training.pt"]
+    images, labels = torch.load(cache / "training.pt", weights_only=True)
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64 and images.shape == (N_TRAIN, 28, 28)
+
+    moved = tmp_path / "moved"
+    idx_dir.rename(moved)  # the cache alone is enough now
+    assert torch.equal(load_mnist(idx_dir, cache, spec, download=False).test_images, first.test_images)
+
+    (cache / "test.pt").write_bytes(b"garbage")  # a damaged cache is rebuilt from the files
+    again = load_mnist(moved, cache, spec, download=False)
+    assert torch.equal(again.test_images, first.test_images)
+    assert torch.load(cache / "test.pt", weights_only=True)[0].shape == (N_TEST, 28, 28)
+
+
+def test_custom_files_are_never_cached(idx_dir, tmp_path):
+    load_mnist(idx_dir, tmp_path / "cache", CUSTOM_FILES, download=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_resolve_data_dir_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path))
+    assert resolve_data_dir("elsewhere").name == "elsewhere"
+    assert resolve_data_dir(None) == tmp_path
+    monkeypatch.delenv("MNIST_DIR")
+    assert resolve_data_dir(None).name == "data"
+    assert resolve_data_dir(None).is_absolute()  # resolved against the project, not the current directory
+
+
+def test_preprocess_pads_and_normalizes():
+    images = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    images[0, 0, 0] = 255
+    images[1, 27, 27] = 128
+    out = preprocess(images)
+    assert out.shape == (2, 1, 32, 32) and out.dtype == torch.float32
+    assert out[0, 0, 2, 2] == pytest.approx((1.0 - MNIST_MEAN) / MNIST_STD, abs=1e-6)  # pixel (0,0) moved by 2
+    assert out[1, 0, 29, 29] == pytest.approx((128 / 255 - MNIST_MEAN) / MNIST_STD, abs=1e-6)
+    assert out[0, 0, 0, 0] == pytest.approx(BACKGROUND, abs=1e-6)  # the padding is background
+    assert out[0, 0, 31, 31] == pytest.approx(-0.424212, abs=1e-5)
+
+
+def test_random_affine_keeps_shape_and_background():
+    digits = torch.zeros(8, 28, 28, dtype=torch.uint8)
+    digits[:, 8:20, 10:18] = 255  # ink well inside the frame: a small move cannot push it onto the border
+    x = preprocess(digits)
+    out = random_affine(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert out[:, :, 0, :].sub(BACKGROUND).abs().max() < 1e-5  # the border stays blank
+    assert not torch.allclose(out, x)
+    assert torch.equal(out, random_affine(x, torch.Generator().manual_seed(0)))
+
+
+def batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_loaders_reproducible_and_test_in_order(idx_dir):
+    data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
+    first = make_loaders(data, batch_size=16, seed=3, val_size=16)
+    again = make_loaders(data, batch_size=16, seed=3, val_size=16)
+    other = make_loaders(data, batch_size=16, seed=4, val_size=16)
+    a, b, c = batches(first.train), batches(again.train), batches(other.train)
+    assert len(a) == (N_TRAIN - 16) // 16
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))
+    test_labels = torch.cat([y for _, y in first.test])
+    assert torch.equal(test_labels, data.test_labels)  # never shuffled
+    val_labels = torch.cat([y for _, y in first.val])
+    assert len(val_labels) == 16 and len(first.train.dataset) == N_TRAIN - 16
+
+
+def test_loader_limit_and_bad_sizes(idx_dir):
+    data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
+    loaders = make_loaders(data, batch_size=8, seed=0, limit=32)
+    assert len(loaders.train.dataset) == 32 and len(loaders.test.dataset) == 32
+    with pytest.raises(DataError.__mro__[1], match="--val-size"):
+        make_loaders(data, batch_size=8, seed=0, val_size=N_TRAIN)
+    with pytest.raises(DataError.__mro__[1], match="--batch-size"):
+        make_loaders(data, batch_size=N_TRAIN + 1, seed=0)
