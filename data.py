@@ -100,6 +100,13 @@ def _kind(spec: IdxFile) -> str:
     return "images" if spec.magic == IMAGE_MAGIC else "labels"
 
 
+def write_idx(path: Path, values: torch.Tensor, magic: int) -> None:
+    """Write a uint8 tensor as an IDX file (gzip-compressed when the name ends in .gz): make your own test data."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in values.shape)
+    payload = header + values.to(torch.uint8).contiguous().numpy().tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
 def find_idx_files(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] | None:
     """Paths of all four files in data_dir or torchvision's data_dir/MNIST/raw; None if any is missing."""
     found = {}
@@ -254,7 +261,7 @@ def make_loaders(
     augment: bool = True,
     val_size: int = 0,
     limit: int | None = None,
-    eval_batch_size: int = 1000,
+    eval_batch_size: int = 500,
     device: torch.device | str = "cpu",
 ) -> Loaders:
     """DataLoaders over the preprocessed tensors (kept on `device`): training shuffled by `seed`, the rest in order."""
@@ -274,7 +281,7 @@ def make_loaders(
         preprocess(train_images[train_index]).to(device), train_labels[train_index].to(device), augment_generator
     )
     # drop_last keeps every training step the same shape; the dropped images change every epoch.
-    train = _loader(train_set, RandomSampler(train_set, generator=generator), batch_size, drop_last=True)
+    train = batch_loader(train_set, RandomSampler(train_set, generator=generator), batch_size, drop_last=True)
     val = None
     if val_size:
         val = eval_loader(train_images[val_index], train_labels[val_index], eval_batch_size, device)
@@ -287,7 +294,7 @@ def eval_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, dev
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} must be at least 1")
     dataset = TensorBatches(preprocess(images).to(device), labels.to(device))
-    return _loader(dataset, SequentialSampler(dataset), batch_size)
+    return batch_loader(dataset, SequentialSampler(dataset), batch_size)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -305,6 +312,7 @@ def open_mnist(data_dir: str | None, cache_dir: Path, allow_custom: bool = False
     return load_mnist(resolve_data_dir(data_dir), cache_dir, files, download)
 
 
-def _loader(dataset: TensorBatches, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
+def batch_loader(dataset: TensorBatches, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
+    """A DataLoader that hands `dataset` whole batches of indices drawn from `sampler`."""
     # batch_size=None + a BatchSampler: the dataset receives whole index lists, so there is no per-sample collate.
     return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last))

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data import add_data_args, eval_loader, open_mnist
-from helper import PROJECT_DIR, load_model, plot_confusion_matrix, resolve_device, run_cli, write_json
+from helper import PROJECT_DIR, CliParser, load_model, plot_confusion_matrix, resolve_device, run_cli, write_json
 from visualize import plot_misclassified
 
 DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
@@ -28,7 +28,8 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str) ->
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        logits.append(model(images.to(device, non_blocking=True)).float())
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        logits.append(model(images).float())
         labels.append(targets)
     model.train(was_training)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
@@ -89,11 +90,11 @@ def write_report(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(__doc__)
     add_data_args(p)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
     p.add_argument("--out", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures")
-    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     return p.parse_args(argv)

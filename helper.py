@@ -1,5 +1,6 @@
 """I/O helpers: the project folder, user errors, atomic writes, checkpoints and plots."""
 
+import argparse
 import json
 import os
 import sys
@@ -21,6 +22,20 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, unsafe or of another architecture."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after every flag; the module docstring printed as written."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with the project's conventions: defaults in --help, one-line errors (exit 2)."""
+
+    def __init__(self, description: str | None):
+        super().__init__(description=description, formatter_class=_HelpFormatter)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
@@ -132,7 +147,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     except (TypeError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit LeNet5 ({first})") from None
-    return model.to(device).eval(), checkpoint
+    return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
 
 
 def _pyplot():
@@ -155,11 +170,11 @@ def plot_loss(step_losses: list[float], steps_per_epoch: int, path: Path) -> Non
     """The training loss at every step, with each epoch's mean (the write-up's loss plot)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps = torch.arange(1, len(step_losses) + 1) / steps_per_epoch
+    steps = (torch.arange(1, len(step_losses) + 1) / steps_per_epoch).numpy()
     ax.plot(steps, step_losses, lw=0.5, alpha=0.5, label="per step")
     epochs = len(step_losses) // steps_per_epoch
     means = torch.tensor(step_losses[: epochs * steps_per_epoch]).reshape(epochs, -1).mean(1)
-    ax.plot(torch.arange(1, epochs + 1), means, "o-", label="epoch mean")
+    ax.plot(range(1, epochs + 1), means.numpy(), "o-", label="epoch mean")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log", title="LeNet-5 training loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -185,7 +200,7 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     cm = torch.tensor(matrix, dtype=torch.float64)
-    image = ax.imshow(torch.log1p(cm), cmap="Blues")  # log scale: the diagonal would drown the errors
+    image = ax.imshow(torch.log1p(cm).numpy(), cmap="Blues")  # log scale: the diagonal would drown the errors
     for (i, j), count in zip(torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(), cm.flatten()):
         dark = image.norm(image.get_array()[i, j]) > 0.6
         ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=8, color="white" if dark else "black")

@@ -18,6 +18,7 @@ from data import MNIST_MEAN, MNIST_STD, add_data_args, make_loaders, open_mnist
 from eval import evaluate, format_report, write_report
 from helper import (
     PROJECT_DIR,
+    CliParser,
     UserError,
     load_checkpoint,
     plot_accuracy,
@@ -46,7 +47,7 @@ NORMALIZATION = {"mean": MNIST_MEAN, "std": MNIST_STD, "pad": 2}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Recipe()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(__doc__)
     add_data_args(p)
     g = p.add_argument_group("training recipe")
     g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")

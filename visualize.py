@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from data import add_data_args, open_mnist, preprocess
-from helper import PROJECT_DIR, UserError, _pyplot, _save_figure, load_model, run_cli
+from helper import PROJECT_DIR, CliParser, UserError, _pyplot, _save_figure, load_model, run_cli
 
 DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
 DEFAULT_OUT = PROJECT_DIR / "reports"
@@ -32,7 +32,7 @@ def plot_misclassified(results: dict[str, Any], images: torch.Tensor, path: Path
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, worst.tolist()):
-        ax.imshow(images[i].reshape(images.shape[-2:]).cpu(), cmap="gray")
+        ax.imshow(images[i].reshape(images.shape[-2:]).cpu().numpy(), cmap="gray")
         p = results["probabilities"][i, results["predictions"][i]]
         ax.set_title(f"true {results['labels'][i]}\npred {results['predictions'][i]} ({p:.0%})", fontsize=8)
     fig.suptitle(f"Most confidently wrong: {len(wrong)} of {len(results['labels'])} test images misclassified")
@@ -46,7 +46,7 @@ def plot_filters(model: torch.nn.Module, path: Path) -> None:
     fig, axes = plt.subplots(1, 6, figsize=(9, 1.9))
     for k, (ax, kernel) in enumerate(zip(axes, weights)):
         limit = kernel.abs().max().item()
-        ax.imshow(kernel, cmap="bwr", vmin=-limit, vmax=limit)
+        ax.imshow(kernel.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
         ax.set_title(f"C1 map {k}", fontsize=9)
         ax.axis("off")
     fig.suptitle("C1 filters (5x5)")
@@ -62,21 +62,21 @@ def plot_feature_maps(model: torch.nn.Module, image: torch.Tensor, raw: torch.Te
     fig, axes = plt.subplots(3, 8, figsize=(12, 5))
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].imshow(raw, cmap="gray")
+    axes[0, 0].imshow(raw.numpy(), cmap="gray")
     axes[0, 0].set_title(f"input ({label})", fontsize=9)
     for k in range(6):
-        axes[0, k + 2].imshow(c1[k], cmap="viridis", vmin=-1, vmax=1)
+        axes[0, k + 2].imshow(c1[k].numpy(), cmap="viridis", vmin=-1, vmax=1)
         axes[0, k + 2].set_title(f"C1 map {k}", fontsize=9)
     for k in range(16):
         ax = axes[1 + k // 8, k % 8]
-        ax.imshow(c3[k], cmap="viridis", vmin=-1, vmax=1)
+        ax.imshow(c3[k].numpy(), cmap="viridis", vmin=-1, vmax=1)
         ax.set_title(f"C3 map {k}", fontsize=9)
     fig.suptitle("Feature maps after tanh (yellow +1, purple -1)")
     _save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(__doc__)
     add_data_args(p)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
     p.add_argument("--index", type=int, default=0, help="which test image to show the feature maps of")

@@ -73,11 +73,9 @@ def real_mnist_dir() -> Path:
 
 def run_script(*args: str, cwd: Path = PROJECT_DIR, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     env.pop("MNIST_DIR", None)  # each test says where its data is
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

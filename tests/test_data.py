@@ -53,7 +53,11 @@ def write(tmp_path, payload: bytes, name="f"):
         (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC) + b"xx", IMAGES, "trailing bytes"),
         (b"\x00\x00", IMAGES, "truncated (2 bytes)"),
         (idx_bytes(torch.zeros(3, 20, 20), IMAGE_MAGIC), IMAGES, "images are 20x20, expected 28x28"),
-        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC), IdxFile("x", IMAGE_MAGIC, 5, None), "holds 3 images, expected 5"),
+        (
+            idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC),
+            IdxFile("x", IMAGE_MAGIC, 5, None),
+            "holds 3 images, expected 5",
+        ),
         (idx_bytes(torch.tensor([1, 12, 3]), LABEL_MAGIC), LABELS, "label 12 is out of range 0..9"),
         (idx_bytes(torch.tensor([1, 2, 3]), LABEL_MAGIC), IdxFile("x", LABEL_MAGIC, 3, "0" * 32), "does not match"),
     ],
@@ -99,7 +103,14 @@ def test_missing_files_message(tmp_path):
     with pytest.raises(DataError) as err:
         load_mnist(tmp_path / "nowhere", None, MNIST_FILES, download=False)
     message = str(err.value)
-    for expected in ("nowhere", "MNIST/raw", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir", "MNIST_DIR"):
+    for expected in (
+        "nowhere",
+        "MNIST/raw",
+        "train-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "--data-dir",
+        "MNIST_DIR",
+    ):
         assert expected in message
 
 
