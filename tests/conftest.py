@@ -63,7 +63,7 @@ def idx_dir(tmp_path: Path) -> Path:
     return write_idx_dir(tmp_path / "mnist")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_mnist_dir() -> Path:
     directory = os.environ.get("MNIST_DIR")
     if not directory or not Path(directory).is_dir():

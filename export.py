@@ -1,0 +1,149 @@
+"""Export trained LeNet-5 weights for other runtimes, and prove the export right.
+
+    python export.py --format onnx --out checkpoints/lenet5.onnx
+    python export.py --format torchscript --out checkpoints/lenet5.torchscript.pt
+
+The exported model takes float32 N x 1 x 32 x 32 (any N) normalized as in training and
+returns N x 10 logits; the contract is written next to it as <out>.json. Every export is
+loaded back in its own runtime (onnxruntime, torch.jit.load) and must give the same
+argmax as PyTorch and logits within 1e-4 on real test images (synthetic ones without MNIST).
+"""
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data import MNIST_MEAN, MNIST_STD, add_data_args, open_mnist, preprocess
+from helper import PROJECT_DIR, CliParser, UserError, load_model, run_cli, write_json
+
+DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
+TOLERANCE = 1e-4
+CONTRACT = {
+    "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 32, 32]},
+    "output": {"name": "logits", "dtype": "float32", "shape": ["batch", 10], "note": "softmax gives probabilities"},
+    "preprocessing": [
+        "start from a uint8 28x28 MNIST-style digit: light ink (255) on black (0), centred",
+        "pad 2 pixels of 0 on every side -> 32x32",
+        "x = pixel / 255",
+        f"x = (x - {MNIST_MEAN}) / {MNIST_STD}",
+    ],
+    "mean": MNIST_MEAN,
+    "std": MNIST_STD,
+}
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    example = torch.zeros(2, 1, 32, 32)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+# TorchScript is deprecated in favour of torch.export, but it is still what C++ (libtorch) and
+# many deployments load; the warning says nothing the user can act on here.
+_quiet_jit = warnings.catch_warnings
+
+
+def export_torchscript(model: torch.nn.Module, path: Path) -> None:
+    with _quiet_jit():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"image": images.numpy()})[0])
+
+
+def run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
+    with _quiet_jit():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.inference_mode():
+        return loaded(images)
+
+
+FORMATS = {"onnx": (export_onnx, run_onnx), "torchscript": (export_torchscript, run_torchscript)}
+
+
+def verification_images(data_dir: str | None, cache_dir: Path, count: int) -> tuple[torch.Tensor, str]:
+    """Real test images when MNIST is found, else random uint8 digits of the same shape."""
+    try:
+        data = open_mnist(data_dir, cache_dir, download=False)
+        return preprocess(data.test_images[:count]), f"{count} real MNIST test images"
+    except UserError:
+        g = torch.Generator().manual_seed(0)
+        digits = torch.randint(0, 256, (count, 28, 28), generator=g, dtype=torch.uint8)
+        return preprocess(digits), f"{count} synthetic images (MNIST not found)"
+
+
+def verify(fmt: str, path: Path, model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """Run the file in its runtime at two batch sizes; compare argmax and logits with PyTorch."""
+    with torch.inference_mode():
+        expected = model(images)
+    got = torch.cat([FORMATS[fmt][1](path, images[:1]), FORMATS[fmt][1](path, images[1:])])
+    max_diff = (got - expected).abs().max().item()
+    same_argmax = bool((got.argmax(1) == expected.argmax(1)).all())
+    return {"images": len(images), "argmax_identical": same_argmax, "max_abs_logit_diff": max_diff}
+
+
+def export(weights: Path, fmt: str, out: Path, images: torch.Tensor, source: str) -> dict[str, Any]:
+    """Export, verify in the target runtime, then move into place (a failed check leaves no file)."""
+    model, checkpoint = load_model(weights)
+    model = model.to(memory_format=torch.contiguous_format)  # exporters want the plain layout
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        FORMATS[fmt][0](model, Path(tmp))
+        check = verify(fmt, Path(tmp), model, images)
+        if not check["argmax_identical"] or check["max_abs_logit_diff"] > TOLERANCE:
+            raise UserError(f"the {fmt} export does not match PyTorch ({check}); nothing was written")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    sidecar = {**CONTRACT, "format": fmt, "weights": str(weights), "verified_on": source, "verification": check}
+    sidecar["test_accuracy"] = checkpoint.get("metrics", {}).get("test_accuracy")
+    write_json(sidecar, out.with_name(out.name + ".json"))
+    return check
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    add_data_args(p)
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
+    p.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="what to export to")
+    p.add_argument("--out", type=Path, help="output file (default: checkpoints/lenet5.onnx or .torchscript.pt)")
+    p.add_argument("--verify-images", type=int, default=1000, help="test images the export is checked on")
+    args = p.parse_args(argv)
+    if args.verify_images < 2:
+        p.error("--verify-images must be at least 2")
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}[args.format]
+    out = args.out or PROJECT_DIR / "checkpoints" / f"lenet5{suffix}"
+    images, source = verification_images(args.data_dir, args.cache_dir, args.verify_images)
+    check = export(args.weights, args.format, out, images, source)
+    print(
+        f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) and {out.name}.json\n"
+        f"verified in {'onnxruntime' if args.format == 'onnx' else 'torch.jit.load'} on {source} "
+        f"(batches of 1 and {len(images) - 1}): argmax identical, max |logit difference| "
+        f"{check['max_abs_logit_diff']:.2e} (limit {TOLERANCE:.0e})"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
