@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     args = parse_args(argv)
     device = resolve_device(args.device)
-    resumed = load_checkpoint(args.resume) if args.resume else None
-    if resumed is not None and "train_state" not in resumed:
-        raise UserError(f"{args.resume}: has no training state to resume from (was it written by eval or export?)")
+    resumed = load_resumable(args.resume) if args.resume else None
     recipe = Recipe(**resumed["train_state"]["recipe"]) if resumed else recipe_from_args(args)
     config = resumed["config"] if resumed else {"c3_table": not args.full_c3}
     print(f"device: {device}; recipe: {asdict(recipe)}")
@@ -127,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     loaders = make_loaders(
         data, recipe.batch_size, recipe.seed, recipe.augment, recipe.val_size, recipe.limit, device=device
     )
+    sizes = len(loaders.train.dataset), recipe.val_size, len(loaders.test.dataset)
+    print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
     torch.manual_seed(recipe.seed)
     model = LeNet5(**config).to(device, memory_format=torch.channels_last)
     print_architecture(model)
@@ -139,14 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         history = resumed["train_state"]["history"]
         print(f"resuming {args.resume} after epoch {len(history['epochs'])} of {recipe.epochs}")
 
-    eval_loader, split = (loaders.val, "val") if loaders.val is not None else (loaders.test, "test")
+    held_out, split = (loaders.val, "val") if loaders.val is not None else (loaders.test, "test")
     try:
         fit(
             model,
             optimizer,
             scheduler,
             loaders.train,
-            eval_loader,
+            held_out,
             loaders.generator,
             recipe,
             device,
@@ -157,7 +157,21 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingInterrupted as stop:
         save_interrupted(stop.state, model, args.out)
         sys.exit(130)
-    finish(model, optimizer, scheduler, loaders, recipe, history, args, device, started)
+    state = capture_state(model, optimizer, scheduler, loaders.generator, recipe, recipe.epochs, history)
+    results = evaluate(model, loaders.test, device)
+    paths = save_trained(args.out, model, state, results, device, started)
+    print()
+    print(format_report(results))
+    paths += write_report(results, loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
+    paths += plot_history(history, args.report_dir)
+    print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in paths], sep="\n")
+
+
+def load_resumable(path: Path) -> dict[str, Any]:
+    checkpoint = load_checkpoint(path)
+    if "train_state" not in checkpoint:
+        raise UserError(f"{path}: has no training state to resume from (was it written by main.py?)")
+    return checkpoint
 
 
 def save_interrupted(state: dict[str, Any], model: LeNet5, out: Path) -> None:
@@ -168,32 +182,32 @@ def save_interrupted(state: dict[str, Any], model: LeNet5, out: Path) -> None:
     print(f"continue with: python main.py --resume {path}")
 
 
-def finish(model, optimizer, scheduler, loaders, recipe, history, args, device, started: float) -> None:
-    """Evaluate on the test set, save the checkpoint and its metrics, write the report and plots."""
-    results = evaluate(model, loaders.test, device)
+def save_trained(
+    out: Path, model: LeNet5, state: dict[str, Any], results: dict[str, Any], device: torch.device, started: float
+) -> list[Path]:
+    """The checkpoint (resumable: it carries the training state) and its metrics as JSON beside it."""
+    history = state["history"]
     metrics = {
         "test_accuracy": results["accuracy"],
         "per_class_accuracy": results["per_class_accuracy"],
         "parameters": count_parameters(model),
-        "recipe": asdict(recipe),
+        "recipe": state["recipe"],
         "device": str(device),
         "train_seconds": sum(e["seconds"] for e in history["epochs"]),
         "wall_seconds": time.time() - started,
         "epochs": history["epochs"],
     }
-    state = capture_state(model, optimizer, scheduler, loaders.generator, recipe, recipe.epochs, history)
-    del state["model"]
-    save_model(args.out, model, recipe.epochs, metrics, NORMALIZATION, train_state=state)
-    metrics_path = args.out.with_suffix(".json")
-    write_json(metrics, metrics_path)
-    print()
-    print(format_report(results))
-    paths = [args.out, metrics_path]
-    paths += write_report(results, loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
-    plot_loss(history["step_losses"], history["steps_per_epoch"], args.report_dir / "loss.png")
-    plot_accuracy(history["epochs"], args.report_dir / "accuracy.png")
-    paths += [args.report_dir / "loss.png", args.report_dir / "accuracy.png"]
-    print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in paths], sep="\n")
+    del state["model"]  # the checkpoint's state_dict holds the weights
+    save_model(out, model, state["epoch"], metrics, NORMALIZATION, train_state=state)
+    write_json(metrics, out.with_suffix(".json"))
+    return [out, out.with_suffix(".json")]
+
+
+def plot_history(history: dict[str, Any], report_dir: Path) -> list[Path]:
+    paths = [report_dir / "loss.png", report_dir / "accuracy.png"]
+    plot_loss(history["step_losses"], history["steps_per_epoch"], paths[0])
+    plot_accuracy(history["epochs"], paths[1])
+    return paths
 
 
 if __name__ == "__main__":
