@@ -45,6 +45,9 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves its own state): nothing to save
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -193,27 +193,22 @@ def fit(
 
     Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
     """
-    for epoch in range(len(history["epochs"]) + 1, recipe.epochs + 1):
-        boundary = capture_state(model, optimizer, scheduler, generator, recipe, epoch - 1, history)
-        try:
+    first = len(history["epochs"]) + 1
+    boundary = capture_state(model, optimizer, scheduler, generator, recipe, first - 1, history)
+    for epoch in range(first, recipe.epochs + 1):
+        try:  # a Ctrl-C anywhere in here falls back to the last complete epoch
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, epoch, log_interval)
             eval_accuracy = accuracy(model, eval_loader, device)
+            history["step_losses"] += stats.pop("step_losses")
+            stats.update(eval_split=eval_split, eval_accuracy=eval_accuracy, finished_at=time.time())
+            history["epochs"].append({"epoch": epoch, **stats})
+            print(
+                f"epoch {epoch}/{recipe.epochs}: train loss {stats['train_loss']:.4f}, "
+                f"train acc {100 * stats['train_accuracy']:.2f}%, {eval_split} acc {100 * eval_accuracy:.2f}%, "
+                f"{stats['seconds']:.1f}s ({stats['images_per_second']:,.0f} img/s)",
+                flush=True,
+            )
+            boundary = capture_state(model, optimizer, scheduler, generator, recipe, epoch, history)
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
-        history["step_losses"] += stats.pop("step_losses")
-        history["epochs"].append(
-            {
-                "epoch": epoch,
-                **stats,
-                "eval_split": eval_split,
-                "eval_accuracy": eval_accuracy,
-                "finished_at": time.time(),
-            }
-        )
-        print(
-            f"epoch {epoch}/{recipe.epochs}: train loss {stats['train_loss']:.4f}, "
-            f"train acc {100 * stats['train_accuracy']:.2f}%, {eval_split} acc {100 * eval_accuracy:.2f}%, "
-            f"{stats['seconds']:.1f}s ({stats['images_per_second']:,.0f} img/s)",
-            flush=True,
-        )
     return history

@@ -100,3 +100,38 @@ def test_help_shows_defaults():
     done = run_script("main.py", "--help")
     assert done.returncode == 0
     assert "(default: 10)" in done.stdout and "(default: 0.01)" in done.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_DIR
+
+    data = write_idx_dir(tmp_path / "mnist", n_train=1600, n_test=40)
+    common = ["--data-dir", str(data), "--allow-custom-data", "--no-download", "--batch-size", "16"]
+    common += ["--epochs", "6", "--report-dir", str(tmp_path / "reports")]
+    out = tmp_path / "interrupted" / "lenet5.pt"
+    process = subprocess.Popen(
+        [sys.executable, "main.py", *common, "--out", str(out)],
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("epoch 2/6"):
+            process.send_signal(signal.SIGINT)  # Ctrl-C during epoch 3
+            break
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    resume = out.with_name("lenet5.resume.pt")
+    assert f"continue with: python main.py --resume {resume}" in stdout and "Traceback" not in stderr
+
+    resumed = run_script("main.py", *common, "--out", str(out), "--resume", str(resume))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "epoch 3/6" in resumed.stdout and "epoch 1/6" not in resumed.stdout
+    straight = tmp_path / "straight" / "lenet5.pt"
+    assert run_script("main.py", *common, "--out", str(straight)).returncode == 0
+    a, b = torch.load(out, weights_only=True)["state_dict"], torch.load(straight, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
