@@ -251,9 +251,9 @@ def profile_table(data: MNIST, batch_size: int, steps: int = 150, rows: int = 12
     model = LeNet5().to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, len(loaders.train))
-    train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, 0, log_interval=10**9)  # warm-up
+    train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, 0, log_interval=10**9, progress=False)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, 1, log_interval=10**9)
+        train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, 1, log_interval=10**9, progress=False)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
 
 

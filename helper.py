@@ -189,7 +189,7 @@ def plot_accuracy(epochs: list[dict[str, Any]], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     numbers = [e["epoch"] for e in epochs]
-    ax.plot(numbers, [100 * e["train_accuracy"] for e in epochs], "o-", label="train")
+    ax.plot(numbers, [100 * e["train_accuracy"] for e in epochs], "o-", label="train (augmented, during the epoch)")
     held_out = epochs[0]["eval_split"]
     ax.plot(numbers, [100 * e["eval_accuracy"] for e in epochs], "o-", label=held_out)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="LeNet-5 accuracy")

@@ -82,13 +82,14 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     log_interval: int = 200,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """One pass over the training loader; returns the per-step losses and the epoch's statistics."""
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True, disable=not progress)
     for step, (images, labels) in enumerate(bar, start=1):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)

@@ -45,6 +45,7 @@ class Exploit:
     ],
     ids=["missing", "random-bytes", "code-pickle", "foreign-dict"],
 )
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle, not ours
 def test_bad_checkpoints_give_one_clear_error(tmp_path, make, message):
     path = tmp_path / "bad.pt"
     make(path)
