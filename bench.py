@@ -37,7 +37,7 @@ from data import (
     write_idx,
 )
 from eval import predict
-from helper import PROJECT_DIR, CliParser, UserError, run_cli, write_json
+from helper import PROJECT_DIR, CliParser, UserError, resolve_device, run_cli, write_json
 from LeNet5 import LeNet5
 from train import Recipe, make_optimizer, make_scheduler, train_one_epoch
 
@@ -59,11 +59,12 @@ class PILMNIST(Dataset):
         return self.transform(Image.fromarray(self.images[i], mode="L")), self.labels[i]
 
 
-def baseline_epoch(model, loader: DataLoader, optimizer) -> None:
+def baseline_epoch(model, loader: DataLoader, optimizer, device: torch.device) -> None:
     """The loop most LeNet-5 repositories run: a .item() every step, no layout or batching tricks."""
     model.train()
     running = 0.0
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
@@ -92,8 +93,9 @@ def worker(args: argparse.Namespace) -> None:
     """One side of the comparison, in its own process: trains args.epochs epochs, writes JSON."""
     data, _ = load_bench_data(args)
     recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = LeNet5()
+    model = LeNet5().to(device)
     if args.worker == "baseline":
         from torchvision import transforms
 
@@ -103,26 +105,30 @@ def worker(args: argparse.Namespace) -> None:
         dataset = PILMNIST(data.train_images, data.train_labels, transform)
         loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True)
         optimizer = make_optimizer(model, recipe)
-        run_epoch = lambda epoch: baseline_epoch(model, loader, optimizer)  # noqa: E731
+        run_epoch = lambda epoch: baseline_epoch(model, loader, optimizer, device)  # noqa: E731
         images_per_epoch = len(dataset)
     else:
-        loaders = make_loaders(data, recipe.batch_size, recipe.seed, recipe.augment)
+        loaders = make_loaders(data, recipe.batch_size, recipe.seed, recipe.augment, device=device)
         model = model.to(memory_format=torch.channels_last)
         if args.worker == "package+compile":
             model = torch.compile(model)
         optimizer = make_optimizer(model, recipe)
         scheduler = make_scheduler(optimizer, recipe, len(loaders.train))
         run_epoch = lambda epoch: train_one_epoch(  # noqa: E731
-            model, loaders.train, optimizer, scheduler, CPU, epoch, log_interval=10**9
+            model, loaders.train, optimizer, scheduler, device, epoch, log_interval=10**9
         )
         images_per_epoch = len(loaders.train) * recipe.batch_size
     seconds = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         run_epoch(epoch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     result = {"seconds_per_epoch": seconds, "images_per_epoch": images_per_epoch, "peak_rss_mib": peak_mib}
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     Path(args.worker_out).write_text(json.dumps(result))
 
 
@@ -131,7 +137,7 @@ def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--worker-out", str(out)]
         cmd += ["--epochs", str(args.epochs + (kind == "package+compile")), "--batch-size", str(args.batch_size)]
-        cmd += data_flags(args)
+        cmd += data_flags(args) + ["--device", args.device]
         done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"bench worker {kind} failed:\n{done.stderr[-2000:]}")
@@ -167,21 +173,23 @@ def compare_training(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
             "epochs_timed": len(seconds),
         }
+        if "peak_gpu_mib" in results[0]:
+            summary[kind]["peak_gpu_mib"] = max(r["peak_gpu_mib"] for r in results)
         if kind == "package+compile":
             summary[kind]["compile_seconds"] = statistics.median(r["compile_seconds"] for r in results)
     return summary
 
 
-def inference_speed(data: MNIST, batch_size: int = 500, repeats: int = 5) -> float:
+def inference_speed(data: MNIST, device: torch.device, batch_size: int = 500, repeats: int = 5) -> float:
     """Images/s of eval.predict over the test set at a large batch (median of repeats)."""
     torch.manual_seed(0)
-    model = LeNet5().to(memory_format=torch.channels_last).eval()
-    loader = eval_loader(data.test_images, data.test_labels, batch_size, CPU)
-    predict(model, loader, CPU)  # warm-up
+    model = LeNet5().to(device, memory_format=torch.channels_last).eval()
+    loader = eval_loader(data.test_images, data.test_labels, batch_size, device)
+    predict(model, loader, device)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict(model, loader, CPU)
+        predict(model, loader, device)  # ends with .cpu(): the device has finished
         times.append(time.perf_counter() - start)
     return len(data.test_labels) / statistics.median(times)
 
@@ -191,6 +199,7 @@ def time_to_accuracy(args: argparse.Namespace, target: float = 0.99) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lenet5.pt"
         cmd = [sys.executable, str(PROJECT_DIR / "main.py"), "--out", str(out), "--report-dir", tmp, "--no-download"]
+        cmd += ["--device", args.device]
         cmd += [f for f in data_flags(args) if f != "--quick"]
         if args.quick:  # main.py reads files: write the synthetic set as IDX
             data = synthetic_mnist(2048, 1000)
@@ -257,7 +266,7 @@ def profile_table(data: MNIST, batch_size: int, steps: int = 150, rows: int = 12
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
 
 
-def machine() -> dict[str, Any]:
+def machine(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -268,12 +277,13 @@ def machine() -> dict[str, Any]:
         "cores": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
     }
 
 
 def print_report(r: dict[str, Any]) -> None:
     m = r["machine"]
-    print(f"\nmachine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}; data: {r['data']}")
+    print(f"\nmachine: {m['cpu']}, {m['cores']} threads, torch {m['torch']}, device {m['device']}; data: {r['data']}")
     print(f"{'pipeline':<18}{'train img/s':>12}{'s/epoch':>10}{'peak RSS MiB':>14}")
     for kind, row in r["training"].items():
         print(
@@ -293,6 +303,8 @@ def print_report(r: dict[str, Any]) -> None:
     else:
         print(f"time to 99.0% test accuracy: not reached ({t})")
     h = r["hardware"]
+    if not h:
+        return
     print(
         f"hardware: {h['flops_per_training_image'] / 1e6:.2f} MFLOP per training image; float32 matmul peak "
         f"{h['matmul_peak_gflops']:.0f} GFLOP/s (limit {h['hardware_limit_images_per_second']:,.0f} img/s); "
@@ -307,6 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1, help="epochs each side trains per round")
     p.add_argument("--rounds", type=int, default=2, help="baseline/package alternations")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size, both sides")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where both sides train")
     p.add_argument("--compile", action="store_true", help="also time the package path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of the package's steps")
     p.add_argument("--skip-time-to-accuracy", action="store_true", help="skip the cold-start main.py run")
@@ -324,10 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    device = resolve_device(args.device)
     data, kind = load_bench_data(args)
     print(f"benchmarking on {kind}: {len(data.train_labels):,} training images, batch {args.batch_size}")
     result: dict[str, Any] = {
-        "machine": machine(),
+        "machine": machine(device),
         "data": kind,
         "batch_size": args.batch_size,
         "date": time.strftime("%Y-%m-%d"),
@@ -336,10 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     result["speedup"] = (
         result["training"]["package"]["images_per_second"] / result["training"]["baseline"]["images_per_second"]
     )
-    result["inference_images_per_second"] = inference_speed(data)
+    result["inference_images_per_second"] = inference_speed(data, device)
     result["time_to_accuracy"] = {} if args.skip_time_to_accuracy else time_to_accuracy(args)
-    result["hardware"] = hardware_use(result["training"]["package"]["images_per_second"], args.batch_size)
-    if args.profile:
+    on_cpu = device.type == "cpu"  # the FLOP-rate comparison and the profile are for the CPU
+    package_rate = result["training"]["package"]["images_per_second"]
+    result["hardware"] = hardware_use(package_rate, args.batch_size) if on_cpu else {}
+    if args.profile and on_cpu:
         result["profile"] = profile_table(data, args.batch_size)
         print(result["profile"])
     print_report(result)

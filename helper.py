@@ -48,6 +48,9 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves its own state): nothing to save
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def resolve_device(name: str) -> torch.device:
