@@ -216,9 +216,8 @@ def random_affine(
     small network from memorizing the training set. Blank pixels stay background.
     """
     n, _, height, _ = images.shape
-    uniform = (
-        torch.rand(n, 4, generator=generator, device=generator.device).to(images.device) * 2 - 1
-    )  # n x 4 in [-1, 1)
+    uniform = torch.rand(n, 4, generator=generator, device=generator.device).to(images.device)
+    uniform = uniform * 2 - 1  # n x 4, each in [-1, 1): rotation, zoom, shift x, shift y
     angle = uniform[:, 0] * math.radians(degrees)
     zoom = 1 + uniform[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
