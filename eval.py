@@ -13,11 +13,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data import add_data_args, eval_loader, open_mnist
-from helper import PROJECT_DIR, CliParser, load_model, plot_confusion_matrix, resolve_device, run_cli, write_json
+from helper import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_REPORT_DIR,
+    CliParser,
+    load_model,
+    plot_confusion_matrix,
+    resolve_device,
+    run_cli,
+    write_json,
+)
 from visualize import plot_misclassified
 
-DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
-DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 CLASSES = [str(d) for d in range(10)]
 
 
@@ -92,7 +99,7 @@ def write_report(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
     p.add_argument("--out", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures")
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--limit", type=int, default=None, help="use only the first N test images")

@@ -18,9 +18,15 @@ from typing import Any
 import torch
 
 from data import MNIST_MEAN, MNIST_STD, add_data_args, open_mnist, preprocess
-from helper import PROJECT_DIR, CliParser, UserError, load_model, run_cli, write_json
+from helper import (
+    DEFAULT_CHECKPOINT,
+    CliParser,
+    UserError,
+    load_model,
+    run_cli,
+    write_json,
+)
 
-DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
 TOLERANCE = 1e-4
 CONTRACT = {
     "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 32, 32]},
@@ -126,7 +132,7 @@ def export(weights: Path, fmt: str, out: Path, images: torch.Tensor, source: str
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
     p.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="what to export to")
     p.add_argument("--out", type=Path, help="output file (default: checkpoints/lenet5.onnx or .torchscript.pt)")
     p.add_argument("--verify-images", type=int, default=1000, help="test images the export is checked on")
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.verify_images < 2:
         p.error("--verify-images must be at least 2")
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}[args.format]
-    out = args.out or PROJECT_DIR / "checkpoints" / f"lenet5{suffix}"
+    out = args.out or DEFAULT_CHECKPOINT.with_name(f"lenet5{suffix}")
     images, source = verification_images(args.data_dir, args.cache_dir, args.verify_images)
     check = export(args.weights, args.format, out, images, source)
     print(

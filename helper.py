@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py writes and the others read
+DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 CHECKPOINT_FORMAT = 1
 
 

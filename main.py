@@ -17,7 +17,8 @@ import torch
 from data import MNIST_MEAN, MNIST_STD, add_data_args, make_loaders, open_mnist
 from eval import evaluate, format_report, write_report
 from helper import (
-    PROJECT_DIR,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_REPORT_DIR,
     CliParser,
     UserError,
     load_checkpoint,
@@ -40,8 +41,6 @@ from train import (
     restore_state,
 )
 
-DEFAULT_OUT = PROJECT_DIR / "checkpoints" / "lenet5.pt"
-DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 NORMALIZATION = {"mean": MNIST_MEAN, "std": MNIST_STD, "pad": 2}
 
 
@@ -84,7 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: CUDA, then MPS, then CPU"
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint to write (metrics go beside it as .json)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to write (metrics go beside it as .json)"
+    )
     p.add_argument(
         "--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures"
     )
@@ -137,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(resumed["state_dict"])
         restore_state(resumed["train_state"], optimizer, scheduler, loaders.generator)
         history = resumed["train_state"]["history"]
-        print(f"resuming {args.resume} after epoch {len(history['epochs'])} of {recipe.epochs}")
+        done = len(history["epochs"])
+        note = "nothing left to train; evaluating it" if done >= recipe.epochs else "continuing"
+        print(f"resuming {args.resume}: {done} of {recipe.epochs} epochs done, {note}")
 
     held_out, split = (loaders.val, "val") if loaders.val is not None else (loaders.test, "test")
     try:

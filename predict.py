@@ -18,9 +18,16 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from data import preprocess
-from helper import PROJECT_DIR, CliParser, UserError, _pyplot, _save_figure, load_model, run_cli
+from helper import (
+    DEFAULT_CHECKPOINT,
+    CliParser,
+    UserError,
+    _pyplot,
+    _save_figure,
+    load_model,
+    run_cli,
+)
 
-DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MIN_CONTRAST = 32  # grey levels between ink and background below which we call the image blank
 
@@ -162,7 +169,7 @@ def predict_paths(model: torch.nn.Module, paths: list[Path], topk: int) -> list[
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
     p.add_argument("--topk", type=int, default=3, help="how many of the most likely digits to list")
     p.add_argument("--show", type=Path, help="write a PNG: each input, its 28x28 version and the probabilities")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

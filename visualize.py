@@ -11,10 +11,16 @@ from typing import Any
 import torch
 
 from data import add_data_args, open_mnist, preprocess
-from helper import PROJECT_DIR, CliParser, UserError, _pyplot, _save_figure, load_model, run_cli
-
-DEFAULT_WEIGHTS = PROJECT_DIR / "checkpoints" / "lenet5.pt"
-DEFAULT_OUT = PROJECT_DIR / "reports"
+from helper import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_REPORT_DIR,
+    CliParser,
+    UserError,
+    _pyplot,
+    _save_figure,
+    load_model,
+    run_cli,
+)
 
 
 def plot_misclassified(results: dict[str, Any], images: torch.Tensor, path: Path, count: int = 24) -> None:
@@ -78,9 +84,9 @@ def plot_feature_maps(model: torch.nn.Module, image: torch.Tensor, raw: torch.Te
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint written by main.py")
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
     p.add_argument("--index", type=int, default=0, help="which test image to show the feature maps of")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for filters.png and feature_maps.png")
+    p.add_argument("--out", type=Path, default=DEFAULT_REPORT_DIR, help="folder for filters.png and feature_maps.png")
     return p.parse_args(argv)
 
 

@@ -4,7 +4,7 @@
 #   MNIST_DIR=../shared/mnist bash scripts/make_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 : "${MNIST_DIR:?set MNIST_DIR to the folder with the MNIST files}"
 mkdir -p docs
 "$PY" main.py --data-dir "$MNIST_DIR" | tee docs/main_output.txt
