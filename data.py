@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -145,9 +146,11 @@ def load_mnist(
         if len(images) != len(labels):
             raise DataError(f"{data_dir}: {len(images):,} {split} images but {len(labels):,} labels")
     if cacheable:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
-        atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
+        try:
+            atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
+            atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
+        except UserError as err:  # a read-only project folder: work on, just without the cache
+            print(f"warning: {err} (the MNIST cache is skipped; pass --cache-dir to keep one)", file=sys.stderr)
     return data
 
 

@@ -72,8 +72,11 @@ def resolve_device(name: str) -> torch.device:
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write to a temp file in the same directory, then os.replace: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}; choose another location") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -82,6 +85,16 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def ensure_writable_dir(directory: Path) -> None:
+    """Fail before a long run, not after it, when its outputs could not be written."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {directory}: {err.strerror or err}; choose another location") from None
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"cannot write into {directory}: permission denied; choose another location")
 
 
 def _umask() -> int:

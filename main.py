@@ -21,6 +21,7 @@ from helper import (
     DEFAULT_REPORT_DIR,
     CliParser,
     UserError,
+    ensure_writable_dir,
     load_checkpoint,
     plot_accuracy,
     plot_loss,
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     args = parse_args(argv)
     device = resolve_device(args.device)
+    ensure_writable_dir(args.out.parent)
+    ensure_writable_dir(args.report_dir)
     resumed = load_resumable(args.resume) if args.resume else None
     recipe = Recipe(**resumed["train_state"]["recipe"]) if resumed else recipe_from_args(args)
     config = resumed["config"] if resumed else {"c3_table": not args.full_c3}

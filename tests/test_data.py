@@ -197,3 +197,11 @@ def test_loader_limit_and_bad_sizes(idx_dir):
         make_loaders(data, batch_size=8, seed=0, val_size=N_TRAIN)
     with pytest.raises(DataError.__mro__[1], match="--batch-size"):
         make_loaders(data, batch_size=N_TRAIN + 1, seed=0)
+
+
+def test_unwritable_cache_warns_and_goes_on(idx_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    data = load_mnist(idx_dir, blocker / "cache", spec_of(idx_dir), download=False)
+    assert data.train_images.shape == (N_TRAIN, 28, 28)
+    assert "the MNIST cache is skipped" in capsys.readouterr().err

@@ -4,7 +4,15 @@ import pickle
 import pytest
 import torch
 
-from helper import CheckpointError, atomic_torch_save, load_checkpoint, load_model, resolve_device, save_model
+from helper import (
+    CheckpointError,
+    UserError,
+    atomic_torch_save,
+    load_checkpoint,
+    load_model,
+    resolve_device,
+    save_model,
+)
 from LeNet5 import LeNet5
 
 NORMALIZATION = {"mean": 0.1307, "std": 0.3081, "pad": 2}
@@ -91,3 +99,10 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="--device cuda is not available"):
             resolve_device("cuda")
+
+
+def test_unwritable_destination_is_a_user_error(tmp_path, tiny_model):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(UserError, match="cannot write"):
+        save_model(blocker / "model.pt", tiny_model, 1, {}, NORMALIZATION)

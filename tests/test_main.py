@@ -73,6 +73,7 @@ def test_visualize_writes_filters_and_feature_maps(trained):
         (["main.py", "--epochs", "0"], "--epochs must be at least 1"),
         (["main.py", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["main.py", "--resume", "{tmp}/none.pt"], "no such checkpoint"),
+        (["main.py", "--out", "{tmp}/garbage.pt/lenet5.pt"], "cannot create"),  # checked before training
         (["eval.py", "--weights", "{tmp}/garbage.pt"], "not a readable checkpoint"),
         (["eval.py", "--weights", "{tmp}/none.pt"], "no such checkpoint"),
     ],
