@@ -171,7 +171,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     return model.to(device, memory_format=torch.channels_last).eval(), checkpoint
 
 
-def _pyplot():
+def pyplot():
     """matplotlib with the file-only Agg backend, imported on first use (keeps start-up fast)."""
     import matplotlib
 
@@ -181,15 +181,15 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path: Path) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: Path) -> None:
+    plt = pyplot()
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
 
 def plot_loss(step_losses: list[float], steps_per_epoch: int, path: Path) -> None:
     """The training loss at every step, with each epoch's mean (the write-up's loss plot)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = (torch.arange(1, len(step_losses) + 1) / steps_per_epoch).numpy()
     ax.plot(steps, step_losses, lw=0.5, alpha=0.5, label="per step")
@@ -199,12 +199,12 @@ def plot_loss(step_losses: list[float], steps_per_epoch: int, path: Path) -> Non
     ax.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log", title="LeNet-5 training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_accuracy(epochs: list[dict[str, Any]], path: Path) -> None:
     """Train and held-out accuracy per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     numbers = [e["epoch"] for e in epochs]
     ax.plot(numbers, [100 * e["train_accuracy"] for e in epochs], "o-", label="train (augmented, during the epoch)")
@@ -213,12 +213,12 @@ def plot_accuracy(epochs: list[dict[str, Any]], path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="LeNet-5 accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
     """Heatmap with counts; rows are the true digit, columns the prediction."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     cm = torch.tensor(matrix, dtype=torch.float64)
     image = ax.imshow(torch.log1p(cm).numpy(), cmap="Blues")  # log scale: the diagonal would drown the errors
@@ -226,4 +226,4 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
         dark = image.norm(image.get_array()[i, j]) > 0.6
         ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit", title="Confusion matrix")
-    _save_figure(fig, path)
+    save_figure(fig, path)

@@ -22,10 +22,10 @@ from helper import (
     DEFAULT_CHECKPOINT,
     CliParser,
     UserError,
-    _pyplot,
-    _save_figure,
     load_model,
+    pyplot,
     run_cli,
+    save_figure,
 )
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -123,7 +123,7 @@ def expand_paths(inputs: list[str]) -> list[Path]:
 
 def plot_predictions(results: list[dict[str, Any]], path: Path) -> None:
     """One row per classified image: the input, the 28x28 the network saw, and the probabilities."""
-    plt = _pyplot()
+    plt = pyplot()
     done = [r for r in results if "error" not in r]
     fig, axes = plt.subplots(len(done), 3, figsize=(9, 2.6 * len(done)), squeeze=False, layout="constrained")
     for (ax_in, ax_digit, ax_bar), r in zip(axes, done):
@@ -136,7 +136,7 @@ def plot_predictions(results: list[dict[str, Any]], path: Path) -> None:
         colours = ["tab:orange" if d == r["prediction"] else "tab:blue" for d in range(10)]
         ax_bar.bar(range(10), r["probabilities"], color=colours)
         ax_bar.set(xticks=range(10), ylim=(0, 1), title=f"prediction {r['prediction']} ({r['probability']:.1%})")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def format_result(r: dict[str, Any]) -> str:

@@ -16,10 +16,10 @@ from helper import (
     DEFAULT_REPORT_DIR,
     CliParser,
     UserError,
-    _pyplot,
-    _save_figure,
     load_model,
+    pyplot,
     run_cli,
+    save_figure,
 )
 
 
@@ -28,7 +28,7 @@ def plot_misclassified(results: dict[str, Any], images: torch.Tensor, path: Path
 
     images: the evaluated images in loader order (N x H x W, or N x 1 x H x W).
     """
-    plt = _pyplot()
+    plt = pyplot()
     wrong = (results["predictions"] != results["labels"]).nonzero().flatten()
     confidence = results["probabilities"][wrong, results["predictions"][wrong]]
     worst = wrong[confidence.argsort(descending=True)][:count]
@@ -42,12 +42,12 @@ def plot_misclassified(results: dict[str, Any], images: torch.Tensor, path: Path
         p = results["probabilities"][i, results["predictions"][i]]
         ax.set_title(f"true {results['labels'][i]}\npred {results['predictions'][i]} ({p:.0%})", fontsize=8)
     fig.suptitle(f"Most confidently wrong: {len(wrong)} of {len(results['labels'])} test images misclassified")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_filters(model: torch.nn.Module, path: Path) -> None:
     """The six 5x5 C1 kernels, each on its own symmetric colour scale (red +, blue -)."""
-    plt = _pyplot()
+    plt = pyplot()
     weights = model.c1.weight.detach().cpu()[:, 0]  # 6 x 5 x 5
     fig, axes = plt.subplots(1, 6, figsize=(9, 1.9))
     for k, (ax, kernel) in enumerate(zip(axes, weights)):
@@ -56,13 +56,13 @@ def plot_filters(model: torch.nn.Module, path: Path) -> None:
         ax.set_title(f"C1 map {k}", fontsize=9)
         ax.axis("off")
     fig.suptitle("C1 filters (5x5)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 @torch.inference_mode()
 def plot_feature_maps(model: torch.nn.Module, image: torch.Tensor, raw: torch.Tensor, label: int, path: Path) -> None:
     """The input digit, its 6 C1 maps (28x28) and 16 C3 maps (10x10). image: 1 x 32 x 32 preprocessed."""
-    plt = _pyplot()
+    plt = pyplot()
     maps = model.feature_maps(image.unsqueeze(0).to(next(model.parameters()).device))
     c1, c3 = maps["C1"][0].cpu(), maps["C3"][0].cpu()
     fig, axes = plt.subplots(3, 8, figsize=(12, 5))
@@ -78,7 +78,7 @@ def plot_feature_maps(model: torch.nn.Module, image: torch.Tensor, raw: torch.Te
         ax.imshow(c3[k].numpy(), cmap="viridis", vmin=-1, vmax=1)
         ax.set_title(f"C3 map {k}", fontsize=9)
     fig.suptitle("Feature maps after tanh (yellow +1, purple -1)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
