@@ -212,16 +212,22 @@ def time_to_accuracy(args: argparse.Namespace, target: float = 0.99) -> dict[str
         if done.returncode != 0:
             return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "main.py failed"}
         metrics = json.loads(out.with_suffix(".json").read_text())
-    epochs = metrics["epochs"]
-    reached = next((e for e in epochs if e["eval_accuracy"] >= target), None)
+    epoch, seconds = first_epoch_reaching(metrics, target, started)
     return {
         "target": target,
-        "seconds_to_target": reached["finished_at"] - started if reached else None,
-        "epoch_reached": reached["epoch"] if reached else None,
+        "seconds_to_target": seconds,
+        "epoch_reached": epoch,
         "final_test_accuracy": metrics["test_accuracy"],
-        "epochs": len(epochs),
+        "epochs": len(metrics["epochs"]),
         "wall_seconds": ended - started,
     }
+
+
+def first_epoch_reaching(metrics: dict[str, Any], target: float, started: float) -> tuple[int | None, float | None]:
+    """From main.py's metrics JSON: the first epoch whose held-out accuracy reached target, and the
+    seconds from `started` (a time.time() taken before launching main.py) to that epoch's end."""
+    reached = next((e for e in metrics["epochs"] if e["eval_accuracy"] >= target), None)
+    return (reached["epoch"], reached["finished_at"] - started) if reached else (None, None)
 
 
 def hardware_use(package_images_per_second: float, batch_size: int) -> dict[str, float]:

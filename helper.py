@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from LeNet5 import LeNet5
+
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py writes and the others read
 DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
@@ -157,8 +159,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild LeNet5 from a checkpoint's config and load its weights; returns (model in eval mode, checkpoint)."""
-    from LeNet5 import LeNet5
-
     checkpoint = load_checkpoint(path)
     if checkpoint.get("architecture", "LeNet5") != "LeNet5":
         raise CheckpointError(f"{path}: holds a {checkpoint['architecture']}, not a LeNet5")

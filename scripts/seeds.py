@@ -14,6 +14,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from bench import first_epoch_reaching  # noqa: E402
 from helper import CliParser, run_cli, write_json  # noqa: E402
 
 
@@ -30,12 +31,12 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
     if done.returncode != 0:
         sys.exit(f"seed {seed} failed (exit {done.returncode}); see {run_dir / 'train.log'}")
     metrics = json.loads(checkpoint.with_suffix(".json").read_text())
-    reached = next((e for e in metrics["epochs"] if e["eval_accuracy"] >= 0.99), None)
+    epoch, seconds = first_epoch_reaching(metrics, 0.99, started)
     return {
         "seed": seed,
         "final_test_accuracy": metrics["test_accuracy"],
-        "epoch_reaching_99.0": reached["epoch"] if reached else None,
-        "seconds_to_99.0": reached["finished_at"] - started if reached else None,
+        "epoch_reaching_99.0": epoch,
+        "seconds_to_99.0": seconds,
         "train_seconds": metrics["train_seconds"],
         "wall_seconds": time.time() - started,
     }
