@@ -18,6 +18,11 @@ The output is logits: ``nn.CrossEntropyLoss`` applies log-softmax itself, and
 import torch
 from torch import nn
 
+# The input contract of every LeNet5 trained here, recorded in each checkpoint: a 28x28 MNIST-style
+# digit (ink 255 on background 0) padded by 2 pixels to 32x32, scaled to 0..1, then standardized
+# with the MNIST training set's mean and std. data.preprocess applies it; export.py documents it.
+INPUT_NORMALIZATION = {"pad": 2, "mean": 0.1307, "std": 0.3081}
+
 # LeCun 1998, Table I: which S2 maps (columns 0-5) each C3 map (rows 0-15) reads.
 C3_TABLE: tuple[tuple[int, ...], ...] = (
     (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),

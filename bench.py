@@ -9,6 +9,12 @@ Then it times inference on the 10,000 test images, the cold-start time of the de
 peak that the training loop reaches. `--quick` runs a tiny synthetic version (for tests).
 """
 
+import os
+import signal
+
+if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
 import argparse
 import json
 import platform
@@ -25,20 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from data import (
-    MNIST,
-    MNIST_FILES,
-    MNIST_MEAN,
-    MNIST_STD,
-    add_data_args,
-    eval_loader,
-    make_loaders,
-    open_mnist,
-    write_idx,
-)
+from data import MNIST, MNIST_MEAN, MNIST_STD, add_data_args, data_source, eval_loader, make_loaders, write_mnist
 from eval import predict
-from helper import PROJECT_DIR, CliParser, UserError, resolve_device, run_cli, write_json
+from helper import CliParser, UserError, check_output_file, number, place_model, resolve_device, run_cli, write_json
 from LeNet5 import LeNet5
+from runs import run_main
 from train import Recipe, make_optimizer, make_scheduler, train_one_epoch
 
 CPU = torch.device("cpu")
@@ -83,7 +80,7 @@ def load_bench_data(args: argparse.Namespace) -> tuple[MNIST, str]:
     if args.quick:
         return synthetic_mnist(2048, 1000), "synthetic (--quick)"
     try:
-        return open_mnist(args.data_dir, args.cache_dir, args.allow_custom_data, download=False), "real MNIST"
+        return data_source(args).open(), "real MNIST"
     except UserError as err:
         print(f"note: {err}\nnote: benchmarking on synthetic data of the same shape instead")
         return synthetic_mnist(60_000, 10_000), "synthetic (MNIST not found)"
@@ -109,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
         images_per_epoch = len(dataset)
     else:
         loaders = make_loaders(data, recipe.batch_size, recipe.seed, recipe.augment, device=device)
-        model = model.to(memory_format=torch.channels_last)
+        model = place_model(model, device)
         if args.worker == "package+compile":
             model = torch.compile(model)
         optimizer = make_optimizer(model, recipe)
@@ -150,8 +147,8 @@ def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def data_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--quick"] if args.quick else []
-    flags += ["--data-dir", args.data_dir] if args.data_dir else []
-    flags += ["--cache-dir", str(args.cache_dir)]
+    flags += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    flags += ["--cache-dir", str(args.cache_dir)] + ["--no-download"] * args.no_download
     return flags + (["--allow-custom-data"] if args.allow_custom_data else [])
 
 
@@ -183,7 +180,7 @@ def compare_training(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def inference_speed(data: MNIST, device: torch.device, batch_size: int = 500, repeats: int = 5) -> float:
     """Images/s of eval.predict over the test set at a large batch (median of repeats)."""
     torch.manual_seed(0)
-    model = LeNet5().to(device, memory_format=torch.channels_last).eval()
+    model = place_model(LeNet5(), device).eval()
     loader = eval_loader(data.test_images, data.test_labels, batch_size, device)
     predict(model, loader, device)  # warm-up
     times = []
@@ -197,37 +194,22 @@ def inference_speed(data: MNIST, device: torch.device, batch_size: int = 500, re
 def time_to_accuracy(args: argparse.Namespace, target: float = 0.99) -> dict[str, Any]:
     """Cold start: launch `python main.py` (default recipe) and read when each epoch finished."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "lenet5.pt"
-        cmd = [sys.executable, str(PROJECT_DIR / "main.py"), "--out", str(out), "--report-dir", tmp, "--no-download"]
-        cmd += ["--device", args.device]
-        cmd += [f for f in data_flags(args) if f != "--quick"]
+        flags = ["--device", args.device] + [f for f in data_flags(args) if f != "--quick"]
         if args.quick:  # main.py reads files: write the synthetic set as IDX
-            data = synthetic_mnist(2048, 1000)
-            for key, spec in MNIST_FILES.items():
-                write_idx(Path(tmp) / f"{spec.name}.gz", getattr(data, key), spec.magic)
-            cmd += ["--data-dir", tmp, "--cache-dir", tmp, "--epochs", "1", "--allow-custom-data"]
-        started = time.time()
-        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ended = time.time()
-        if done.returncode != 0:
-            return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "main.py failed"}
-        metrics = json.loads(out.with_suffix(".json").read_text())
-    epoch, seconds = first_epoch_reaching(metrics, target, started)
+            data_dir = write_mnist(Path(tmp) / "mnist", synthetic_mnist(2048, 1000))
+            flags += ["--data-dir", str(data_dir), "--cache-dir", tmp, "--epochs", "1", "--allow-custom-data"]
+        try:
+            run = run_main(flags, Path(tmp) / "run", target)
+        except UserError as err:
+            return {"error": str(err)}
     return {
         "target": target,
-        "seconds_to_target": seconds,
-        "epoch_reached": epoch,
-        "final_test_accuracy": metrics["test_accuracy"],
-        "epochs": len(metrics["epochs"]),
-        "wall_seconds": ended - started,
+        "seconds_to_target": run.seconds_to_target,
+        "epoch_reached": run.epoch_reached,
+        "final_test_accuracy": run.final_test_accuracy,
+        "epochs": run.epochs,
+        "wall_seconds": run.wall_seconds,
     }
-
-
-def first_epoch_reaching(metrics: dict[str, Any], target: float, started: float) -> tuple[int | None, float | None]:
-    """From main.py's metrics JSON: the first epoch whose held-out accuracy reached target, and the
-    seconds from `started` (a time.time() taken before launching main.py) to that epoch's end."""
-    reached = next((e for e in metrics["epochs"] if e["eval_accuracy"] >= target), None)
-    return (reached["epoch"], reached["finished_at"] - started) if reached else (None, None)
 
 
 def hardware_use(package_images_per_second: float, batch_size: int) -> dict[str, float]:
@@ -263,7 +245,7 @@ def profile_table(data: MNIST, batch_size: int, steps: int = 150, rows: int = 12
 
     recipe = Recipe(batch_size=batch_size)
     loaders = make_loaders(data, batch_size, 0, recipe.augment, limit=steps * batch_size)
-    model = LeNet5().to(memory_format=torch.channels_last)
+    model = place_model(LeNet5(), CPU)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, len(loaders.train))
     train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, 0, log_interval=10**9, progress=False)  # warm-up
@@ -322,10 +304,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Recipe()
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--epochs", type=int, default=1, help="epochs each side trains per round")
-    p.add_argument("--rounds", type=int, default=2, help="baseline/package alternations")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size, both sides")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where both sides train")
+    p.add_argument("--epochs", type=number(int, 1, 100), default=1, help="epochs each side trains per round")
+    p.add_argument("--rounds", type=number(int, 1, 100), default=2, help="baseline/package alternations")
+    p.add_argument("--batch-size", type=number(int, 1, 60_000), default=d.batch_size, help="training batch size")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where both sides train")
     p.add_argument("--compile", action="store_true", help="also time the package path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of the package's steps")
     p.add_argument("--skip-time-to-accuracy", action="store_true", help="skip the cold-start main.py run")
@@ -333,10 +315,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if min(args.epochs, args.rounds, args.batch_size) < 1:
-        p.error("--epochs, --rounds and --batch-size must be at least 1")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         return worker(args)
     device = resolve_device(args.device)
+    if args.json:
+        check_output_file(args.json, "--json")
     data, kind = load_bench_data(args)
     print(f"benchmarking on {kind}: {len(data.train_labels):,} training images, batch {args.batch_size}")
     result: dict[str, Any] = {

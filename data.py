@@ -24,10 +24,11 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from torchvision.transforms import v2
 
 from helper import PROJECT_DIR, UserError, atomic_torch_save
+from LeNet5 import INPUT_NORMALIZATION
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "processed"
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_MEAN, MNIST_STD, PAD = INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"], INPUT_NORMALIZATION["pad"]
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 
 
@@ -60,7 +61,7 @@ class MNIST(NamedTuple):
     test_labels: torch.Tensor
 
 
-def resolve_data_dir(cli_value: str | None) -> Path:
+def resolve_data_dir(cli_value: str | Path | None) -> Path:
     """--data-dir, else $MNIST_DIR, else the project's data/ folder."""
     return Path(cli_value or os.environ.get("MNIST_DIR") or DEFAULT_DATA_DIR).expanduser()
 
@@ -85,6 +86,8 @@ def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
         raise DataError(f"{path}: {what}: {len(raw):,} bytes, its header {dims} needs {expected_bytes:,}")
     if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
         raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
+    if dims[0] == 0:
+        raise DataError(f"{path}: holds no {_kind(spec)}; it must hold at least one")
     if spec.count is not None and dims[0] != spec.count:
         raise DataError(f"{path}: holds {dims[0]:,} {_kind(spec)}, expected {spec.count:,}")
     if spec.md5 is not None and (md5 := hashlib.md5(raw).hexdigest()) != spec.md5:
@@ -101,11 +104,24 @@ def _kind(spec: IdxFile) -> str:
     return "images" if spec.magic == IMAGE_MAGIC else "labels"
 
 
-def write_idx(path: Path, values: torch.Tensor, magic: int) -> None:
-    """Write a uint8 tensor as an IDX file (gzip-compressed when the name ends in .gz): make your own test data."""
+def idx_bytes(values: torch.Tensor, magic: int) -> bytes:
+    """A uint8 tensor in the IDX format: big-endian magic number, each dimension, then the bytes."""
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in values.shape)
-    payload = header + values.to(torch.uint8).contiguous().numpy().tobytes()
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return header + values.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_idx(path: Path, values: torch.Tensor, magic: int) -> None:
+    """Write an IDX file (gzip-compressed when the name ends in .gz): make your own data set or test data."""
+    payload = idx_bytes(values, magic)
+    Path(path).write_bytes(gzip.compress(payload) if Path(path).suffix == ".gz" else payload)
+
+
+def write_mnist(directory: Path, data: "MNIST", gz: bool = True) -> Path:
+    """Write the four files under their official names, so that load_mnist(directory) reads `data` back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, spec in MNIST_FILES.items():
+        write_idx(directory / (spec.name + ".gz" * gz), getattr(data, key), spec.magic)
+    return directory
 
 
 def find_idx_files(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] | None:
@@ -135,10 +151,10 @@ def load_mnist(
     if cacheable and (cached := _load_cache(cache_dir, files)) is not None:
         return cached
     paths = find_idx_files(data_dir, files)
-    if paths is None and download:
-        paths = _try_download(files)
+    if paths is None and download and files is MNIST_FILES:  # never official MNIST in place of your own files
+        paths = _try_download(data_dir, files)
     if paths is None:
-        raise DataError(_missing_message(data_dir, files))
+        raise DataError(_missing_message(data_dir, files, tried_download=download and files is MNIST_FILES))
     tensors = {key: read_idx(path, files[key]) for key, path in paths.items()}
     data = MNIST(**tensors)
     for split in ("train", "test"):
@@ -176,28 +192,40 @@ def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:
     return MNIST(*parts)
 
 
-def _try_download(files: dict[str, IdxFile]) -> dict[str, Path] | None:
-    """torchvision's downloader, into the project's data/ folder; None when offline."""
+def _try_download(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] | None:
+    """torchvision's downloader, into data_dir/MNIST/raw (where find_idx_files looks); None when offline."""
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
     try:
-        TorchvisionMNIST(str(DEFAULT_DATA_DIR), train=True, download=True)
+        TorchvisionMNIST(str(data_dir), train=True, download=True)
     except Exception:  # no network (the usual case here): the caller explains how to fix it
         return None
-    return find_idx_files(DEFAULT_DATA_DIR, files)
+    return find_idx_files(data_dir, files)
 
 
-def _missing_message(data_dir: Path, files: dict[str, IdxFile]) -> str:
+def fingerprint(data: MNIST) -> str:
+    """A short hash of all four tensors: a resumed run must continue on the data it started on."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in data:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _missing_message(data_dir: Path, files: dict[str, IdxFile], tried_download: bool) -> str:
+    if data_dir.is_file():
+        return f"the data folder {data_dir} is a file; pass the folder that holds the four MNIST files"
     names = ", ".join(f"{f.name}[.gz]" for f in files.values())
+    download = " (and the download failed)" * tried_download
     return (
-        f"MNIST not found in {data_dir} or {data_dir / 'MNIST' / 'raw'} (and the download failed): "
+        f"MNIST not found in {data_dir} or {data_dir / 'MNIST' / 'raw'}{download}: "
         f"need {names}. Point to them with --data-dir DIR or MNIST_DIR=DIR"
     )
 
 
 _PAD_AND_NORMALIZE = v2.Compose(
     [
-        v2.Pad(2, fill=0),  # 28x28 -> 32x32 with 2 background pixels on every side, as LeNet-5 expects
+        v2.Pad(PAD, fill=0),  # 28x28 -> 32x32 with 2 background pixels on every side, as LeNet-5 expects
         v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1
         v2.Normalize([MNIST_MEAN], [MNIST_STD]),
     ]
@@ -249,7 +277,8 @@ class TensorBatches(torch.utils.data.Dataset):
         return images, self.labels[index]
 
 
-class Loaders(NamedTuple):
+@dataclass(frozen=True)
+class Loaders:
     train: DataLoader
     val: DataLoader | None
     test: DataLoader
@@ -299,22 +328,35 @@ def eval_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, dev
     return batch_loader(dataset, SequentialSampler(dataset), batch_size)
 
 
+def batch_loader(dataset: TensorBatches, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
+    """A DataLoader that hands `dataset` whole batches of indices drawn from `sampler`."""
+    # batch_size=None + a BatchSampler: the dataset receives whole index lists, so there is no per-sample collate.
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last))
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the MNIST files come from, as the command lines' data flags say."""
+
+    data_dir: Path
+    cache_dir: Path | None = DEFAULT_CACHE_DIR
+    allow_custom: bool = False
+    download: bool = True
+
+    def open(self) -> MNIST:
+        files = CUSTOM_FILES if self.allow_custom else MNIST_FILES
+        return load_mnist(self.data_dir, self.cache_dir, files, self.download)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """The data flags every entry point shares; open_mnist takes their values."""
+    """The data flags every entry point that reads MNIST shares; data_source() turns them into a DataSource."""
     g = parser.add_argument_group("data")
-    g.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: $MNIST_DIR, else data/)")
+    g.add_argument("--data-dir", type=Path, help="folder with the four MNIST IDX files (default: $MNIST_DIR or data/)")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the verified .pt cache lives")
     g.add_argument("--allow-custom-data", action="store_true", help="accept your own IDX files (skip count/MD5 checks)")
     g.add_argument("--no-download", action="store_true", help="never try torchvision's download")
 
 
-def open_mnist(data_dir: str | None, cache_dir: Path, allow_custom: bool = False, download: bool = True) -> MNIST:
-    """load_mnist as the command lines ask for it: --data-dir, else $MNIST_DIR, else data/."""
-    files = CUSTOM_FILES if allow_custom else MNIST_FILES
-    return load_mnist(resolve_data_dir(data_dir), cache_dir, files, download)
-
-
-def batch_loader(dataset: TensorBatches, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
-    """A DataLoader that hands `dataset` whole batches of indices drawn from `sampler`."""
-    # batch_size=None + a BatchSampler: the dataset receives whole index lists, so there is no per-sample collate.
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last))
+def data_source(args: argparse.Namespace) -> DataSource:
+    """The DataSource that add_data_args' flags describe: --data-dir, else $MNIST_DIR, else data/."""
+    return DataSource(resolve_data_dir(args.data_dir), args.cache_dir, args.allow_custom_data, not args.no_download)

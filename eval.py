@@ -1,10 +1,19 @@
-"""Evaluate LeNet-5 weights on the MNIST test set: overall and per-class accuracy,
-confusion matrix, classification report, metrics.json and figures.
+"""Evaluate LeNet-5 weights on the MNIST test set: overall and per-class accuracy, confusion
+matrix, classification report, metrics.json and figures (the confusion matrix, the most
+confidently wrong digits, the C1 filters and the C1/C3 feature maps of one test digit).
 
     python eval.py --weights checkpoints/lenet5.pt --data-dir ../shared/mnist --out reports
 """
 
+import os
+import signal
+
+if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
 import argparse
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +21,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import add_data_args, eval_loader, open_mnist
+from data import add_data_args, data_source, eval_loader, preprocess
 from helper import (
     DEFAULT_CHECKPOINT,
     DEFAULT_REPORT_DIR,
     CliParser,
+    UserError,
+    check_output_dir,
     load_model,
-    plot_confusion_matrix,
+    number,
+    place_batch,
     resolve_device,
     run_cli,
     write_json,
 )
-from visualize import plot_misclassified
+from visualize import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -35,14 +47,66 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str) ->
     model.eval()
     logits, labels = [], []
     for images, targets in loader:
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        logits.append(model(images).float())
+        logits.append(model(place_batch(images, device)).float())
         labels.append(targets)
     model.train(was_training)
     return torch.cat(logits).cpu(), torch.cat(labels).cpu()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -> dict[str, Any]:
+@torch.inference_mode()
+def classify(model: nn.Module, digits: torch.Tensor, topk: int = 3) -> list[dict[str, Any]]:
+    """uint8 N x 28 x 28 MNIST-style digits -> for each: prediction, its probability, the top-k, all ten."""
+    device = next(model.parameters()).device
+    probabilities = torch.softmax(model.eval()(place_batch(preprocess(digits), device)), dim=1).cpu()
+    top = probabilities.topk(topk, dim=1)
+    return [
+        {
+            "prediction": int(idx[0]),
+            "probability": float(p[0]),
+            "topk": [{"digit": int(d), "probability": float(q)} for d, q in zip(idx, p)],
+            "probabilities": row.tolist(),
+        }
+        for idx, p, row in zip(top.indices, top.values, probabilities)
+    ]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluate() found: per-image results and the metrics computed from them."""
+
+    labels: torch.Tensor  # N, int64
+    predictions: torch.Tensor  # N, int64
+    probabilities: torch.Tensor  # N x 10
+    confusion_matrix: list[list[int]]  # rows: true digit, columns: predicted
+    per_class_accuracy: list[float]  # NaN for a digit with no test images
+    classification_report: str
+    classification_report_dict: dict[str, Any]
+
+    @property
+    def correct(self) -> int:
+        return int((self.predictions == self.labels).sum())
+
+    @property
+    def total(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+    def metrics(self) -> dict[str, Any]:
+        """The JSON-ready numbers (NaN, which JSON lacks, becomes null)."""
+        return {
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "per_class_accuracy": [None if math.isnan(a) else a for a in self.per_class_accuracy],
+            "confusion_matrix": self.confusion_matrix,
+            "classification_report": self.classification_report_dict,
+        }
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -> Evaluation:
     """Predictions and metrics; prints nothing (the callers report and plot)."""
     from sklearn.metrics import classification_report, confusion_matrix
 
@@ -52,47 +116,51 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -
     matrix = confusion_matrix(labels.numpy(), predictions.numpy(), labels=range(10))
     class_totals = matrix.sum(axis=1)
     per_class = [float(matrix[d, d] / class_totals[d]) if class_totals[d] else float("nan") for d in range(10)]
-    report_kwargs = dict(labels=list(range(10)), target_names=CLASSES, digits=4, zero_division=0)
-    return {
-        "predictions": predictions,
-        "labels": labels,
-        "probabilities": probabilities,
-        "accuracy": float((predictions == labels).double().mean()),
-        "correct": int((predictions == labels).sum()),
-        "total": len(labels),
-        "per_class_accuracy": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "classification_report": classification_report(labels, predictions, **report_kwargs),
-        "classification_report_dict": classification_report(labels, predictions, output_dict=True, **report_kwargs),
-    }
+    report = dict(labels=list(range(10)), target_names=CLASSES, digits=4, zero_division=0)
+    return Evaluation(
+        labels=labels,
+        predictions=predictions,
+        probabilities=probabilities,
+        confusion_matrix=matrix.tolist(),
+        per_class_accuracy=per_class,
+        classification_report=classification_report(labels, predictions, **report),
+        classification_report_dict=classification_report(labels, predictions, output_dict=True, **report),
+    )
 
 
-def format_report(results: dict[str, Any]) -> str:
+def format_report(result: Evaluation) -> str:
     """The write-up's text report: overall and per-class accuracy, confusion matrix, classification report."""
-    lines = [f"Accuracy of the network on test images: {100 * results['accuracy']:.2f}%"]
-    lines += [f"Accuracy of {d}: {100 * acc:.2f}%" for d, acc in enumerate(results["per_class_accuracy"])]
+    lines = [f"Accuracy of the network on test images: {100 * result.accuracy:.2f}%"]
+    lines += [f"Accuracy of {d}: {100 * acc:.2f}%" for d, acc in enumerate(result.per_class_accuracy)]
     lines += ["", "Confusion matrix (rows: true digit, columns: predicted digit):"]
     lines.append("true\\pred " + "".join(f"{d:>6}" for d in range(10)))
-    lines += [f"{d:>9} " + "".join(f"{n:>6}" for n in row) for d, row in enumerate(results["confusion_matrix"])]
-    lines += ["", "Classification report:", results["classification_report"]]
+    lines += [f"{d:>9} " + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion_matrix)]
+    lines += ["", "Classification report:", result.classification_report]
     return "\n".join(lines)
 
 
 def write_report(
-    results: dict[str, Any], images: torch.Tensor, out_dir: Path, extra: dict[str, Any] | None = None
+    result: Evaluation, images: torch.Tensor, out_dir: Path, extra: dict[str, Any] | None = None
 ) -> list[Path]:
     """metrics.json, confusion_matrix.png and misclassified.png in out_dir; returns the paths written.
 
     images: the evaluated images, in loader order (for the misclassified grid).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {k: results[k] for k in ("accuracy", "correct", "total", "per_class_accuracy", "confusion_matrix")}
-    metrics["classification_report"] = results["classification_report_dict"]
-    metrics.update(extra or {})
     paths = [out_dir / "metrics.json", out_dir / "confusion_matrix.png", out_dir / "misclassified.png"]
-    write_json(metrics, paths[0])
-    plot_confusion_matrix(results["confusion_matrix"], paths[1])
-    plot_misclassified(results, images, paths[2])
+    write_json({**result.metrics(), **(extra or {})}, paths[0])
+    plot_confusion_matrix(result.confusion_matrix, paths[1])
+    plot_misclassified(images, result.labels, result.predictions, result.probabilities, paths[2])
+    return paths
+
+
+@torch.inference_mode()
+def write_inside(model: nn.Module, digit: torch.Tensor, label: int, out_dir: Path) -> list[Path]:
+    """filters.png (the C1 kernels) and feature_maps.png (C1 and C3 of one uint8 28x28 digit)."""
+    paths = [out_dir / "filters.png", out_dir / "feature_maps.png"]
+    plot_filters(model, paths[0])
+    device = next(model.parameters()).device
+    maps = model.feature_maps(place_batch(preprocess(digit), device))
+    plot_feature_maps(maps, digit, f"input ({label})", paths[1])
     return paths
 
 
@@ -101,8 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_data_args(p)
     p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
     p.add_argument("--out", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--batch-size", type=number(int, 1), default=500, help="evaluation batch size")
+    p.add_argument("--limit", type=number(int, 1), default=None, help="use only the first N test images")
+    p.add_argument("--index", type=number(int, 0), default=0, help="the test digit whose feature maps are drawn")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     return p.parse_args(argv)
 
@@ -110,14 +179,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    check_output_dir(args.out, "--out")
     model, checkpoint = load_model(args.weights, device)
-    data = open_mnist(args.data_dir, args.cache_dir, args.allow_custom_data, not args.no_download)
-    loader = eval_loader(data.test_images[: args.limit], data.test_labels[: args.limit], args.batch_size, device)
-    results = evaluate(model, loader, device)
-    print(format_report(results))
-    paths = write_report(
-        results, loader.dataset.images, args.out, {"weights": str(args.weights), "epoch": checkpoint.get("epoch")}
-    )
+    data = data_source(args).open()
+    images, labels = data.test_images[: args.limit], data.test_labels[: args.limit]
+    if args.index >= len(labels):
+        raise UserError(f"--index {args.index} must be below {len(labels)}, the number of test images evaluated")
+    loader = eval_loader(images, labels, args.batch_size, device)
+    result = evaluate(model, loader, device)
+    print(format_report(result))
+    extra = {"weights": str(args.weights), "epoch": checkpoint.get("epoch")}
+    paths = write_report(result, images, args.out, extra)
+    paths += write_inside(model, images[args.index], int(labels[args.index]), args.out)
     print("wrote:", *[f"  {p}" for p in paths], sep="\n")
 
 

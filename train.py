@@ -1,13 +1,15 @@
-"""The training loop: SGD on cross-entropy, one summary line per epoch, a resumable state.
+"""The training loop: SGD on cross-entropy, one summary line per epoch, and a training state that
+saves and restores everything the next step depends on (a resumed run matches an uninterrupted one
+bit for bit).
 
-No per-step host synchronisation: losses and accuracies are accumulated on the device and
-read back (``.item()``) only at log intervals and at the end of each epoch.
+No per-step host synchronisation: losses and accuracies are accumulated on the device and read
+back (``.item()``) only at log intervals and at the end of each epoch.
 """
 
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +19,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eval import predict
-from helper import UserError
+from helper import UserError, place_batch
+
+# A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
+EXPLODED_LOSS = 10 * math.log(10)
+SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -38,15 +44,43 @@ class Recipe:
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the weights are not worth saving."""
+    """The loss became NaN, infinite or exploded; the weights are not worth saving."""
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: carries the state at the last completed epoch, ready to save and resume."""
+    """Ctrl-C: carries the TrainState.state_dict() of the last completed epoch, ready to save and resume."""
 
     def __init__(self, state: dict[str, Any]):
         super().__init__(f"interrupted after epoch {state['epoch']}")
         self.state = state
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float  # mean over the epoch's steps
+    train_accuracy: float  # on the augmented batches, while the weights were changing
+    seconds: float
+    images_per_second: float
+    eval_split: str  # "val" or "test"
+    eval_accuracy: float
+    finished_at: float  # time.time() at the end of the epoch: gives cold-start time to an accuracy
+
+
+@dataclass
+class History:
+    steps_per_epoch: int
+    step_losses: list[float] = field(default_factory=list)
+    epochs: list[EpochStats] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_per_epoch": self.steps_per_epoch, "step_losses": list(self.step_losses),
+                "epochs": [asdict(e) for e in self.epochs]}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_per_epoch = state["steps_per_epoch"]
+        self.step_losses = list(state["step_losses"])
+        self.epochs = [EpochStats(**e) for e in state["epochs"]]
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
@@ -74,6 +108,59 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[recipe.schedule])
 
 
+class TrainState:
+    """Model, optimizer, scheduler, random generators, recipe and history: everything the next step
+    depends on, behind PyTorch's Stateful pair state_dict() / load_state_dict()."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, generator: torch.Generator):
+        self.model, self.recipe, self.generator = model, recipe, generator
+        self.optimizer = make_optimizer(model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe, steps_per_epoch)
+        self.history = History(steps_per_epoch)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return len(self.history.epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot (deep copy): later steps do not change it."""
+        rng = {"torch": torch.get_rng_state(), "loader": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "recipe": asdict(self.recipe),
+            "epoch": self.epoch,
+            "history": self.history.state_dict(),
+        }
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if Recipe(**state["recipe"]) != self.recipe:
+            raise ValueError(f"the saved recipe {state['recipe']} is not this state's {asdict(self.recipe)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["loader"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.history.load_state_dict(state["history"])
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    step_losses: list[float]
+    train_loss: float
+    train_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -83,16 +170,18 @@ def train_one_epoch(
     epoch: int,
     log_interval: int = 200,
     progress: bool = True,
-) -> dict[str, Any]:
-    """One pass over the training loader; returns the per-step losses and the epoch's statistics."""
+) -> EpochResult:
+    """One pass over the training loader (scheduler stepped per batch)."""
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True, disable=not progress)
+    # disable=None: a bar on a terminal, none in a log file
+    bar = tqdm(
+        loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True, disable=None if progress else True
+    )
     for step, (images, labels) in enumerate(bar, start=1):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
+        images, labels = place_batch(images, device), labels.to(device, non_blocking=True)
         logits = model(images)  # N x 10
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -104,27 +193,21 @@ def train_one_epoch(
         seen += len(labels)
         if step % log_interval == 0:  # the only host syncs inside the epoch
             running = torch.stack(step_losses[-log_interval:]).mean().item()
-            _check_finite(running, epoch, step)
-            rate = seen / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{rate:,.0f}")
+            check_loss(running, epoch, step)
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{seen / (time.perf_counter() - start):,.0f}")
             tqdm.write(f"[{epoch}, {step:5d}] loss: {running:.4f}")
     losses = torch.stack(step_losses).float().cpu()
-    _check_finite(losses.mean().item(), epoch, len(step_losses))
+    check_loss(losses.mean().item(), epoch, len(step_losses))
     seconds = time.perf_counter() - start
-    return {
-        "step_losses": losses.tolist(),
-        "train_loss": losses.mean().item(),
-        "train_accuracy": correct.item() / max(1, seen),
-        "seconds": seconds,
-        "images_per_second": seen / seconds,
-    }
+    return EpochResult(losses.tolist(), losses.mean().item(), correct.item() / max(1, seen), seconds, seen / seconds)
 
 
-def _check_finite(loss: float, epoch: int, step: int) -> None:
-    if not math.isfinite(loss):
+def check_loss(loss: float, epoch: int, step: int) -> None:
+    """Stop a run whose loss is not finite or has exploded: its weights are garbage."""
+    if not math.isfinite(loss) or loss > EXPLODED_LOSS:
         raise TrainingDiverged(
-            f"the loss became {loss} at epoch {epoch}, step {step}: training stopped and nothing was saved; "
-            "lower --lr or check the data"
+            f"the loss {'became' if not math.isfinite(loss) else 'exploded to'} {loss:.4g} at epoch {epoch}, "
+            f"step {step}: training stopped and nothing was saved; lower --lr or check the data"
         )
 
 
@@ -133,83 +216,37 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
     return (logits.argmax(1) == labels).double().mean().item()
 
 
-def capture_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    recipe: Recipe,
-    epoch: int,
-    history: dict[str, Any],
-) -> dict[str, Any]:
-    """A deep copy of everything the next epoch depends on, so a resumed run matches an uninterrupted one."""
-    rng = {"torch": torch.get_rng_state(), "loader": generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng,
-        "recipe": asdict(recipe),
-        "epoch": epoch,
-        "history": history,
-    }
-    return copy.deepcopy(state)
-
-
-def restore_state(
-    state: dict[str, Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-) -> None:
-    """Undo capture_state (the model's weights are restored by the caller, from the checkpoint)."""
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    generator.set_state(state["rng"]["loader"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-
-
-def new_history(steps_per_epoch: int) -> dict[str, Any]:
-    return {"steps_per_epoch": steps_per_epoch, "step_losses": [], "epochs": []}
-
-
 def fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
     train_loader: DataLoader,
     eval_loader: DataLoader,
-    generator: torch.Generator,
-    recipe: Recipe,
     device: torch.device,
-    history: dict[str, Any],
     eval_split: str = "test",
     log_interval: int = 200,
-) -> dict[str, Any]:
-    """Train from len(history["epochs"]) to recipe.epochs; returns the history (also updated in place).
+) -> History:
+    """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
     Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
     """
-    first = len(history["epochs"]) + 1
-    boundary = capture_state(model, optimizer, scheduler, generator, recipe, first - 1, history)
-    for epoch in range(first, recipe.epochs + 1):
+    boundary = state.state_dict()
+    for epoch in range(state.epoch + 1, state.recipe.epochs + 1):
         try:  # a Ctrl-C anywhere in here falls back to the last complete epoch
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, epoch, log_interval)
-            eval_accuracy = accuracy(model, eval_loader, device)
-            history["step_losses"] += stats.pop("step_losses")
-            stats.update(eval_split=eval_split, eval_accuracy=eval_accuracy, finished_at=time.time())
-            history["epochs"].append({"epoch": epoch, **stats})
+            r = train_one_epoch(
+                state.model, train_loader, state.optimizer, state.scheduler, device, epoch, log_interval
+            )
+            stats = EpochStats(
+                epoch, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
+                eval_split, accuracy(state.model, eval_loader, device), time.time(),
+            )  # fmt: skip
+            state.history.step_losses += r.step_losses
+            state.history.epochs.append(stats)
             print(
-                f"epoch {epoch}/{recipe.epochs}: train loss {stats['train_loss']:.4f}, "
-                f"train acc {100 * stats['train_accuracy']:.2f}%, {eval_split} acc {100 * eval_accuracy:.2f}%, "
-                f"{stats['seconds']:.1f}s ({stats['images_per_second']:,.0f} img/s)",
+                f"epoch {epoch}/{state.recipe.epochs}: train loss {stats.train_loss:.4f}, "
+                f"train acc {100 * stats.train_accuracy:.2f}%, {eval_split} acc {100 * stats.eval_accuracy:.2f}%, "
+                f"{stats.seconds:.1f}s ({stats.images_per_second:,.0f} img/s)",
                 flush=True,
             )
-            boundary = capture_state(model, optimizer, scheduler, generator, recipe, epoch, history)
+            boundary = state.state_dict()
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
-    return history
+    return state.history

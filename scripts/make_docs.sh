@@ -8,7 +8,7 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 : "${MNIST_DIR:?set MNIST_DIR to the folder with the MNIST files}"
 mkdir -p docs
 "$PY" main.py --data-dir "$MNIST_DIR" | tee docs/main_output.txt
-"$PY" visualize.py --data-dir "$MNIST_DIR" --out reports
+"$PY" eval.py --data-dir "$MNIST_DIR" --out reports --index 0 > /dev/null
 cp reports/{loss,accuracy,confusion_matrix,misclassified,filters,feature_maps}.png docs/
 "$PY" predict.py examples/ --show docs/predictions.png | tee docs/predict_output.txt
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --json docs/seeds.json | tee docs/seeds_output.txt

@@ -1,10 +1,11 @@
-"""Shared fixtures: tiny IDX files written on the fly (no real MNIST needed), small models."""
+"""Shared fixtures: tiny IDX data sets written on the fly (no real MNIST needed), entry points run
+in-process (fast) or as real processes (when the process itself is under test), small models."""
 
-import gzip
-import hashlib
+import importlib
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,10 @@ import torch
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from data import IMAGE_MAGIC, LABEL_MAGIC, MNIST_FILES, IdxFile  # noqa: E402
+from data import MNIST, write_mnist  # noqa: E402
+from helper import run_cli, save_model  # noqa: E402
 
 N_TRAIN, N_TEST = 96, 40
-
-
-def idx_bytes(array: torch.Tensor, magic: int) -> bytes:
-    """Serialize a uint8 tensor in the IDX format (big-endian header: magic, then each dimension)."""
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.to(torch.uint8).numpy().tobytes()
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,27 +31,13 @@ def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+def synthetic_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> MNIST:
+    return MNIST(*synthetic_digits(n_train, seed), *synthetic_digits(n_test, seed + 1))
+
+
 def write_idx_dir(directory: Path, gz: bool = True, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
     """The four files under their official names, gzip-compressed or raw."""
-    directory.mkdir(parents=True, exist_ok=True)
-    splits = {"train": synthetic_digits(n_train, 0), "test": synthetic_digits(n_test, 1)}
-    for key, spec in MNIST_FILES.items():
-        images, labels = splits[key.split("_")[0]]
-        payload = idx_bytes(images, IMAGE_MAGIC) if spec.magic == IMAGE_MAGIC else idx_bytes(labels, LABEL_MAGIC)
-        path = directory / (spec.name + (".gz" if gz else ""))
-        path.write_bytes(gzip.compress(payload) if gz else payload)
-    return directory
-
-
-def spec_of(directory: Path) -> dict[str, IdxFile]:
-    """A strict spec (count and MD5) that matches the synthetic files, to exercise the checksum and cache paths."""
-    spec = {}
-    for key, official in MNIST_FILES.items():
-        path = next(directory.glob(official.name + "*"))
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        count = int.from_bytes(raw[4:8], "big")
-        spec[key] = IdxFile(official.name, official.magic, count, hashlib.md5(raw).hexdigest())
-    return spec
+    return write_mnist(directory, synthetic_mnist(n_train, n_test), gz)
 
 
 @pytest.fixture
@@ -71,11 +53,49 @@ def real_mnist_dir() -> Path:
     return Path(directory)
 
 
-def run_script(*args: str, cwd: Path = PROJECT_DIR, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points as a user would."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    env.pop("MNIST_DIR", None)  # each test says where its data is
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run an entry point's main() in this process, exactly as its `if __name__ == "__main__"` does:
+    cli("main", "--epochs", "0") -> Finished(returncode, stdout, stderr)."""
+    monkeypatch.delenv("MNIST_DIR", raising=False)  # each test says where its data is
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(module: str, *args: str) -> Finished:
+        entry = importlib.import_module(module)
+        capsys.readouterr()
+        try:
+            run_cli(entry.main, [str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        out = capsys.readouterr()
+        return Finished(code, out.out, out.err)
+
+    return run
+
+
+def run_script(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command line in a fresh Python process from the project folder."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    env.pop("MNIST_DIR", None)
+    return subprocess.run(
+        [sys.executable, *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_user_error(done: Finished, message: str) -> None:
+    """One clear line on stderr, exit status 2, no traceback."""
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 @pytest.fixture
@@ -84,3 +104,11 @@ def tiny_model():
 
     torch.manual_seed(0)
     return LeNet5()
+
+
+@pytest.fixture
+def weights(tmp_path, tiny_model) -> Path:
+    """A weights-only checkpoint of an untrained LeNet5."""
+    path = tmp_path / "model.pt"
+    save_model(path, tiny_model, {"test_accuracy": 0.5})
+    return path

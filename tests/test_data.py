@@ -1,9 +1,10 @@
 import gzip
+import hashlib
 import os
 
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, idx_bytes, spec_of, synthetic_digits, write_idx_dir
+from conftest import N_TEST, N_TRAIN, synthetic_digits, synthetic_mnist, write_idx_dir
 
 from data import (
     BACKGROUND,
@@ -14,7 +15,10 @@ from data import (
     MNIST_MEAN,
     MNIST_STD,
     DataError,
+    DataSource,
     IdxFile,
+    fingerprint,
+    idx_bytes,
     load_mnist,
     make_loaders,
     preprocess,
@@ -22,6 +26,7 @@ from data import (
     read_idx,
     resolve_data_dir,
 )
+from helper import UserError
 
 IMAGES = IdxFile("images", IMAGE_MAGIC, None, None)
 LABELS = IdxFile("labels", LABEL_MAGIC, None, None)
@@ -52,6 +57,8 @@ def write(tmp_path, payload: bytes, name="f"):
         (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC)[:-5], IMAGES, "truncated"),
         (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC) + b"xx", IMAGES, "trailing bytes"),
         (b"\x00\x00", IMAGES, "truncated (2 bytes)"),
+        (idx_bytes(torch.zeros(0, 28, 28), IMAGE_MAGIC), IMAGES, "holds no images"),
+        (idx_bytes(torch.zeros(0), LABEL_MAGIC), LABELS, "holds no labels"),
         (idx_bytes(torch.zeros(3, 20, 20), IMAGE_MAGIC), IMAGES, "images are 20x20, expected 28x28"),
         (
             idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC),
@@ -71,6 +78,17 @@ def test_read_idx_rejects_broken_gzip(tmp_path):
     good = gzip.compress(idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC))
     with pytest.raises(DataError, match="cannot be read or decompressed"):
         read_idx(write(tmp_path, good[: len(good) // 2], "f.gz"), IMAGES)
+
+
+def spec_of(directory):
+    """A strict spec (count and MD5) that matches the synthetic files, to exercise the checksum and cache paths."""
+    spec = {}
+    for key, official in MNIST_FILES.items():
+        path = next(directory.glob(official.name + "*"))
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        count = int.from_bytes(raw[4:8], "big")
+        spec[key] = IdxFile(official.name, official.magic, count, hashlib.md5(raw).hexdigest())
+    return spec
 
 
 def test_official_spec_rejects_synthetic_files_by_count(idx_dir):
@@ -193,9 +211,9 @@ def test_loader_limit_and_bad_sizes(idx_dir):
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
     loaders = make_loaders(data, batch_size=8, seed=0, limit=32)
     assert len(loaders.train.dataset) == 32 and len(loaders.test.dataset) == 32
-    with pytest.raises(DataError.__mro__[1], match="--val-size"):
+    with pytest.raises(UserError, match="--val-size"):
         make_loaders(data, batch_size=8, seed=0, val_size=N_TRAIN)
-    with pytest.raises(DataError.__mro__[1], match="--batch-size"):
+    with pytest.raises(UserError, match="--batch-size"):
         make_loaders(data, batch_size=N_TRAIN + 1, seed=0)
 
 
@@ -205,3 +223,36 @@ def test_unwritable_cache_warns_and_goes_on(idx_dir, tmp_path, capsys):
     data = load_mnist(idx_dir, blocker / "cache", spec_of(idx_dir), download=False)
     assert data.train_images.shape == (N_TRAIN, 28, 28)
     assert "the MNIST cache is skipped" in capsys.readouterr().err
+
+
+def test_own_files_are_never_replaced_by_a_download(tmp_path, monkeypatch):
+    import data
+
+    monkeypatch.setattr(data, "_try_download", lambda *a: pytest.fail("custom data must not trigger a download"))
+    with pytest.raises(DataError, match="MNIST not found in"):
+        DataSource(tmp_path / "empty", None, allow_custom=True, download=True).open()
+
+
+def test_download_goes_into_the_data_dir(tmp_path, monkeypatch):
+    import data
+
+    asked = []
+    monkeypatch.setattr(data, "_try_download", lambda directory, files: asked.append(directory))
+    with pytest.raises(DataError, match="and the download failed"):
+        DataSource(tmp_path / "mine", None).open()
+    assert asked == [tmp_path / "mine"]
+
+
+def test_a_file_as_data_dir_is_named(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    with pytest.raises(DataError, match="is a file; pass the folder that holds the four MNIST files"):
+        DataSource(tmp_path / "train-images-idx3-ubyte.gz", None, download=False).open()
+
+
+def test_fingerprint_tells_data_sets_apart():
+    a, b = synthetic_mnist(seed=0), synthetic_mnist(seed=0)
+    assert fingerprint(a) == fingerprint(b)
+    changed = b.train_images.clone()
+    changed[5, 3, 3] += 1
+    assert fingerprint(b._replace(train_images=changed)) != fingerprint(a)
+    assert fingerprint(synthetic_mnist(n_train=N_TRAIN - 1)) != fingerprint(a)

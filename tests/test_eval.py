@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 
 from data import TensorBatches, batch_loader
-from eval import evaluate, format_report, write_report
+from eval import classify, evaluate, format_report, write_report
 
 
 class FixedPredictions(nn.Module):
@@ -28,39 +28,53 @@ PREDICTIONS = [0, 1, 1, 1, 2, 2, 3, 9, 9, 4]
 
 
 def test_metrics_against_a_hand_computed_confusion_matrix():
-    results = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
+    result = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
     expected = [[0] * 10 for _ in range(10)]
     for true, pred in zip(LABELS, PREDICTIONS):
         expected[true][pred] += 1
-    assert results["confusion_matrix"] == expected
-    assert results["accuracy"] == pytest.approx(7 / 10)
-    assert results["correct"] == 7 and results["total"] == 10
-    per_class = results["per_class_accuracy"]
+    assert result.confusion_matrix == expected
+    assert result.accuracy == pytest.approx(7 / 10)
+    assert result.correct == 7 and result.total == 10
+    per_class = result.per_class_accuracy
     assert per_class[0] == 0.5 and per_class[1] == pytest.approx(2 / 3) and per_class[9] == pytest.approx(2 / 3)
     assert per_class[2] == 1.0 and per_class[3] == 1.0
     assert per_class[5] != per_class[5]  # no images of 5: NaN, not a made-up 0%
-    assert torch.equal(results["predictions"], torch.tensor(PREDICTIONS))
-    report = results["classification_report_dict"]
+    assert result.metrics()["per_class_accuracy"][5] is None  # and null in JSON, which has no NaN
+    assert torch.equal(result.predictions, torch.tensor(PREDICTIONS))
+    report = result.classification_report_dict
     assert report["1"]["precision"] == pytest.approx(2 / 3) and report["1"]["recall"] == pytest.approx(2 / 3)
-    assert torch.allclose(results["probabilities"].sum(1), torch.ones(10))
+    assert torch.allclose(result.probabilities.sum(1), torch.ones(10))
 
 
 def test_report_text_follows_the_write_up():
-    results = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
-    lines = format_report(results).splitlines()
+    result = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
+    lines = format_report(result).splitlines()
     assert lines[0] == "Accuracy of the network on test images: 70.00%"
     assert lines[1] == "Accuracy of 0: 50.00%"
     assert lines[2] == "Accuracy of 1: 66.67%"
     assert "Confusion matrix (rows: true digit, columns: predicted digit):" in lines
     assert any(line.split() == ["9", "0", "0", "0", "0", "1", "0", "0", "0", "0", "2"] for line in lines)
-    assert "precision    recall  f1-score   support" in format_report(results)
+    assert "precision    recall  f1-score   support" in format_report(result)
 
 
 def test_write_report_files(tmp_path):
-    results = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
-    paths = write_report(results, torch.rand(10, 28, 28), tmp_path, {"weights": "x.pt"})
+    result = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
+    paths = write_report(result, torch.rand(10, 28, 28), tmp_path, {"weights": "x.pt"})
     assert [p.name for p in paths] == ["metrics.json", "confusion_matrix.png", "misclassified.png"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(0.7) and metrics["weights"] == "x.pt"
+    assert metrics["per_class_accuracy"][5] is None
     for png in paths[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classify_matches_the_model_on_preprocessed_digits(tiny_model):
+    from data import preprocess
+
+    digits = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    answers = classify(tiny_model, digits, topk=3)
+    expected = torch.softmax(tiny_model.eval()(preprocess(digits)), dim=1)
+    assert [a["prediction"] for a in answers] == expected.argmax(1).tolist()
+    for answer, row in zip(answers, expected):
+        assert answer["probabilities"] == pytest.approx(row.tolist(), abs=1e-6)
+        assert [t["digit"] for t in answer["topk"]] == row.topk(3).indices.tolist()

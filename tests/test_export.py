@@ -1,18 +1,12 @@
 import json
+import stat
 
 import onnxruntime
 import pytest
 import torch
+from conftest import assert_user_error
 
 from export import export, run_torchscript
-from helper import save_model
-
-
-@pytest.fixture
-def weights(tmp_path, tiny_model):
-    path = tmp_path / "model.pt"
-    save_model(path, tiny_model, 1, {"test_accuracy": 0.5}, {})
-    return path
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -23,6 +17,8 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt):
     assert check["argmax_identical"] and check["max_abs_logit_diff"] <= 1e-4
     sidecar = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert sidecar["input"]["shape"] == ["batch", 1, 32, 32] and sidecar["mean"] == 0.1307
+    assert sidecar["test_accuracy"] == 0.5  # from the checkpoint's metrics
+    assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable by others, like any file the user makes
 
     # Independently of export.verify: another batch size, straight through the runtime.
     x = torch.randn(5, 1, 32, 32)
@@ -34,3 +30,19 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt):
         got = run_torchscript(out, x)
     assert got.shape == (5, 10)
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{tmp}"], "--out {tmp} is a directory"),
+        (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
+        (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
+        (["--format", "tflite"], "invalid choice: 'tflite'"),
+    ],
+)
+def test_export_cli_user_errors(cli, tmp_path, weights, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    done = cli("export", "--weights", weights, "--data-dir", tmp_path, "--no-download", *args)
+    assert_user_error(done, message.format(tmp=tmp_path))
+    assert not list(tmp_path.glob("*.onnx*"))

@@ -1,40 +1,66 @@
+import argparse
 import os
 import pickle
+import signal
+import stat
+import sys
 
 import pytest
 import torch
 
 from helper import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
     UserError,
+    _SurvivesClosedPipe,
     atomic_torch_save,
+    check_output_dir,
+    check_output_file,
+    interrupts_deferred,
     load_checkpoint,
     load_model,
+    number,
     resolve_device,
+    save_checkpoint,
     save_model,
+    training_state,
+    write_json,
 )
-from LeNet5 import LeNet5
-
-NORMALIZATION = {"mean": 0.1307, "std": 0.3081, "pad": 2}
+from LeNet5 import INPUT_NORMALIZATION, LeNet5
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_model):
     path = tmp_path / "model.pt"
-    save_model(path, tiny_model, epoch=3, metrics={"test_accuracy": 0.5}, normalization=NORMALIZATION)
+    save_model(path, tiny_model, {"test_accuracy": 0.5})
     model, checkpoint = load_model(path)
     x = torch.randn(5, 1, 32, 32)
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in model.state_dict().items())
     # load_model returns a channels_last model (the fast layout); compare in the same layout
     assert torch.equal(model(x), tiny_model.to(memory_format=torch.channels_last).eval()(x))
-    assert checkpoint["epoch"] == 3 and checkpoint["config"] == {"num_classes": 10, "c3_table": True}
-    assert checkpoint["normalization"] == NORMALIZATION and checkpoint["torch_version"] == torch.__version__
+    assert checkpoint["format"] == CHECKPOINT_FORMAT and checkpoint["config"] == {"num_classes": 10, "c3_table": True}
+    assert checkpoint["normalization"] == INPUT_NORMALIZATION and checkpoint["torch_version"] == torch.__version__
+    assert checkpoint["metrics"] == {"test_accuracy": 0.5} and "train_state" not in checkpoint
     assert not model.training
 
 
+def test_training_state_is_split_once_and_joined_back(tmp_path, tiny_model):
+    training = {"model": tiny_model.state_dict(), "epoch": 3, "optimizer": {"x": 1}, "history": {"epochs": []}}
+    save_checkpoint(tmp_path / "r.pt", tiny_model.config, training, data={"fingerprint": "abc"})
+    checkpoint = load_checkpoint(tmp_path / "r.pt", resumable=True)
+    assert "model" not in checkpoint["train_state"]  # the weights are stored once, as state_dict
+    joined = training_state(checkpoint)
+    assert set(joined) == set(training) and joined["epoch"] == 3 and checkpoint["data"]["fingerprint"] == "abc"
+    assert all(torch.equal(joined["model"][k], v) for k, v in training["model"].items())
+
+
+def test_weights_only_checkpoint_is_not_resumable(weights):
+    with pytest.raises(CheckpointError, match="holds no training state of this version"):
+        load_checkpoint(weights, resumable=True)
+
+
 def test_full_c3_config_is_rebuilt(tmp_path):
-    path = tmp_path / "full.pt"
-    save_model(path, LeNet5(c3_table=False), 1, {}, NORMALIZATION)
-    model, _ = load_model(path)
+    save_model(tmp_path / "full.pt", LeNet5(c3_table=False))
+    model, _ = load_model(tmp_path / "full.pt")
     assert model.config["c3_table"] is False
 
 
@@ -43,30 +69,57 @@ class Exploit:
         return (os.system, ("echo pwned",))
 
 
+def with_nan(path):
+    model = LeNet5()
+    with torch.no_grad():
+        model.f6.bias[3] = float("nan")
+    save_model(path, model)
+
+
+def rewritten(path, **changes):
+    save_model(path, LeNet5())
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, **changes}, path)
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda p: None, "no such checkpoint"),
-        (lambda p: p.write_bytes(os.urandom(2048)), "not a readable checkpoint"),
-        (lambda p: p.write_bytes(pickle.dumps({"state_dict": Exploit(), "config": {}})), "would run code"),
+        (lambda p: p.mkdir(), "is a directory; pass the checkpoint file"),
+        (lambda p: p.write_bytes(pickle.dumps({"state_dict": Exploit()})), "would run code on load (posix"),
+        (lambda p: p.write_bytes(pickle.dumps({"a": Exploit()}, protocol=2)), "would run code on load (posix"),
+        (lambda p: torch.save({"state_dict": {"w": Exploit()}}, p), "would run code on load (posix"),
         (lambda p: torch.save({"weights": 1}, p), "not a checkpoint of this project"),
+        (lambda p: torch.save({"state_dict": {"w": 1}, "config": {}}, p), "holds something other than tensors"),
+        (with_nan, "holds NaN or infinite weights (f6.bias)"),
+        (lambda p: rewritten(p, format=CHECKPOINT_FORMAT + 1), "written by a newer version"),
+        (lambda p: rewritten(p, normalization={"pad": 2, "mean": 0.5, "std": 0.5}), "trained on inputs normalized"),
     ],
-    ids=["missing", "random-bytes", "code-pickle", "foreign-dict"],
-)
+    ids=["missing", "directory", "code-pickle", "code-pickle-2", "code-in-zip", "foreign", "no-tensors", "nan",
+         "newer", "normalization"],
+)  # fmt: skip
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle, not ours
 def test_bad_checkpoints_give_one_clear_error(tmp_path, make, message):
     path = tmp_path / "bad.pt"
     make(path)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_model(path)
 
 
-def test_truncated_checkpoint(tmp_path, tiny_model):
-    path = tmp_path / "model.pt"
-    save_model(path, tiny_model, 1, {}, NORMALIZATION)
-    path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+@pytest.mark.parametrize("seed", range(12))
+def test_random_bytes_are_called_damaged_never_code(tmp_path, seed):
+    path = tmp_path / "random.pt"
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(seed)).byte().numpy())
+    with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
+    assert "damaged, truncated or of another kind" in str(err.value) and "run code" not in str(err.value)
+
+
+def test_truncated_checkpoint(tmp_path, weights):
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="damaged, truncated"):
+        load_checkpoint(weights)
 
 
 def test_other_architecture_is_refused(tmp_path):
@@ -93,16 +146,85 @@ def test_atomic_save_leaves_old_file_intact_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["x.pt"]  # no temp file left behind
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "a.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_json_is_strict(tmp_path):
+    with pytest.raises(ValueError):
+        write_json({"accuracy": float("nan")}, tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_resolve_device():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(Exception, match="--device cuda is not available"):
+        with pytest.raises(UserError, match="--device cuda is not available on this machine"):
             resolve_device("cuda")
 
 
-def test_unwritable_destination_is_a_user_error(tmp_path, tiny_model):
-    blocker = tmp_path / "file"
-    blocker.write_text("a file where a folder should be")
-    with pytest.raises(UserError, match="cannot write"):
-        save_model(blocker / "model.pt", tiny_model, 1, {}, NORMALIZATION)
+@pytest.mark.parametrize(
+    "kind, low, high, low_open, text, ok",
+    [
+        (int, 1, None, False, "1", True),
+        (int, 1, None, False, "0", False),
+        (int, 1, None, False, "-1", False),
+        (int, 1, None, False, "2.5", False),
+        (int, 1, 100, False, "101", False),
+        (float, 0, None, True, "1e-3", True),
+        (float, 0, None, True, "0", False),
+        (float, 0, None, True, "nan", False),
+        (float, 0, None, True, "inf", False),
+        (float, 0, 0.999, False, "1", False),
+        (float, 0, None, False, "abc", False),
+    ],
+)
+def test_number_validates_range_and_finiteness(kind, low, high, low_open, text, ok):
+    parse = number(kind, low, high, low_open)
+    if ok:
+        assert parse(text) == kind(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="must be"):
+            parse(text)
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="is a directory; give a file name"):
+        check_output_file(tmp_path / "folder", "--out")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "x.pt", "--out")
+    with pytest.raises(UserError, match="cannot create"):
+        check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
+    check_output_file(tmp_path / "new" / "x.pt", "--out")
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
+
+
+def test_closed_pipe_silences_output_instead_of_raising():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w", buffering=1)
+    os.close(read_end)  # the reader has gone
+    out = _SurvivesClosedPipe(stream)
+    out.write("first line\n")  # would raise BrokenPipeError on the raw stream
+    out.flush()
+    assert out.gone and out.write("more\n") == 5
+    stream.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_interrupts_are_held_until_the_block_ends():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block went on")
+    assert done == ["the block went on"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import assert_user_error
 from PIL import Image, ImageDraw
 
-from helper import save_model
-from predict import ImageProblem, load_grayscale, predict_paths, to_mnist_digit
+from digits import MAX_PIXELS, ImageProblem, expand_paths, load_grayscale, to_mnist_digit
+from predict import predict_paths
 
 
 def draw_seven(size=(300, 200), paper="white", ink="black", mode="RGB", box=(150, 30, 120)):
@@ -78,24 +78,68 @@ def test_bad_images_raise_image_problem(tmp_path, content, message):
         to_mnist_digit(load_grayscale(path))
 
 
-def test_predict_cli_answers_the_good_images_and_reports_the_bad(tmp_path, tiny_model):
-    weights = tmp_path / "model.pt"
-    save_model(weights, tiny_model, 1, {}, {})
+def bomb(path):
+    """A PNG of 8,000 x 8,000 pixels: a few KB on disk, 256 MB once decoded to RGBA."""
+    Image.new("1", (8_000, 8_000)).save(path)
+
+
+def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, weights):
     good = as_file(draw_seven(), tmp_path, "seven.png")
     (tmp_path / "broken.png").write_text("garbage")
     Image.new("L", (30, 30), 0).save(tmp_path / "blank.png")
-    done = run_script(
-        "predict.py", str(good), str(tmp_path / "broken.png"), str(tmp_path / "blank.png"), str(tmp_path / "nope.png"),
-        "--weights", str(weights), "--json", "--topk", "2", "--show", str(tmp_path / "show.png"),
+    bomb(tmp_path / "bomb.png")
+    done = cli(
+        "predict", good, tmp_path / "broken.png", tmp_path / "blank.png", tmp_path / "nope.png",
+        tmp_path / "bomb.png", good, "--weights", weights, "--json", "--topk", "2", "--show", tmp_path / "show.png",
     )  # fmt: skip
     assert done.returncode == 1
-    assert "3 of 4 images could not be classified" in done.stderr and "Traceback" not in done.stderr
+    assert "4 of 6 images could not be classified" in done.stderr and "Traceback" not in done.stderr
     results = json.loads(done.stdout)
-    assert [("error" in r) for r in results] == [False, True, True, True]
+    assert [("error" in r) for r in results] == [False, True, True, True, True, False]
     assert len(results[0]["topk"]) == 2 and 0 <= results[0]["prediction"] <= 9
     assert sum(results[0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     assert results[2]["error"].startswith("no digit found") and results[3]["error"] == "no such file"
+    assert results[4]["error"] == f"too large: 8000 x 8000 pixels (limit {MAX_PIXELS:,})"
     assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--show", "{tmp}"], "--show {tmp} is a directory; give a file name"),
+        (["--topk", "0"], "argument --topk: must be an integer >= 1 and <= 10, got 0"),
+        (["--weights", "{tmp}"], "is a directory; pass the checkpoint file"),
+        (["--weights", "{tmp}/nan.pt"], "holds NaN or infinite weights"),
+    ],
+)
+def test_predict_cli_user_errors(cli, tmp_path, weights, args, message):
+    from test_helper import with_nan
+
+    with_nan(tmp_path / "nan.pt")
+    image = as_file(draw_seven(), tmp_path, "seven.png")
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert_user_error(cli("predict", image, "--weights", weights, *args), message.format(tmp=tmp_path))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo is stored sideways with an Orientation tag; the digit must be read upright."""
+    upright = draw_seven(size=(200, 300), box=(40, 60, 120))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    as_file(upright, tmp_path, "upright.png")
+    got = to_mnist_digit(load_grayscale(tmp_path / "photo.jpg")).float()
+    want = to_mnist_digit(load_grayscale(tmp_path / "upright.png")).float()
+    assert (got - want).abs().mean() < 8  # the same digit, up to JPEG noise (a rotated 7 differs by ~60)
+
+
+def test_expand_paths_reads_folders_in_name_order(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt", "c.gif"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
+    single = tmp_path / "notes.txt"
+    assert expand_paths([tmp_path, single]) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.gif", single]
 
 
 def test_predict_paths_keeps_order_and_folders(tmp_path, tiny_model):

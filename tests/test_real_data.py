@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import PROJECT_DIR
 from PIL import Image
 
-from data import MNIST_FILES, eval_loader, load_mnist
+from data import MNIST_FILES, eval_loader, fingerprint, load_mnist
 from eval import evaluate
 from helper import load_model
 from predict import predict_paths
@@ -37,14 +37,13 @@ def independent_accuracy(model, images, labels) -> float:
 
 def test_committed_checkpoint_scores_at_least_99_1(mnist):
     model, checkpoint = load_model(COMMITTED)
-    results = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, 500, "cpu"), "cpu")
-    assert results["accuracy"] >= 0.991
-    assert results["accuracy"] == pytest.approx(
-        independent_accuracy(model, mnist.test_images, mnist.test_labels), abs=2e-4
-    )
-    saved = json.loads(COMMITTED.with_suffix(".json").read_text())["test_accuracy"]
-    assert results["accuracy"] == pytest.approx(saved, abs=2e-4)
-    assert checkpoint["metrics"]["test_accuracy"] == saved
+    result = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, 500, "cpu"), "cpu")
+    assert result.accuracy >= 0.991
+    assert result.accuracy == pytest.approx(independent_accuracy(model, mnist.test_images, mnist.test_labels), abs=2e-4)
+    saved = json.loads(COMMITTED.with_suffix(".json").read_text())
+    assert result.accuracy == pytest.approx(saved["test_accuracy"], abs=2e-4)
+    assert checkpoint["metrics"] == saved  # the .json beside the checkpoint says what the checkpoint says
+    assert checkpoint["data"]["fingerprint"] == fingerprint(mnist)
 
 
 def test_predict_reads_real_digits_written_as_scans(mnist, tmp_path):

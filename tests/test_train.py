@@ -3,19 +3,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import N_TRAIN
 
 from data import CUSTOM_FILES, load_mnist, make_loaders
 from LeNet5 import LeNet5
 from train import (
+    EXPLODED_LOSS,
     Recipe,
     TrainingDiverged,
     TrainingInterrupted,
-    capture_state,
+    TrainState,
+    check_loss,
     fit,
     make_optimizer,
     make_scheduler,
-    new_history,
-    restore_state,
     train_one_epoch,
 )
 
@@ -23,65 +24,91 @@ CPU = torch.device("cpu")
 
 
 def setup(idx_dir, recipe: Recipe):
+    """What main.py does, in the same order (the weights depend on it)."""
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
     loaders = make_loaders(data, recipe.batch_size, recipe.seed, recipe.augment)
     torch.manual_seed(recipe.seed)
     model = LeNet5().to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe, len(loaders.train))
-    return model, optimizer, scheduler, loaders
+    return TrainState(model, recipe, len(loaders.train), loaders.generator), loaders
 
 
-def run_fit(model, optimizer, scheduler, loaders, recipe, history=None):
-    history = history or new_history(len(loaders.train))
-    return fit(model, optimizer, scheduler, loaders.train, loaders.test, loaders.generator, recipe, CPU, history)
+def run_fit(state, loaders, train=None):
+    return fit(state, train or loaders.train, loaders.test, CPU, "test", log_interval=1000)
 
 
 def test_training_lowers_the_loss(idx_dir):
     recipe = Recipe(epochs=4, batch_size=16, lr=0.05)
-    model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
+    state, loaders = setup(idx_dir, recipe)
     x, y = next(iter(loaders.test))
-    before = F.cross_entropy(model(x), y).item()
-    history = run_fit(model, optimizer, scheduler, loaders, recipe)
-    after = F.cross_entropy(model(x), y).item()
+    before = F.cross_entropy(state.model(x), y).item()
+    history = run_fit(state, loaders)
+    after = F.cross_entropy(state.model(x), y).item()
     assert after < 0.7 * before
-    assert len(history["step_losses"]) == 4 * len(loaders.train)
-    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
-    assert history["epochs"][-1]["eval_accuracy"] > 0.5  # the synthetic digits are easy
-    assert all(math.isfinite(v) for v in history["step_losses"])
+    assert len(history.step_losses) == 4 * len(loaders.train) == 4 * (N_TRAIN // 16)
+    assert [e.epoch for e in history.epochs] == [1, 2, 3, 4] and state.epoch == 4
+    assert history.epochs[-1].eval_accuracy > 0.5  # the synthetic digits are easy
+    assert all(math.isfinite(v) for v in history.step_losses)
 
 
 def test_same_seed_gives_bitwise_identical_weights(idx_dir):
     results = []
     for _ in range(2):
-        recipe = Recipe(epochs=2, batch_size=16, seed=5)
-        model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
-        run_fit(model, optimizer, scheduler, loaders, recipe)
-        results.append(model.state_dict())
+        state, loaders = setup(idx_dir, Recipe(epochs=2, batch_size=16, seed=5))
+        run_fit(state, loaders)
+        results.append(state.model.state_dict())
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
 
-def test_schedule_decays_to_zero():
-    model = LeNet5()
-    recipe = Recipe(epochs=2)
-    optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch=5)
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
+def learning_rates(schedule: str, steps: int = 10) -> list[float]:
+    optimizer = make_optimizer(LeNet5(), Recipe(epochs=2, schedule=schedule))
+    scheduler = make_scheduler(optimizer, Recipe(epochs=2, schedule=schedule), steps_per_epoch=steps // 2)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert lrs[0] == pytest.approx(0.01) and lrs == sorted(lrs, reverse=True)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    return rates + [optimizer.param_groups[0]["lr"]]
+
+
+def test_schedules():
+    linear, cosine, constant = (learning_rates(s) for s in ("linear", "cosine", "constant"))
+    assert linear == pytest.approx([0.01 * (1 - i / 10) for i in range(11)])
+    assert cosine == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * i / 10)) for i in range(11)])
+    assert cosine[5] == pytest.approx(0.005) and cosine[-1] == pytest.approx(0.0, abs=1e-12)
+    assert constant == [0.01] * 11
 
 
 def test_non_finite_loss_stops_training(idx_dir):
-    recipe = Recipe(epochs=1, batch_size=16)
-    model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
+    state, loaders = setup(idx_dir, Recipe(epochs=1, batch_size=16))
     with torch.no_grad():
-        model.output.bias.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="loss became nan"):
-        train_one_epoch(model, loaders.train, optimizer, scheduler, CPU, epoch=1, log_interval=2)
+        state.model.output.bias.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1, step 2"):
+        train_one_epoch(state.model, loaders.train, state.optimizer, state.scheduler, CPU, epoch=1, log_interval=2)
+
+
+def test_an_exploding_loss_stops_training(idx_dir):
+    state, loaders = setup(idx_dir, Recipe(epochs=3, batch_size=16, lr=1e9))
+    with pytest.raises(TrainingDiverged, match="loss exploded to"):
+        run_fit(state, loaders)
+    check_loss(EXPLODED_LOSS - 1, 1, 1)  # a bad but finite start is not an explosion
+
+
+def test_state_dict_round_trip_is_symmetric(idx_dir):
+    recipe = Recipe(epochs=2, batch_size=16)
+    state, loaders = setup(idx_dir, recipe)
+    run_fit(state, loaders)
+    saved = state.state_dict()
+    torch.save(saved, idx_dir / "state.pt")  # through the disk, as main.py does
+
+    fresh, _ = setup(idx_dir, recipe)
+    fresh.load_state_dict(torch.load(idx_dir / "state.pt", weights_only=True))
+    again = fresh.state_dict()
+    assert set(again) == set(saved) and again["epoch"] == 2 and again["history"] == saved["history"]
+    assert all(torch.equal(again["model"][k], v) for k, v in saved["model"].items())
+    assert torch.equal(again["rng"]["loader"], saved["rng"]["loader"])
+    assert again["scheduler"] == saved["scheduler"]
+    with pytest.raises(ValueError, match="saved recipe"):
+        setup(idx_dir, Recipe(epochs=3, batch_size=16))[0].load_state_dict(saved)
 
 
 class InterruptAt:
@@ -103,31 +130,25 @@ class InterruptAt:
 
 def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir):
     recipe = Recipe(epochs=3, batch_size=16, seed=1)
-    model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
-    run_fit(model, optimizer, scheduler, loaders, recipe)
-    expected = model.state_dict()
+    state, loaders = setup(idx_dir, recipe)
+    run_fit(state, loaders)
+    expected = state.model.state_dict()
 
-    model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
-    interrupted = loaders._replace(train=InterruptAt(loaders.train, epoch=2, step=2))
+    state, loaders = setup(idx_dir, recipe)
     with pytest.raises(TrainingInterrupted) as stop:
-        run_fit(model, optimizer, scheduler, interrupted, recipe)
-    state = stop.value.state
-    assert state["epoch"] == 1 and len(state["history"]["epochs"]) == 1
-    torch.save(state, idx_dir / "resume.pt")  # through the disk, as main.py does
-    state = torch.load(idx_dir / "resume.pt", weights_only=True)
+        run_fit(state, loaders, train=InterruptAt(loaders.train, epoch=2, step=2))
+    saved = stop.value.state
+    assert saved["epoch"] == 1 and len(saved["history"]["epochs"]) == 1
 
-    model, optimizer, scheduler, loaders = setup(idx_dir, recipe)
-    model.load_state_dict(state.pop("model"))
-    restore_state(state, optimizer, scheduler, loaders.generator)
-    run_fit(model, optimizer, scheduler, loaders, recipe, history=state["history"])
-    assert all(torch.equal(expected[k], model.state_dict()[k]) for k in expected)
+    state, loaders = setup(idx_dir, recipe)
+    state.load_state_dict(saved)
+    run_fit(state, loaders)
+    assert all(torch.equal(expected[k], state.model.state_dict()[k]) for k in expected)
 
 
-def test_capture_state_is_a_deep_copy(tiny_model):
-    recipe = Recipe()
-    optimizer = make_optimizer(tiny_model, recipe)
-    scheduler = make_scheduler(optimizer, recipe, 10)
-    state = capture_state(tiny_model, optimizer, scheduler, torch.Generator(), recipe, 0, new_history(10))
+def test_state_dict_is_a_snapshot(tiny_model):
+    state = TrainState(tiny_model, Recipe(), 10, torch.Generator())
+    saved = state.state_dict()
     with torch.no_grad():
         tiny_model.c1.weight.add_(1.0)
-    assert not torch.equal(state["model"]["c1.weight"], tiny_model.c1.weight)
+    assert not torch.equal(saved["model"]["c1.weight"], tiny_model.c1.weight)
