@@ -9,9 +9,8 @@ by indexing that tensor: no per-sample Python work, which is what makes the usua
 """
 
 import argparse
-import gzip
+import functools
 import hashlib
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -19,39 +18,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-from torchvision.transforms import v2
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from augment import Augmentation
 from helper import PROJECT_DIR, UserError, atomic_torch_save
+from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx, write_idx
 from LeNet5 import INPUT_NORMALIZATION
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "processed"
 MNIST_MEAN, MNIST_STD, PAD = INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"], INPUT_NORMALIZATION["pad"]
-IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-
-
-class DataError(UserError):
-    """The MNIST files are missing, damaged or not what they claim to be."""
-
-
-@dataclass(frozen=True)
-class IdxFile:
-    name: str  # official name, without ".gz"
-    magic: int
-    count: int | None  # None: accept any count (your own IDX files)
-    md5: str | None  # MD5 of the decompressed bytes; None: not checked
-
-
-MNIST_FILES = {
-    "train_images": IdxFile("train-images-idx3-ubyte", IMAGE_MAGIC, 60_000, "6bbc9ace898e44ae57da46a324031adb"),
-    "train_labels": IdxFile("train-labels-idx1-ubyte", LABEL_MAGIC, 60_000, "a25bea736e30d166cdddb491f175f624"),
-    "test_images": IdxFile("t10k-images-idx3-ubyte", IMAGE_MAGIC, 10_000, "2646ac647ad5339dbf082846283269ea"),
-    "test_labels": IdxFile("t10k-labels-idx1-ubyte", LABEL_MAGIC, 10_000, "27ae3e4e09519cfbb04c329615203637"),
-}
-# Same names and structure checks, no count or checksum: for IDX files you made yourself.
-CUSTOM_FILES = {key: IdxFile(f.name, f.magic, None, None) for key, f in MNIST_FILES.items()}
 
 
 class MNIST(NamedTuple):
@@ -64,56 +40,6 @@ class MNIST(NamedTuple):
 def resolve_data_dir(cli_value: str | Path | None) -> Path:
     """--data-dir, else $MNIST_DIR, else the project's data/ folder."""
     return Path(cli_value or os.environ.get("MNIST_DIR") or DEFAULT_DATA_DIR).expanduser()
-
-
-def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
-    """Parse and verify one IDX file (gzip-compressed or not); DataError says what is wrong."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise DataError(f"{path}: cannot be read or decompressed ({err}); replace it with a fresh copy") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: truncated ({len(raw)} bytes): not an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != spec.magic:
-        raise DataError(f"{path}: bad magic number {magic}, expected {spec.magic}: not an MNIST {_kind(spec)} file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected_bytes = header + math.prod(dims)
-    if len(raw) != expected_bytes:
-        what = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
-        raise DataError(f"{path}: {what}: {len(raw):,} bytes, its header {dims} needs {expected_bytes:,}")
-    if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
-        raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
-    if dims[0] == 0:
-        raise DataError(f"{path}: holds no {_kind(spec)}; it must hold at least one")
-    if spec.count is not None and dims[0] != spec.count:
-        raise DataError(f"{path}: holds {dims[0]:,} {_kind(spec)}, expected {spec.count:,}")
-    if spec.md5 is not None and (md5 := hashlib.md5(raw).hexdigest()) != spec.md5:
-        raise DataError(f"{path}: MD5 {md5} does not match the official {spec.md5}: the file is corrupted")
-    values = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
-    if spec.magic == LABEL_MAGIC:
-        if values.numel() and int(values.max()) > 9:
-            raise DataError(f"{path}: label {int(values.max())} is out of range 0..9")
-        return values.long()
-    return values
-
-
-def _kind(spec: IdxFile) -> str:
-    return "images" if spec.magic == IMAGE_MAGIC else "labels"
-
-
-def idx_bytes(values: torch.Tensor, magic: int) -> bytes:
-    """A uint8 tensor in the IDX format: big-endian magic number, each dimension, then the bytes."""
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in values.shape)
-    return header + values.to(torch.uint8).contiguous().numpy().tobytes()
-
-
-def write_idx(path: Path, values: torch.Tensor, magic: int) -> None:
-    """Write an IDX file (gzip-compressed when the name ends in .gz): make your own data set or test data."""
-    payload = idx_bytes(values, magic)
-    Path(path).write_bytes(gzip.compress(payload) if Path(path).suffix == ".gz" else payload)
 
 
 def write_mnist(directory: Path, data: "MNIST", gz: bool = True) -> Path:
@@ -223,48 +149,38 @@ def _missing_message(data_dir: Path, files: dict[str, IdxFile], tried_download: 
     )
 
 
-_PAD_AND_NORMALIZE = v2.Compose(
-    [
-        v2.Pad(PAD, fill=0),  # 28x28 -> 32x32 with 2 background pixels on every side, as LeNet-5 expects
-        v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1
-        v2.Normalize([MNIST_MEAN], [MNIST_STD]),
-    ]
-)
-BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # the value of a blank pixel after normalization
+@functools.cache
+def pad_and_normalize():
+    """torchvision's transforms, built on first use: importing torchvision takes a second that --help,
+    the error paths and a process that fails early do not need."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.Pad(PAD, fill=0),  # 28x28 -> 32x32 with 2 background pixels on every side, as LeNet-5 expects
+            v2.ToDtype(torch.float32, scale=True),  # uint8 0..255 -> float 0..1
+            v2.Normalize([MNIST_MEAN], [MNIST_STD]),
+        ]
+    )
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 N x 28 x 28 (or N x 1 x 28 x 28) -> float32 N x 1 x 32 x 32, padded and normalized, in one batched call."""
-    return _PAD_AND_NORMALIZE(images.reshape(-1, 1, 28, 28))
-
-
-def random_affine(
-    images: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0
-) -> torch.Tensor:
-    """Rotate, scale and shift every image of a N x 1 x H x W batch by its own random amount, in one call.
-
-    Handwriting varies in slant, size and position; seeing that variation keeps the
-    small network from memorizing the training set. Blank pixels stay background.
-    """
-    n, _, height, _ = images.shape
-    uniform = torch.rand(n, 4, generator=generator, device=generator.device).to(images.device)
-    uniform = uniform * 2 - 1  # n x 4, each in [-1, 1): rotation, zoom, shift x, shift y
-    angle = uniform[:, 0] * math.radians(degrees)
-    zoom = 1 + uniform[:, 1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    shift = uniform[:, 2:] * (2 * shift_px / height)  # affine_grid coordinates span [-1, 1]
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # n x H x W x 2
-    # grid_sample fills outside the image with 0, so sample (x - background) and add it back.
-    return F.grid_sample(images - BACKGROUND, grid, align_corners=False) + BACKGROUND
+    return pad_and_normalize()(images.reshape(-1, 1, 28, 28))
 
 
 class TensorBatches(torch.utils.data.Dataset):
     """Images and labels in memory, indexed a whole batch at a time: dataset[list of indices] -> (x, y)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment_generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        augmentation: Augmentation | None = None,
+        generator: torch.Generator | None = None,
+    ):
         self.images, self.labels = images, labels  # N x 1 x 32 x 32 float32, N int64
-        self.augment_generator = augment_generator
+        self.augmentation, self.generator = augmentation, generator
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -272,28 +188,69 @@ class TensorBatches(torch.utils.data.Dataset):
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
         images = self.images[index]
-        if self.augment_generator is not None:
-            images = random_affine(images, self.augment_generator)
+        if self.augmentation is not None:
+            images = self.augmentation(images, self.generator)
         return images, self.labels[index]
 
 
 @dataclass(frozen=True)
+class Generators:
+    shuffle: torch.Generator  # the same on every process: which images form each global batch
+    augment: torch.Generator  # this process's distortions; in a single process, the same object as shuffle
+
+
+def make_generators(seed: int, rank: int = 0, world_size: int = 1) -> Generators:
+    shuffle = torch.Generator().manual_seed(seed)
+    if world_size == 1:  # one stream, as always: a seed keeps giving the weights it always gave
+        return Generators(shuffle, shuffle)
+    return Generators(shuffle, torch.Generator().manual_seed((seed * 1_000_003 + rank + 1) % 2**63))
+
+
+class GlobalBatches(torch.utils.data.Sampler):
+    """Each epoch, one permutation of the training images (the shared shuffle generator), cut into global
+    batches of `global_batch`; this process takes its contiguous share of each. The sequence of global
+    batches does not depend on the number of processes, and no two processes see the same image."""
+
+    def __init__(self, size: int, global_batch: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise UserError(
+                f"--batch-size {global_batch} (the global batch) must split evenly over {world_size} processes"
+            )
+        self.size, self.global_batch, self.generator = size, global_batch, generator
+        self.first, self.share = rank * (global_batch // world_size), global_batch // world_size
+
+    def __len__(self) -> int:
+        return self.size // self.global_batch  # drop_last: every step has the same shape
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator)
+        for start in range(0, len(self) * self.global_batch, self.global_batch):
+            yield order[start + self.first : start + self.first + self.share].tolist()
+        # torch's RandomSampler draws one more permutation as a pass ends; so does this, so that one
+        # process reproduces exactly the batches (and weights) of the RandomSampler this replaced.
+        torch.randperm(self.size, generator=self.generator)
+
+
+@dataclass(frozen=True)
 class Loaders:
-    train: DataLoader
-    val: DataLoader | None
-    test: DataLoader
-    generator: torch.Generator  # drives shuffling and augmentation: its state makes a run resumable
+    train: DataLoader  # this process's share of each global batch, distorted when asked
+    held_out: DataLoader  # accuracy after each epoch: validation images, or the test set; this process's shard
+    held_out_split: str  # "val" or "test"
+    test: DataLoader  # the whole test set, in order: the final report
+    generators: Generators
 
 
 def make_loaders(
     data: MNIST,
     batch_size: int,
     seed: int,
-    augment: bool = True,
+    augmentation: Augmentation | None = None,
     val_size: int = 0,
     limit: int | None = None,
     eval_batch_size: int = 500,
     device: torch.device | str = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Loaders:
     """DataLoaders over the preprocessed tensors (kept on `device`): training shuffled by `seed`, the rest in order."""
     train_images, train_labels = data.train_images[:limit], data.train_labels[:limit]
@@ -305,19 +262,18 @@ def make_loaders(
     # The validation images are a fixed random subset, chosen by the seed, never trained on.
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     train_index, val_index = order[val_size:], order[:val_size]
-    generator = torch.Generator().manual_seed(seed)
-
-    augment_generator = generator if augment else None
-    train_set = TensorBatches(
-        preprocess(train_images[train_index]).to(device), train_labels[train_index].to(device), augment_generator
-    )
-    # drop_last keeps every training step the same shape; the dropped images change every epoch.
-    train = batch_loader(train_set, RandomSampler(train_set, generator=generator), batch_size, drop_last=True)
-    val = None
-    if val_size:
-        val = eval_loader(train_images[val_index], train_labels[val_index], eval_batch_size, device)
+    generators = make_generators(seed, rank, world_size)
+    images, labels = preprocess(train_images[train_index]).to(device), train_labels[train_index].to(device)
+    train_set = TensorBatches(images, labels, augmentation, generators.augment)
+    sampler = GlobalBatches(len(train_set), batch_size, generators.shuffle, rank, world_size)
+    train = DataLoader(train_set, batch_size=None, sampler=sampler)
     test = eval_loader(test_images, test_labels, eval_batch_size, device)
-    return Loaders(train, val, test, generator)
+    held_out = test if not val_size and world_size == 1 else None
+    if held_out is None:  # the validation images, or this process's shard of them (or of the test set)
+        images, labels = (train_images[val_index], train_labels[val_index]) if val_size else (test_images, test_labels)
+        shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
+        held_out = eval_loader(images[shard], labels[shard], eval_batch_size, device)
+    return Loaders(train, held_out, "val" if val_size else "test", test, generators)
 
 
 def eval_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str) -> DataLoader:

@@ -8,9 +8,13 @@ read as well as the test set is. data.preprocess then pads and normalizes it as 
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MIN_CONTRAST = 32  # grey levels between ink and background below which we call the image blank
@@ -24,7 +28,7 @@ class ImageProblem(Exception):
 def load_grayscale(path: Path) -> torch.Tensor:
     """H x W float tensor in 0..255, upright (EXIF orientation applied); transparent pixels become a
     background that contrasts with the ink."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not Path(path).is_file():
         raise ImageProblem("no such file" if not Path(path).exists() else "not a file")
@@ -35,11 +39,22 @@ def load_grayscale(path: Path) -> torch.Tensor:
                 if image.width * image.height > MAX_PIXELS:
                     raise ImageProblem(f"too large: {image.width} x {image.height} pixels (limit {MAX_PIXELS:,})")
                 image.seek(0)  # GIF and other animations: the first frame
-                rgba = ImageOps.exif_transpose(image).convert("RGBA")  # phones store rotation as a tag
+                grey = grey_from_image(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageProblem(f"too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageProblem(f"not a readable image ({type(err).__name__})") from None
+    return grey
+
+
+def grey_from_image(image: "Image.Image") -> torch.Tensor:
+    """A PIL image of any mode (a file's, or a drawing canvas's) -> H x W float grey in 0..255, upright.
+
+    The one conversion behind both load_grayscale and the drawing app, so a file and a canvas are
+    read alike: EXIF orientation applied, transparency handled by grey_from_rgba."""
+    from PIL import ImageOps
+
+    rgba = ImageOps.exif_transpose(image).convert("RGBA")  # phones store rotation as a tag
     return grey_from_rgba(TF.pil_to_tensor(rgba).float())
 
 

@@ -132,33 +132,48 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     """Run an entry point: user errors become one line on stderr and exit status 2, no traceback;
     Ctrl-C exits 130; a closed stdout only silences the output."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # undo the import-time guard of the entry points
+    signal.signal(signal.SIGTERM, _terminate)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
+    rank = os.environ.get("RANK")  # set by torchrun
+    speaks = rank in (None, "0")  # rank 0 alone reports a user error: the processes agree on those first
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if speaks:
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except torch.OutOfMemoryError:  # reported by the process it happened to, whichever that is
+        where = f"rank {rank}: " if rank is not None else ""
+        print(f"error: {where}out of memory on the device; lower --batch-size", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # training saves its own state before this is reached
-        print("\ninterrupted", file=sys.stderr)
+        if speaks:
+            print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         sys.stdout.flush()
         sys.stdout, sys.stderr = saved
 
 
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM (`kill`, a scheduler's preemption, torchrun stopping its workers) stops like a Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block is done, so that a save is never abandoned half-way."""
+    """Hold a Ctrl-C (or SIGTERM) until the block is done, so that a save is never abandoned half-way."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _: received.append(signum))
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if received:
         raise KeyboardInterrupt
 

@@ -12,15 +12,17 @@ if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, n
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import argparse
+import contextlib
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data import Loaders, add_data_args, data_source, fingerprint, make_loaders
+from distributed import World, agree, join, leave, peer_failed
 from eval import Evaluation, evaluate, format_report, write_report
 from helper import (
     DEFAULT_CHECKPOINT,
@@ -40,7 +42,8 @@ from helper import (
     write_json,
 )
 from LeNet5 import LeNet5, count_parameters, layer_table
-from train import SCHEDULES, History, Recipe, TrainingInterrupted, TrainState, fit
+from recipes import RECIPES, SCHEDULES, Recipe, augmentation_for, resolve_recipe
+from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
 
@@ -59,7 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """The recipe flags. They are absent from the parsed args unless given, so --resume can tell which were."""
     defaults = Recipe()
-    g = p.add_argument_group("training recipe (defaults: Recipe in train.py)")
+    g = p.add_argument_group("training recipe: --recipe picks the starting values, the other flags override them")
+    names = "; ".join(f"{name}: {line}" for name, (line, _) in RECIPES.items()).replace("%", "%%")  # argparse
+    g.add_argument("--recipe", default=argparse.SUPPRESS, choices=RECIPES, help=f"{names} (default: default)")
 
     def flag(name: str, help: str, **kwargs) -> None:
         default = getattr(defaults, name[2:].replace("-", "_"), None)
@@ -73,7 +78,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     flag("--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
     flag("--weight-decay", "L2 penalty", type=number(float, 0))
     flag("--schedule", "per-step learning-rate schedule", choices=SCHEDULES)
+    flag("--warmup-epochs", "linear learning-rate ramp from 0 at the start", type=number(float, 0, 100))
     flag("--augment", "random rotation, scale and shift of training images", action=argparse.BooleanOptionalAction)
+    flag("--elastic-alpha", "with --augment: elastic distortion strength, pixels (0: off)", type=number(float, 0, 100))
+    flag("--elastic-sigma", "smoothness of the elastic field, pixels", type=number(float, 0.5, 8))
+    flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))
     flag("--seed", "seed for weights, shuffling and augmentation", type=number(int, 0, 2**63 - 1))
     flag("--val-size", "training images held out for validation (0: test accuracy per epoch)", type=number(int, 0))
     flag("--limit", "use only the first N training and test images (default: all)", type=number(int, 1))
@@ -83,11 +92,13 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tuple[Recipe, dict[str, Any]]:
     """(recipe, model config): from the flags, or from the checkpoint being resumed, refusing flags that differ."""
     given = {f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)}
+    if hasattr(args, "recipe"):
+        given["name"] = args.recipe
     full_c3 = getattr(args, "full_c3", None)
     if resumed is None:
-        return Recipe(**given), {"c3_table": not full_c3}
-    saved, config = resumed["train_state"]["recipe"], resumed["config"]
-    differ = [f"{_flag(k, v)} (it has {_flag(k, saved.get(k))})" for k, v in given.items() if saved.get(k) != v]
+        return resolve_recipe(given.pop("name", "default"), given), {"c3_table": not full_c3}
+    saved, config = asdict(Recipe(**resumed["train_state"]["recipe"])), resumed["config"]
+    differ = [f"{_flag(k, v)} (it has {_flag(k, saved[k])})" for k, v in given.items() if saved[k] != v]
     if full_c3 and config.get("c3_table", True):
         differ.append("--full-c3 (the checkpoint uses LeCun's C3 table)")
     if differ:
@@ -99,7 +110,7 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
 
 
 def _flag(name: str, value: Any) -> str:
-    flag = "--" + name.replace("_", "-")
+    flag = "--" + ("recipe" if name == "name" else name.replace("_", "-"))
     return (flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}"
 
 
@@ -110,58 +121,97 @@ def print_architecture(model: LeNet5) -> None:
     print(f"  {'total':<42} {count_parameters(model):>7,} trainable parameters")
 
 
-def build_state(recipe: Recipe, config: dict[str, Any], loaders: Loaders, device: torch.device) -> TrainState:
-    torch.manual_seed(recipe.seed)  # the initial weights
-    model = place_model(LeNet5(**config), device)
+@dataclass(frozen=True)
+class Setup:
+    """What a run starts from, once every process has it."""
+
+    recipe: Recipe
+    config: dict[str, Any]  # LeNet5's constructor arguments
+    loaders: Loaders
+    data: dict[str, Any]  # the data's fingerprint and sizes, kept in the checkpoint
+    resumed: dict[str, Any] | None  # the checkpoint given to --resume
+
+
+def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Setup:
+    """Everything that can fail on one machine (paths, checkpoint, data): all processes check in together,
+    so that one failure ends the whole job with one line."""
+    error = setup = None
+    try:
+        if world.is_main:
+            check_outputs(args.out, args.report_dir)
+        resumed = load_checkpoint(args.resume, resumable=True) if args.resume else None
+        recipe, config = choose_recipe(args, resumed)
+        mnist = data_source(args).open()
+        data = {"fingerprint": fingerprint(mnist), "train": len(mnist.train_labels), "test": len(mnist.test_labels)}
+        loaders = make_loaders(
+            mnist, recipe.batch_size, recipe.seed, augmentation_for(recipe), recipe.val_size, recipe.limit,
+            device=device, rank=world.rank, world_size=world.size,
+        )  # fmt: skip
+        setup = Setup(recipe, config, loaders, data, resumed)
+    except UserError as err:
+        error = err
+    agree(error, world)
+    return setup
+
+
+def build_state(setup: Setup, world: World, device: torch.device, resume: Path | None) -> TrainState:
+    torch.manual_seed(setup.recipe.seed)  # the initial weights (the same in every process)
+    model = place_model(LeNet5(**setup.config), device)
     print_architecture(model)
-    return TrainState(model, recipe, len(loaders.train), loaders.generator)
-
-
-def resume_into(state: TrainState, checkpoint: dict[str, Any], path: Path, data_fingerprint: str) -> None:
-    saved = checkpoint.get("data", {}).get("fingerprint")
-    if saved != data_fingerprint:
-        raise UserError(
-            f"--resume {path} was trained on other data (fingerprint {saved}; these files give {data_fingerprint}); "
-            "pass the --data-dir it was trained on"
-        )
-    state.load_state_dict(training_state(checkpoint))
-    note = "nothing left to train; evaluating it" if state.epoch >= state.recipe.epochs else "continuing"
-    print(f"resuming {path}: {state.epoch} of {state.recipe.epochs} epochs done, {note}")
+    state = TrainState(model, setup.recipe, len(setup.loaders.train), setup.loaders.generators, world)
+    if setup.resumed:
+        saved = setup.resumed.get("data", {}).get("fingerprint")
+        if saved != setup.data["fingerprint"]:
+            raise UserError(
+                f"--resume {resume} was trained on other data (fingerprint {saved}; these files give "
+                f"{setup.data['fingerprint']}); pass the --data-dir it was trained on"
+            )
+        state.load_state_dict(training_state(setup.resumed))
+        note = "nothing left to train; evaluating it" if state.epoch >= state.recipe.epochs else "continuing"
+        print(f"resuming {resume}: {state.epoch} of {state.recipe.epochs} epochs done, {note}")
+    return state
 
 
 def main(argv: list[str] | None = None) -> None:
     started = time.time()
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    check_outputs(args.out, args.report_dir)
-    resumed = load_checkpoint(args.resume, resumable=True) if args.resume else None
-    recipe, config = choose_recipe(args, resumed)
-    print(f"device: {device}; recipe: {asdict(recipe)}")
-    data = data_source(args).open()
-    data_info = {"fingerprint": fingerprint(data), "train": len(data.train_labels), "test": len(data.test_labels)}
-    loaders = make_loaders(
-        data, recipe.batch_size, recipe.seed, recipe.augment, recipe.val_size, recipe.limit, device=device
+    world, device = join(resolve_device(args.device))
+    try:
+        with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):  # one voice
+            train_and_report(args, world, device, started)
+    except RuntimeError as err:
+        if not peer_failed(err, world):
+            raise
+        sys.exit(1)  # another process failed and said why; a second traceback would only bury that line
+    finally:
+        leave(world)
+
+
+def train_and_report(args: argparse.Namespace, world: World, device: torch.device, started: float) -> None:
+    setup = prepare(args, world, device)
+    print(
+        f"device: {device}{f' x {world.size} processes' if world.distributed else ''}; recipe: {asdict(setup.recipe)}"
     )
-    sizes = len(loaders.train.dataset), recipe.val_size, len(loaders.test.dataset)
+    sizes = len(setup.loaders.train.dataset), setup.recipe.val_size, len(setup.loaders.test.dataset)
     print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
-    state = build_state(recipe, config, loaders, device)
-    if resumed:
-        resume_into(state, resumed, args.resume, data_info["fingerprint"])
-    held_out, split = (loaders.val, "val") if loaders.val is not None else (loaders.test, "test")
+    state = build_state(setup, world, device, args.resume)
     try:
-        fit(state, loaders.train, held_out, device, split, args.log_interval)
+        fit(state, setup.loaders, device, args.log_interval)
     except TrainingInterrupted as stop:
-        exit_saving(stop.state, config, data_info, args.out, f"after epoch {stop.state['epoch']}")
+        exit_saving(stop.state, setup, args.out, f"after epoch {stop.state['epoch']}", world)
+    final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
+    if not world.is_main:
+        return
     try:
-        result = evaluate(state.model, loaders.test, device)
+        result = evaluate(state.model, setup.loaders.test, device)
     except KeyboardInterrupt:  # training is finished: keep it
-        exit_saving(state.state_dict(), config, data_info, args.out, "with training finished")
+        exit_saving(final, setup, args.out, "with training finished", world)
     with interrupts_deferred():
-        paths = save_trained(args.out, state, config, data_info, result, device, started)
+        paths = save_trained(args.out, final, setup, result, device, started)
         if args.resume and args.resume.name.endswith(".resume.pt") and args.resume.resolve() != args.out.resolve():
             args.resume.unlink(missing_ok=True)  # the run it held is complete now
     print(f"\n{format_report(result)}")
-    paths += write_report(result, loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
+    paths += write_report(result, setup.loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
     paths += plot_history(state.history, args.report_dir)
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in paths], sep="\n")
 
@@ -180,40 +230,37 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def exit_saving(training: dict[str, Any], config: dict[str, Any], data: dict[str, Any], out: Path, when: str) -> None:
-    """Ctrl-C: save the resumable state, say how to continue, exit 130."""
-    path = resume_path(out)
-    with interrupts_deferred():
-        save_checkpoint(path, config, training, data=data)
-    print(f"\ninterrupted: saved the state {when} to {path}")
-    print(f"continue with: python main.py --resume {path}", flush=True)
+def exit_saving(training: dict[str, Any], setup: Setup, out: Path, when: str, world: World) -> None:
+    """Ctrl-C: save the resumable state (rank 0), say how to continue, exit 130 (every process)."""
+    if world.is_main:
+        path = resume_path(out)
+        command = f"torchrun --nproc-per-node {world.size} main.py" if world.distributed else "python main.py"
+        with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
+            save_checkpoint(path, setup.config, training, data=setup.data)
+            print(f"\ninterrupted: saved the state {when} to {path}")
+            print(f"continue with: {command} --resume {path}", flush=True)
     sys.exit(130)
 
 
 def save_trained(
-    out: Path,
-    state: TrainState,
-    config: dict[str, Any],
-    data: dict[str, Any],
-    result: Evaluation,
-    device: torch.device,
-    started: float,
+    out: Path, training: dict[str, Any], setup: Setup, result: Evaluation, device: torch.device, started: float
 ) -> list[Path]:
     """The checkpoint (resumable: it carries the training state) and its metrics as JSON beside it."""
-    epochs = state.history.epochs
+    epochs = training["history"]["epochs"]
     metrics = {
         "test_accuracy": result.accuracy,
         "per_class_accuracy": result.metrics()["per_class_accuracy"],
-        "parameters": count_parameters(state.model),
-        "recipe": asdict(state.recipe),
+        "parameters": count_parameters(LeNet5(**setup.config)),
+        "recipe": training["recipe"],
         "device": str(device),
-        "train_seconds": sum(e.seconds for e in epochs),
+        "processes": training["world_size"],
+        "train_seconds": sum(e["seconds"] for e in epochs),
         "wall_seconds": time.time() - started,
-        "epochs": [asdict(e) for e in epochs],
+        "epochs": epochs,
     }
     json_path = out.with_suffix(".json")
     json_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale .json beside a new .pt
-    save_checkpoint(out, config, state.state_dict(), metrics, data)
+    save_checkpoint(out, setup.config, training, metrics, setup.data)
     write_json(metrics, json_path)
     return [out, json_path]
 

@@ -1,8 +1,9 @@
-"""Cold-start runs of `python main.py`, launched as a user launches them, and what they achieved:
-the final test accuracy and the time from process start to the end of the first epoch whose test
-accuracy reached a target. bench.py and scripts/seeds.py both time accuracy this way."""
+"""Cold-start training runs, launched as a user launches them, and what they achieved: the final
+test accuracy and the time from process start to the end of the first epoch whose test accuracy
+reached a target. bench.py and scripts/seeds.py both time accuracy this way."""
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -20,37 +21,51 @@ class Run:
     target: float
     epoch_reached: int | None  # None: the target was never reached
     seconds_to_target: float | None  # process start to the end of that epoch
-    best_test_accuracy: float  # the best epoch's held-out accuracy
+    eval_split: str  # what the per-epoch accuracies were measured on: "test", or "val" with --val-size
+    final_eval_accuracy: float  # the last epoch's accuracy on eval_split
+    best_eval_accuracy: float
+    images_per_second: float  # training only (median over the epochs)
     train_seconds: float
     wall_seconds: float
 
 
-def run_main(flags: list[str], out_dir: Path, target: float = 0.99, log: Path | None = None) -> Run:
-    """Train with `python main.py FLAGS` in a fresh process, writing into out_dir (and its log to `log`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_main(flags: list[str], out_dir: Path, target: float = 0.99, processes: int = 1) -> Run:
+    """Train with `python main.py FLAGS` in a fresh process (or `torchrun --nproc-per-node N main.py FLAGS`),
+    writing into out_dir (its log: out_dir/train.log)."""
     out = out_dir / "lenet5.pt"
-    command = [sys.executable, str(PROJECT_DIR / "main.py"), *flags, "--out", str(out)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] * (processes > 1)
+    command = [*launcher, str(PROJECT_DIR / "main.py"), *flags, "--out", str(out)]
     command += ["--report-dir", str(out_dir / "reports")]
+    return run_timed(command, out.with_suffix(".json"), out_dir / "train.log", target)
+
+
+def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) -> Run:
+    """Run `python COMMAND` (its output into `log`), then read the per-epoch metrics it wrote as JSON."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(log or out_dir / "train.log", "w") as sink:
-        done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT)
+    with open(log, "w") as sink:
+        done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT)
     wall = time.time() - started
     if done.returncode != 0:
-        raise UserError(f"`python main.py {' '.join(flags)}` failed (exit {done.returncode}); see {sink.name}")
-    return summarize(json.loads(out.with_suffix(".json").read_text()), started, wall, target)
+        raise UserError(f"`python {' '.join(command)}` failed (exit {done.returncode}); see {log}")
+    return summarize(json.loads(metrics_json.read_text()), started, wall, target)
 
 
 def summarize(metrics: dict[str, Any], started: float, wall_seconds: float, target: float) -> Run:
-    """From main.py's metrics JSON and the time.time() taken just before launching it."""
+    """From a metrics JSON (main.py's, or scripts/baseline.py's) and the time.time() taken just before launch."""
     epochs = metrics["epochs"]
-    reached = next((e for e in epochs if e["eval_accuracy"] >= target), None)
+    on_test = epochs[-1]["eval_split"] == "test"  # a target is about test accuracy: never read it off val
+    reached = next((e for e in epochs if e["eval_accuracy"] >= target), None) if on_test else None
     return Run(
         final_test_accuracy=metrics["test_accuracy"],
         epochs=len(epochs),
         target=target,
         epoch_reached=reached["epoch"] if reached else None,
         seconds_to_target=reached["finished_at"] - started if reached else None,
-        best_test_accuracy=max(e["eval_accuracy"] for e in epochs),
+        eval_split=epochs[-1]["eval_split"],
+        final_eval_accuracy=epochs[-1]["eval_accuracy"],
+        best_eval_accuracy=max(e["eval_accuracy"] for e in epochs),
+        images_per_second=statistics.median(e["images_per_second"] for e in epochs),
         train_seconds=metrics["train_seconds"],
         wall_seconds=wall_seconds,
     )

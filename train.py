@@ -15,32 +15,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data import Generators, Loaders
+from distributed import ONE, StopFlag, World, gather, sum_over_ranks
 from eval import predict
 from helper import UserError, place_batch
+from recipes import Recipe
 
 # A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
 EXPLODED_LOSS = 10 * math.log(10)
-SCHEDULES = ("linear", "cosine", "constant")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides the trained weights; main.py's flags take their defaults from here."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.01  # the write-up's learning rate: the peak of the schedule
-    momentum: float = 0.95
-    nesterov: bool = True
-    weight_decay: float = 0.0
-    schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr
-    augment: bool = True  # random rotation, scale and shift of each training batch
-    seed: int = 0
-    val_size: int = 0  # training images held out for validation
-    limit: int | None = None  # use only the first N training and test images
 
 
 class TrainingDiverged(UserError):
@@ -105,15 +91,28 @@ def make_scheduler(
     }
     if recipe.schedule not in factors:
         raise UserError(f"--schedule {recipe.schedule!r} is not one of {', '.join(factors)}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[recipe.schedule])
+    decay, warmup = factors[recipe.schedule], round(recipe.warmup_epochs * steps_per_epoch)
+    if warmup == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    # A linear ramp over the first steps: with heavy momentum, full-size steps from random weights overshoot.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay(step) * min(1.0, (step + 1) / warmup))
 
 
 class TrainState:
     """Model, optimizer, scheduler, random generators, recipe and history: everything the next step
-    depends on, behind PyTorch's Stateful pair state_dict() / load_state_dict()."""
+    depends on, behind PyTorch's Stateful pair state_dict() / load_state_dict().
 
-    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, generator: torch.Generator):
-        self.model, self.recipe, self.generator = model, recipe, generator
+    Under torchrun, `network` is the model wrapped in DistributedDataParallel (it averages the
+    gradients over the processes); `model` is always the plain LeNet5 that is saved and evaluated.
+    """
+
+    def __init__(
+        self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, generators: Generators, world: World = ONE
+    ):
+        self.model, self.recipe, self.generators, self.world = model, recipe, generators, world
+        # forward_sync_buffers=False: the only buffer, C3's connection mask, is a constant (and a
+        # channels_last 16x6x1x1 tensor, which the per-step buffer broadcast refuses).
+        self.network = DistributedDataParallel(model, forward_sync_buffers=False) if world.distributed else model
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, steps_per_epoch)
         self.history = History(steps_per_epoch)
@@ -124,16 +123,22 @@ class TrainState:
         return len(self.history.epochs)
 
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot (deep copy): later steps do not change it."""
-        rng = {"torch": torch.get_rng_state(), "loader": self.generator.get_state()}
+        """A snapshot (deep copy): later steps do not change it. Under torchrun every process must call it:
+        the random generators of all of them are gathered (each distorts its images with its own)."""
+        rng = {
+            "torch": gather(torch.get_rng_state(), self.world),
+            "shuffle": self.generators.shuffle.get_state(),
+            "augment": gather(self.generators.augment.get_state(), self.world),
+        }
         if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+            rng["cuda"] = gather(torch.cuda.get_rng_state(), self.world)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
             "recipe": asdict(self.recipe),
+            "world_size": self.world.size,
             "epoch": self.epoch,
             "history": self.history.state_dict(),
         }
@@ -142,23 +147,30 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if Recipe(**state["recipe"]) != self.recipe:
             raise ValueError(f"the saved recipe {state['recipe']} is not this state's {asdict(self.recipe)}")
+        if state["world_size"] != self.world.size:
+            raise UserError(
+                f"this state was trained by {state['world_size']} process(es); resume it with as many "
+                f"(torchrun --nproc-per-node {state['world_size']}, or plain python for 1)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["loader"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rank, rng = self.world.rank, state["rng"]
+        torch.set_rng_state(rng["torch"][rank])
+        self.generators.shuffle.set_state(rng["shuffle"])
+        self.generators.augment.set_state(rng["augment"][rank])  # (one process: the same generator, same state)
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"][rank])
         self.history.load_state_dict(state["history"])
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    step_losses: list[float]
+    step_losses: list[float]  # averaged over the processes
     train_loss: float
     train_accuracy: float
     seconds: float
-    images_per_second: float
+    images_per_second: float  # all processes together
 
 
 def train_one_epoch(
@@ -168,38 +180,45 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     epoch: int,
+    *,
     log_interval: int = 200,
     progress: bool = True,
+    label_smoothing: float = 0.0,
+    world: World = ONE,
+    stop: StopFlag | None = None,
 ) -> EpochResult:
     """One pass over the training loader (scheduler stepped per batch)."""
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
     start = time.perf_counter()
-    # disable=None: a bar on a terminal, none in a log file
-    bar = tqdm(
-        loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True, disable=None if progress else True
-    )
+    # disable=None: a bar on a terminal, none in a log file (nor on the other processes)
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
+               disable=None if progress and world.is_main else True)  # fmt: skip
     for step, (images, labels) in enumerate(bar, start=1):
         images, labels = place_batch(images, device), labels.to(device, non_blocking=True)
         logits = model(images)  # N x 10
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if stop is not None and stop.agreed():  # under torchrun: every process stops after the same step
+            raise KeyboardInterrupt
         step_losses.append(loss.detach())
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
         if step % log_interval == 0:  # the only host syncs inside the epoch
-            running = torch.stack(step_losses[-log_interval:]).mean().item()
+            running = sum_over_ranks(torch.stack(step_losses[-log_interval:]).mean(), world).item() / world.size
             check_loss(running, epoch, step)
-            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{seen / (time.perf_counter() - start):,.0f}")
-            tqdm.write(f"[{epoch}, {step:5d}] loss: {running:.4f}")
-    losses = torch.stack(step_losses).float().cpu()
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{world.size * seen / (time.perf_counter() - start):,.0f}")
+            if world.is_main:
+                tqdm.write(f"[{epoch}, {step:5d}] loss: {running:.4f}")
+    losses = sum_over_ranks(torch.stack(step_losses).float(), world).cpu() / world.size
     check_loss(losses.mean().item(), epoch, len(step_losses))
     seconds = time.perf_counter() - start
-    return EpochResult(losses.tolist(), losses.mean().item(), correct.item() / max(1, seen), seconds, seen / seconds)
+    correct, seen = sum_over_ranks(correct, world).item(), seen * world.size
+    return EpochResult(losses.tolist(), losses.mean().item(), correct / max(1, seen), seconds, seen / seconds)
 
 
 def check_loss(loss: float, epoch: int, step: int) -> None:
@@ -211,42 +230,50 @@ def check_loss(loss: float, epoch: int, step: int) -> None:
         )
 
 
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: World = ONE) -> float:
+    """Accuracy over the loader's images, or over all processes' shards together."""
     logits, labels = predict(model, loader, device)
-    return (logits.argmax(1) == labels).double().mean().item()
+    if not world.distributed:
+        return (logits.argmax(1) == labels).double().mean().item()
+    counts = sum_over_ranks(torch.tensor([(logits.argmax(1) == labels).sum().item(), len(labels)]), world)
+    return counts[0].item() / counts[1].item()
 
 
 def fit(
     state: TrainState,
-    train_loader: DataLoader,
-    eval_loader: DataLoader,
+    loaders: Loaders,
     device: torch.device,
-    eval_split: str = "test",
     log_interval: int = 200,
 ) -> History:
     """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
     Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
     """
-    boundary = state.state_dict()
+    boundary, world = state.state_dict(), state.world
     for epoch in range(state.epoch + 1, state.recipe.epochs + 1):
         try:  # a Ctrl-C anywhere in here falls back to the last complete epoch
-            r = train_one_epoch(
-                state.model, train_loader, state.optimizer, state.scheduler, device, epoch, log_interval
-            )
+            with StopFlag(world) as stop:
+                r = train_one_epoch(
+                    state.network, loaders.train, state.optimizer, state.scheduler, device, epoch,
+                    log_interval=log_interval, label_smoothing=state.recipe.label_smoothing, world=world, stop=stop,
+                )  # fmt: skip
             stats = EpochStats(
                 epoch, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
-                eval_split, accuracy(state.model, eval_loader, device), time.time(),
+                loaders.held_out_split, accuracy(state.model, loaders.held_out, device, world), time.time(),
             )  # fmt: skip
             state.history.step_losses += r.step_losses
             state.history.epochs.append(stats)
-            print(
-                f"epoch {epoch}/{state.recipe.epochs}: train loss {stats.train_loss:.4f}, "
-                f"train acc {100 * stats.train_accuracy:.2f}%, {eval_split} acc {100 * stats.eval_accuracy:.2f}%, "
-                f"{stats.seconds:.1f}s ({stats.images_per_second:,.0f} img/s)",
-                flush=True,
-            )
+            if world.is_main:
+                print(summary_line(stats, state.recipe.epochs), flush=True)
             boundary = state.state_dict()
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
     return state.history
+
+
+def summary_line(stats: EpochStats, epochs: int) -> str:
+    return (
+        f"epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, "
+        f"train acc {100 * stats.train_accuracy:.2f}%, {stats.eval_split} acc {100 * stats.eval_accuracy:.2f}%, "
+        f"{stats.seconds:.1f}s ({stats.images_per_second:,.0f} img/s)"
+    )

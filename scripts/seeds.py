@@ -23,27 +23,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=number(int, 0), nargs="+", default=[0, 1, 2], help="one run per seed")
     p.add_argument("--data-dir", help="passed to main.py")
     p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs", help="checkpoints, reports and logs")
+    p.add_argument("--processes", type=number(int, 1, 64), default=1, help="N > 1: torchrun --nproc-per-node N")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args, extra = p.parse_known_args(argv)  # anything else goes to main.py as is
     if args.json:
         check_output_file(args.json, "--json")
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []
-    print(f"{'seed':>4} {'final test acc':>15} {'99.0% at epoch':>15} {'s to 99.0%':>11} {'train s':>8} {'wall s':>7}")
+    header = f"{'seed':>4} {'final test acc':>15} {'99.0% at epoch':>15} {'s to 99.0%':>11} {'train s':>8}"
+    print(header + f" {'wall s':>7} {'img/s':>7}")
     for seed in args.seeds:
-        run = run_main([*extra, "--seed", str(seed)], args.out_dir / f"seed{seed}", target=0.99)
+        run = run_main([*extra, "--seed", str(seed)], args.out_dir / f"seed{seed}", 0.99, args.processes)
         rows.append({"seed": seed, **asdict(run)})
         to99 = f"{run.seconds_to_target:.1f}" if run.seconds_to_target else "-"
         print(
             f"{seed:>4} {100 * run.final_test_accuracy:>14.2f}% {run.epoch_reached or '-':>15} {to99:>11} "
-            f"{run.train_seconds:>8.1f} {run.wall_seconds:>7.1f}",
+            f"{run.train_seconds:>8.1f} {run.wall_seconds:>7.1f} {run.images_per_second:>7,.0f}",
             flush=True,
         )
     accuracies = [r["final_test_accuracy"] for r in rows]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-    print(f"mean {100 * statistics.mean(accuracies):.2f}% (std {100 * spread:.2f}) over {len(rows)} seeds")
+    rates = [r["images_per_second"] for r in rows]
+    print(f"mean {100 * statistics.mean(accuracies):.2f}% (std {100 * spread:.2f}) over {len(rows)} seeds; "
+          f"{statistics.mean(rates):,.0f} img/s")  # fmt: skip
     if args.json:
-        summary = {"flags": extra, "runs": rows, "mean_test_accuracy": statistics.mean(accuracies), "std": spread}
+        summary = {"flags": extra, "processes": args.processes, "runs": rows}
+        summary |= {"mean_test_accuracy": statistics.mean(accuracies), "std": spread}
         write_json(summary, args.json)
 
 

@@ -1,18 +1,43 @@
 import json
 
-from conftest import run_script
+import pytest
+
+from bench import summarize_sides
+from runs import Run
 
 
-def test_bench_quick_runs_end_to_end_and_writes_json(tmp_path):
+def test_bench_quick_runs_end_to_end(tmp_path, cli):
     out = tmp_path / "bench.json"
-    done = run_script("bench.py", "--quick", "--rounds", "1", "--json", str(out), timeout=300)
+    # Random synthetic labels: about 10 % accuracy, so a 5 % target is reached and every path is taken.
+    done = cli("bench", "--quick", "--rounds", "1", "--target", "0.05", "--json", out)
     assert done.returncode == 0, done.stderr
-    assert "package / baseline:" in done.stdout
     result = json.loads(out.read_text())
-    for kind in ("baseline", "package"):
-        row = result["training"][kind]
-        assert row["images_per_second"] > 0 and row["seconds_per_epoch"] > 0 and row["peak_rss_mib"] > 0
-    assert result["speedup"] > 0 and result["inference_images_per_second"] > 0
+    assert result["data"] == "synthetic (--quick)" and set(result["sides"]) == {"baseline", "fast"}
+    for side, row in result["sides"].items():
+        (run,) = row["runs"]
+        assert run["epochs"] == 1 and run["eval_split"] == "test" and run["epoch_reached"] == 1, side
+        assert 0 < run["train_seconds"] < run["seconds_to_target"] <= run["wall_seconds"], side
+        assert f"{side:<9}{run['seconds_to_target']:>12.1f}" in done.stdout
+    sides = result["sides"]
+    expected = sides["baseline"]["seconds_to_target"] / sides["fast"]["seconds_to_target"]
+    assert sides["fast"]["times_sooner_than_baseline"] == pytest.approx(expected)
+    rate = sides["fast"]["images_per_second"] / sides["baseline"]["images_per_second"]
+    assert result["throughput_ratio"] == pytest.approx(rate)
     assert result["hardware"]["flops_per_training_image"] > 2e6  # ~2.26 MFLOP: forward + backward of LeNet-5
-    assert result["time_to_accuracy"]["epochs"] == 1
-    assert result["data"] == "synthetic (--quick)"
+    assert result["inference_images_per_second"] > 0
+
+
+def run(seconds: float | None, wall: float = 100.0) -> Run:
+    return Run(0.99, 3, 0.99, 3 if seconds else None, seconds, "test", 0.99, 0.99, 1000.0, 10.0, wall)
+
+
+def test_a_baseline_that_never_reaches_the_target_gives_a_lower_bound():
+    summary = summarize_sides({"baseline": [run(None, wall=200)], "fast": [run(10), run(12)], "default": [run(40)]})
+    assert summary["baseline"]["seconds_to_target"] is None
+    assert summary["fast"]["seconds_to_target"] == 11  # the median
+    assert summary["fast"]["times_sooner_than_baseline"] == pytest.approx(200 / 11)
+    assert summary["fast"]["times_sooner_is_lower_bound"] is True
+    reached = summarize_sides({"baseline": [run(90)], "fast": [run(10)], "default": [run(30), run(None)]})
+    assert reached["fast"]["times_sooner_than_baseline"] == 9 and not reached["fast"]["times_sooner_is_lower_bound"]
+    assert reached["default"]["seconds_to_target"] is None  # one of its runs never got there
+    assert reached["default"]["times_sooner_than_baseline"] is None

@@ -6,27 +6,19 @@ import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, synthetic_digits, synthetic_mnist, write_idx_dir
 
+from augment import BACKGROUND, Augmentation
 from data import (
-    BACKGROUND,
-    CUSTOM_FILES,
-    IMAGE_MAGIC,
-    LABEL_MAGIC,
-    MNIST_FILES,
     MNIST_MEAN,
     MNIST_STD,
-    DataError,
     DataSource,
-    IdxFile,
     fingerprint,
-    idx_bytes,
     load_mnist,
     make_loaders,
     preprocess,
-    random_affine,
-    read_idx,
     resolve_data_dir,
 )
 from helper import UserError
+from idx import CUSTOM_FILES, IMAGE_MAGIC, LABEL_MAGIC, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx
 
 IMAGES = IdxFile("images", IMAGE_MAGIC, None, None)
 LABELS = IdxFile("labels", LABEL_MAGIC, None, None)
@@ -177,33 +169,23 @@ def test_preprocess_pads_and_normalizes():
     assert out[0, 0, 31, 31] == pytest.approx(-0.424212, abs=1e-5)
 
 
-def test_random_affine_keeps_shape_and_background():
-    digits = torch.zeros(8, 28, 28, dtype=torch.uint8)
-    digits[:, 8:20, 10:18] = 255  # ink well inside the frame: a small move cannot push it onto the border
-    x = preprocess(digits)
-    out = random_affine(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and torch.isfinite(out).all()
-    assert out[:, :, 0, :].sub(BACKGROUND).abs().max() < 1e-5  # the border stays blank
-    assert not torch.allclose(out, x)
-    assert torch.equal(out, random_affine(x, torch.Generator().manual_seed(0)))
-
-
 def batches(loader):
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
 def test_loaders_reproducible_and_test_in_order(idx_dir):
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
-    first = make_loaders(data, batch_size=16, seed=3, val_size=16)
-    again = make_loaders(data, batch_size=16, seed=3, val_size=16)
-    other = make_loaders(data, batch_size=16, seed=4, val_size=16)
+    first = make_loaders(data, batch_size=16, seed=3, augmentation=Augmentation(), val_size=16)
+    again = make_loaders(data, batch_size=16, seed=3, augmentation=Augmentation(), val_size=16)
+    other = make_loaders(data, batch_size=16, seed=4, augmentation=Augmentation(), val_size=16)
     a, b, c = batches(first.train), batches(again.train), batches(other.train)
     assert len(a) == (N_TRAIN - 16) // 16
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(a, c))
     test_labels = torch.cat([y for _, y in first.test])
     assert torch.equal(test_labels, data.test_labels)  # never shuffled
-    val_labels = torch.cat([y for _, y in first.val])
+    assert first.held_out_split == "val"
+    val_labels = torch.cat([y for _, y in first.held_out])
     assert len(val_labels) == 16 and len(first.train.dataset) == N_TRAIN - 16
 
 

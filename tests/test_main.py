@@ -2,6 +2,8 @@
 Ctrl-C or a closed pipe at the moments that used to lose work."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -12,18 +14,16 @@ from conftest import N_TEST, PROJECT_DIR, assert_user_error, run_script, write_i
 TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny end-to-end `python main.py` run in a real process, shared by the tests that inspect it."""
-    root = tmp_path_factory.mktemp("e2e")
-    data = write_idx_dir(root / "mnist", gz=False)
-    out, reports = root / "ckpt" / "lenet5.pt", root / "reports"
-    done = run_script(
-        "main.py", "--data-dir", str(data), *TINY, "--epochs", "2", "--log-interval", "2",
-        "--out", str(out), "--report-dir", str(reports),
-    )  # fmt: skip
+@pytest.fixture
+def trained(tmp_path, cli):
+    """One tiny end-to-end `python main.py` run (in this process: the real-process runs are below)."""
+    data = write_idx_dir(tmp_path / "mnist", gz=False)
+    out, reports = tmp_path / "ckpt" / "lenet5.pt", tmp_path / "reports"
+    done = cli(
+        "main", "--data-dir", data, *TINY, "--epochs", "2", "--log-interval", "2", "--out", out, "--report-dir", reports
+    )
     assert done.returncode == 0, done.stderr
-    return root, data, out, reports, done.stdout
+    return tmp_path, data, out, reports, done.stdout
 
 
 def test_main_writes_checkpoint_report_and_plots(trained):
@@ -134,29 +134,24 @@ def test_an_exploding_loss_saves_nothing(cli, tmp_path):
     assert not list(out.parent.iterdir())
 
 
-# Runs main.py in a real process and sends it a real SIGINT at a chosen training step (not at a
-# moment picked by a timer, which made this test flaky): train.place_batch counts the steps.
-INTERRUPT_AT_STEP = """
-import os, runpy, signal, sys
-sys.path.insert(0, os.getcwd())
-import train
-place, calls = train.place_batch, [0]
-def counting(*args):
-    calls[0] += 1
-    if calls[0] == int(os.environ["INTERRUPT_AT_STEP"]):
-        os.kill(os.getpid(), signal.SIGINT)
-    return place(*args)
-train.place_batch = counting
-sys.argv = ["main.py", *sys.argv[1:]]
-runpy.run_path("main.py", run_name="__main__")
-"""
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_path, monkeypatch):
+    import train
 
+    # A real SIGINT at a chosen training step (a moment picked by a timer made this test flaky).
+    place, calls = train.place_batch, []
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_path):
+    def counting(*args):
+        calls.append(1)
+        if len(calls) == 120:  # step 20 of epoch 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return place(*args)
+
     data = write_idx_dir(tmp_path / "mnist", n_train=800, n_test=40)  # 50 steps per epoch
     common = ["--data-dir", str(data), *TINY, "--epochs", "4", "--report-dir", str(tmp_path / "reports")]
     out = tmp_path / "interrupted" / "lenet5.pt"
-    done = run_script("-c", INTERRUPT_AT_STEP, *common, "--out", str(out), env={"INTERRUPT_AT_STEP": "120"})
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "place_batch", counting)
+        done = cli("main", *common, "--out", out)
     assert done.returncode == 130, done.stderr
     resume = out.with_name("lenet5.resume.pt")
     assert f"saved the state after epoch 2 to {resume}" in done.stdout and "Traceback" not in done.stderr
@@ -200,9 +195,9 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_trained_weights(cli, tmp_p
 
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     """`python main.py | grep -m1 "epoch 1/"`: the reader goes away, the run still saves its checkpoint."""
-    data = write_idx_dir(tmp_path / "mnist", n_train=400)
+    data = write_idx_dir(tmp_path / "mnist", n_train=160)
     out = tmp_path / "lenet5.pt"
-    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "3", "--out", str(out)]
+    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "2", "--out", str(out)]
     command += ["--report-dir", str(tmp_path / "reports")]
     process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
@@ -212,7 +207,7 @@ def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
-    assert torch.load(out, weights_only=True)["epoch"] == 3 and out.with_suffix(".json").exists()
+    assert torch.load(out, weights_only=True)["epoch"] == 2 and out.with_suffix(".json").exists()
 
 
 # Sends the SIGINT while `import torch` is running, as a Ctrl-C right after pressing Enter would.

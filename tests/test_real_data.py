@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from conftest import PROJECT_DIR
 from PIL import Image
 
-from data import MNIST_FILES, eval_loader, fingerprint, load_mnist
+from data import eval_loader, fingerprint, load_mnist
 from eval import evaluate
 from helper import load_model
+from idx import MNIST_FILES
 from predict import predict_paths
 
 pytestmark = pytest.mark.real_data

@@ -1,0 +1,272 @@
+"""Draw a digit and watch LeNet-5 read it: a local web page (Gradio) with a drawing canvas and an
+image upload, the top-3 digits as you draw, the 28x28 image exactly as the network receives it
+(the same preprocessing as predict.py: digits.py), and its C1 and C3 feature maps.
+
+    python app.py --weights checkpoints/lenet5.pt --port 7860      # then open the printed address
+
+The page is served on this machine only (127.0.0.1) unless --host says otherwise; no public link
+is made unless --share is given. Every other checkpoint in checkpoints/ that loads is offered in a
+picker on the page.
+"""
+
+import os
+import signal
+
+if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+import errno
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from data import preprocess
+from digits import ImageProblem, grey_from_image, load_grayscale, to_mnist_digit
+from eval import classify
+from helper import (
+    DEFAULT_CHECKPOINT,
+    PROJECT_DIR,
+    CheckpointError,
+    CliParser,
+    UserError,
+    load_model,
+    number,
+    place_batch,
+    run_cli,
+)
+
+CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
+NO_DIGIT = "draw a digit"
+CANVAS = 400  # canvas pixels per side; the digit is cropped and scaled to 20 px anyway
+BRUSH = 16  # brush radius in canvas pixels: strokes about as thick, relative to the digit, as MNIST's pen
+# Gradio shows a small image at its own size (28 px): fill the box instead, pixel for pixel, not smoothed;
+# and keep the square pictures below their floating labels.
+CSS = """
+#digit img { image-rendering: pixelated; object-fit: contain; }
+.picture .image-frame { padding-top: 32px; box-sizing: border-box; }
+"""
+# The Sketchpad opens, and returns after "clear", with no tool chosen ("select the draw tool to start"):
+# whenever that hint shows, choose the brush for the visitor (a click before the canvas is ready is lost,
+# so keep checking rather than clicking once).
+SELECT_BRUSH = """() => setInterval(() => {
+  if (document.querySelector("#canvas .empty")) document.querySelector("#canvas button[aria-label=Brush]")?.click();
+}, 250)"""
+
+Outputs = tuple[Any, str, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
+def gradio():
+    """Gradio, imported on first use: it takes seconds, which --help and the error paths do not need."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: this is a local demo
+    import gradio as gr
+
+    return gr
+
+
+# --- checkpoints and the port, checked before the server starts ---------------------------------
+
+
+def display_name(path: Path) -> str:
+    """A checkpoint as the picker shows it: relative to the project when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_DIR)) if path.is_relative_to(PROJECT_DIR) else str(path)
+
+
+def load_checkpoints(weights: Path) -> dict[str, nn.Module]:
+    """--weights first (a broken one is a UserError), then every other checkpoint in checkpoints/ that loads."""
+    models = {display_name(weights): load_model(weights)[0]}
+    for path in sorted(CHECKPOINT_DIR.glob("*.pt")):
+        if display_name(path) in models:
+            continue
+        try:
+            models[display_name(path)] = load_model(path)[0]
+        except CheckpointError as err:  # an export or a damaged file: the page still starts
+            print(f"not in the picker: {err}")
+    return models
+
+
+def claim_port(host: str, port: int) -> int:
+    """The port the server can use on host (0: any free one), checked by binding it; else a UserError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"--host {host} is not a usable address ({err}); try --host 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket does
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use; pass --port N or stop the other server") from None
+            raise UserError(f"cannot serve on --host {host} --port {port}: {err.strerror or err}") from None
+        return probe.getsockname()[1]
+
+
+# --- what the page shows ------------------------------------------------------------------------
+
+
+def tile(maps: torch.Tensor, columns: int, zoom: int, gap: int = 2) -> np.ndarray:
+    """K x H x W activations in -1..1 -> one RGB uint8 grid, each map enlarged `zoom` times (yellow +1, purple -1)."""
+    from matplotlib import colormaps
+
+    count, height, width = maps.shape
+    rows = -(-count // columns)
+    cell_h, cell_w = height * zoom + gap, width * zoom + gap
+    grid = torch.full((rows * cell_h - gap, columns * cell_w - gap), float("nan"))  # NaN: the white gaps
+    big = maps.float().cpu().repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
+    for k in range(count):
+        row, col = divmod(k, columns)
+        grid[row * cell_h : row * cell_h + height * zoom, col * cell_w : col * cell_w + width * zoom] = big[k]
+    colours = colormaps["viridis"].with_extremes(bad="white")(((grid + 1) / 2).numpy())
+    return (colours[..., :3] * 255).round().astype(np.uint8)
+
+
+def nothing(why: str = "") -> Outputs:
+    """What the page shows without a digit: "draw a digit" (and why not, for a file that cannot be read)."""
+    return NO_DIGIT, f"**{NO_DIGIT}**" + (f" ({why})" if why else ""), None, None, None
+
+
+@torch.inference_mode()
+def look(model: nn.Module, grey: torch.Tensor | None) -> Outputs:
+    """H x W grey (None: nothing there) -> (top 3 for gr.Label, a line of text, the 28x28, C1 grid, C3 grid)."""
+    if grey is None:
+        return nothing()
+    try:
+        digit = to_mnist_digit(grey)
+    except ImageProblem:  # blank, or too faint: a prompt, not an error
+        return nothing()
+    result = classify(model, digit[None], topk=3)[0]
+    maps = model.feature_maps(place_batch(preprocess(digit[None]), next(model.parameters()).device))
+    top = {str(t["digit"]): t["probability"] for t in result["topk"]}
+    text = f"LeNet-5 reads **{result['prediction']}** ({result['probability']:.1%})"
+    return top, text, digit.numpy(), tile(maps["C1"][0], columns=3, zoom=4), tile(maps["C3"][0], columns=4, zoom=8)
+
+
+def canvas_grey(editor: dict[str, Any] | None) -> torch.Tensor | None:
+    """The Sketchpad's composite (strokes on a transparent canvas) as grey, through digits.py like any file."""
+    composite = (editor or {}).get("composite")
+    return None if composite is None else grey_from_image(composite)
+
+
+def upload_grey(path: str | None) -> torch.Tensor | None:
+    """An uploaded file, read exactly as predict.py reads one (ImageProblem when it cannot be)."""
+    return None if path is None else load_grayscale(Path(path))
+
+
+def handlers(models: dict[str, nn.Module]):
+    """The page's three events: a drawing, an upload, another checkpoint (which re-reads the drawing, or the upload)."""
+
+    def from_upload(path: str | None, name: str) -> Outputs:
+        try:
+            grey = upload_grey(path)
+        except ImageProblem as problem:  # too large, or not an image after all
+            return nothing(str(problem))
+        return look(models[name], grey)
+
+    def from_canvas(editor: dict[str, Any] | None, name: str) -> Outputs:
+        return look(models[name], canvas_grey(editor))
+
+    def from_either(editor: dict[str, Any] | None, path: str | None, name: str) -> Outputs:
+        drawn = canvas_grey(editor)
+        if path is not None and (drawn is None or drawn.min() == drawn.max()):
+            return from_upload(path, name)
+        return look(models[name], drawn)
+
+    return from_upload, from_canvas, from_either
+
+
+def results_row(gr) -> list:
+    """The row under the inputs: top 3 and a line of text, the 28x28, the C1 and C3 maps (the handlers' outputs)."""
+    with gr.Row():
+        with gr.Column(min_width=220):
+            label = gr.Label(NO_DIGIT, num_top_classes=3, label="prediction (top 3)", elem_id="prediction")
+            status = gr.Markdown(f"**{NO_DIGIT}**", elem_id="status")
+        picture = {"format": "png", "height": 300, "elem_classes": "picture"}  # PNG: the 28x28 arrives unaltered
+        digit = gr.Image(label="28x28, as the network receives it", elem_id="digit", **picture)
+        c1 = gr.Image(label="C1 feature maps (6 of 28x28)", **picture)
+        c3 = gr.Image(label="C3 feature maps (16 of 10x10)", **picture)
+    return [label, status, digit, c1, c3]
+
+
+def build(models: dict[str, nn.Module]):
+    """The Gradio page (not yet served)."""
+    gr = gradio()
+    names = list(models)
+    with gr.Blocks(title="LeNet-5: draw a digit", analytics_enabled=False) as demo:
+        gr.Markdown("## LeNet-5: draw a digit\nDraw on the canvas, or upload a picture of a digit.")
+        picker = gr.Dropdown(names, value=names[0], label="checkpoint", visible=len(names) > 1, elem_id="picker")
+        with gr.Row():
+            canvas = gr.Sketchpad(
+                label="draw here (mouse or touch)",
+                type="pil",
+                image_mode="RGBA",
+                format="png",
+                canvas_size=(CANVAS, CANVAS),
+                brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
+                layers=False,
+                height=440,
+                elem_id="canvas",
+            )
+            upload = gr.Image(
+                label="or upload an image",
+                type="filepath",
+                image_mode=None,
+                sources=["upload"],
+                height=440,
+                elem_id="upload",
+            )
+        outputs = results_row(gr)
+        from_upload, from_canvas, from_either = handlers(models)
+        live = {"trigger_mode": "always_last", "show_progress": "hidden"}
+        canvas.change(from_canvas, [canvas, picker], outputs, api_name="predict_canvas", **live)
+        upload.change(from_upload, [upload, picker], outputs, api_name="predict", **live)
+        picker.change(from_either, [canvas, upload, picker], outputs, api_visibility="private", **live)
+        demo.load(None, js=SELECT_BRUSH)
+    return demo
+
+
+# --- serving --------------------------------------------------------------------------------------
+
+
+def serve(models: dict[str, nn.Module], host: str, port: int, share: bool = False):
+    """Start the page in a background thread and return the Gradio app (its address: .local_url; .close() stops it)."""
+    demo = build(models)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, css=CSS)
+    except OSError as err:  # the port was taken between claim_port and now
+        demo.close(verbose=False)
+        raise UserError(f"cannot serve on {host} port {port}: {err}; pass --port N or stop the other server") from None
+    return demo
+
+
+def wait_until_stopped(demo) -> None:
+    while demo.is_running:
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint shown first")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
+    p.add_argument("--port", type=number(int, 0, 65535), default=7860, help="port to serve on (0: any free port)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs the internet)")
+    args = p.parse_args(argv)
+    models = load_checkpoints(args.weights)
+    port = claim_port(args.host, args.port)
+    demo = serve(models, args.host, port, args.share)
+    print(f"LeNet-5 digit demo on {demo.local_url}  (Ctrl-C stops it)", flush=True)
+    if demo.share_url:
+        print(f"public link: {demo.share_url}", flush=True)
+    try:
+        wait_until_stopped(demo)
+    finally:
+        demo.close(verbose=False)
+
+
+if __name__ == "__main__":
+    run_cli(main)

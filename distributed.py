@@ -1,0 +1,132 @@
+"""Training across processes and machines: the process group that torchrun starts, and the few
+collectives the training loop needs besides the gradients (DistributedDataParallel averages those).
+
+    torchrun --standalone --nproc-per-node 2 main.py ...
+
+Plain `python main.py` never touches any of this: its World is a world of one, every collective
+below returns its input, and no process group exists.
+"""
+
+import os
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from helper import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0  # this process among all of them
+    local_rank: int = 0  # this process on its machine (picks the GPU)
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints, writes files and evaluates the final model."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+ONE = World()  # plain `python main.py`: a world of one process
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def join(device: torch.device, timeout_s: float = 120) -> tuple[World, torch.device]:
+    """Join torchrun's process group (gloo on the CPU, nccl on CUDA, one GPU per process); returns
+    (world, the device this process uses). Outside torchrun: a world of one, the device unchanged.
+
+    The timeout bounds every collective, so a process that dies cannot leave the others waiting forever.
+    """
+    if not launched_by_torchrun():
+        return ONE, device
+    world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if device.type == "cuda":
+        if torch.cuda.device_count() <= world.local_rank:
+            raise UserError(f"local rank {world.local_rank} has no GPU of its own ({torch.cuda.device_count()} here)")
+        torch.cuda.set_device(world.local_rank)
+        device = torch.device("cuda", world.local_rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+    return world, device
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The element-wise sum over all ranks (in place; every rank gets it)."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not world.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * world.size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class StopFlag:
+    """Ctrl-C under torchrun. Were each process to stop where the signal found it, some would be left
+    waiting inside a gradient all-reduce for a peer that has gone. Instead each only notes the
+    signal (SIGINT or SIGTERM), and all of them agree after every step (one tiny all-reduce) to
+    stop after that same step. In a world of one it does nothing: Ctrl-C interrupts at once."""
+
+    def __init__(self, world: World):
+        self.world, self.noted, self.previous = world, False, {}
+
+    def __enter__(self) -> "StopFlag":
+        if self.world.distributed:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _note(self, signum: int, frame) -> None:
+        self.noted = True
+
+    def agreed(self) -> bool:
+        """True on every process as soon as any of them has noted a signal."""
+        if not self.world.distributed:
+            return False
+        flag = torch.tensor([int(self.noted)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def peer_failed(err: BaseException, world: World) -> bool:
+    """Whether a collective failed because another process went away (gloo and NCCL say it thus)."""
+    text = str(err)
+    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+    return world.distributed and isinstance(err, RuntimeError) and any(g in text for g in gone)
+
+
+def agree(error: UserError | None, world: World) -> None:
+    """A collective check-point: if any rank failed, every rank raises the first failure (a user error on
+    one machine, e.g. a wrong --data-dir there, then ends the whole job with one clear line)."""
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return
+    failures = [(rank, message) for rank, message in enumerate(gather(error and str(error), world)) if message]
+    if failures:
+        rank, message = failures[0]
+        raise UserError(f"rank {rank}: {message}")

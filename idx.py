@@ -1,0 +1,89 @@
+"""The IDX file format of the MNIST distribution: read and verify, or write.
+
+An IDX file is a big-endian header (a magic number whose last byte is the number of dimensions,
+then each dimension) followed by the uint8 values; MNIST ships four of them, gzip-compressed.
+"""
+
+import gzip
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from helper import UserError
+
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+class DataError(UserError):
+    """The MNIST files are missing, damaged or not what they claim to be."""
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    name: str  # official name, without ".gz"
+    magic: int
+    count: int | None  # None: accept any count (your own IDX files)
+    md5: str | None  # MD5 of the decompressed bytes; None: not checked
+
+
+MNIST_FILES = {
+    "train_images": IdxFile("train-images-idx3-ubyte", IMAGE_MAGIC, 60_000, "6bbc9ace898e44ae57da46a324031adb"),
+    "train_labels": IdxFile("train-labels-idx1-ubyte", LABEL_MAGIC, 60_000, "a25bea736e30d166cdddb491f175f624"),
+    "test_images": IdxFile("t10k-images-idx3-ubyte", IMAGE_MAGIC, 10_000, "2646ac647ad5339dbf082846283269ea"),
+    "test_labels": IdxFile("t10k-labels-idx1-ubyte", LABEL_MAGIC, 10_000, "27ae3e4e09519cfbb04c329615203637"),
+}
+# Same names and structure checks, no count or checksum: for IDX files you made yourself.
+CUSTOM_FILES = {key: IdxFile(f.name, f.magic, None, None) for key, f in MNIST_FILES.items()}
+
+
+def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
+    """Parse and verify one IDX file (gzip-compressed or not); DataError says what is wrong."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: cannot be read or decompressed ({err}); replace it with a fresh copy") from None
+    if len(raw) < 8:
+        raise DataError(f"{path}: truncated ({len(raw)} bytes): not an IDX file")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != spec.magic:
+        raise DataError(f"{path}: bad magic number {magic}, expected {spec.magic}: not an MNIST {_kind(spec)} file")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected_bytes = header + math.prod(dims)
+    if len(raw) != expected_bytes:
+        what = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
+        raise DataError(f"{path}: {what}: {len(raw):,} bytes, its header {dims} needs {expected_bytes:,}")
+    if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
+        raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
+    if dims[0] == 0:
+        raise DataError(f"{path}: holds no {_kind(spec)}; it must hold at least one")
+    if spec.count is not None and dims[0] != spec.count:
+        raise DataError(f"{path}: holds {dims[0]:,} {_kind(spec)}, expected {spec.count:,}")
+    if spec.md5 is not None and (md5 := hashlib.md5(raw).hexdigest()) != spec.md5:
+        raise DataError(f"{path}: MD5 {md5} does not match the official {spec.md5}: the file is corrupted")
+    values = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+    if spec.magic == LABEL_MAGIC:
+        if values.numel() and int(values.max()) > 9:
+            raise DataError(f"{path}: label {int(values.max())} is out of range 0..9")
+        return values.long()
+    return values
+
+
+def _kind(spec: IdxFile) -> str:
+    return "images" if spec.magic == IMAGE_MAGIC else "labels"
+
+
+def idx_bytes(values: torch.Tensor, magic: int) -> bytes:
+    """A uint8 tensor in the IDX format: big-endian magic number, each dimension, then the bytes."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in values.shape)
+    return header + values.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def write_idx(path: Path, values: torch.Tensor, magic: int) -> None:
+    """Write an IDX file (gzip-compressed when the name ends in .gz): make your own data set or test data."""
+    payload = idx_bytes(values, magic)
+    Path(path).write_bytes(gzip.compress(payload) if Path(path).suffix == ".gz" else payload)

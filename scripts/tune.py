@@ -1,0 +1,50 @@
+"""Choose a recipe's hyperparameters on a validation hold-out, never on the test set.
+
+Each candidate (a string of main.py flags) trains on 50,000 training images and is scored on the
+other 10,000 (--val-size 10000), once per seed, each in a fresh `python main.py` process. Only
+validation accuracy is shown and saved.
+
+    python scripts/tune.py --data-dir ../shared/mnist --seeds 0 1 \\
+        --candidates "--recipe best --elastic-alpha 0" "--recipe best" --json docs/tune.json
+"""
+
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from helper import CliParser, check_output_file, number, run_cli, write_json  # noqa: E402
+from runs import run_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    p.add_argument("--candidates", nargs="+", required=True, help="main.py flags, one quoted string per candidate")
+    p.add_argument("--seeds", type=number(int, 0), nargs="+", default=[0], help="one run per seed and candidate")
+    p.add_argument("--val-size", type=number(int, 1), default=10_000, help="training images held out")
+    p.add_argument("--data-dir", help="passed to main.py")
+    p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune", help="checkpoints and logs")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
+    common = ["--val-size", str(args.val_size)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    rows = []
+    for number_, candidate in enumerate(args.candidates):
+        scores = []
+        for seed in args.seeds:
+            flags = [*common, *shlex.split(candidate), "--seed", str(seed)]
+            run = run_main(flags, args.out_dir / f"c{number_}-seed{seed}")
+            scores.append(run.final_eval_accuracy)
+        mean = statistics.mean(scores)
+        rows.append({"candidate": candidate, "seeds": args.seeds, "val_accuracy": scores, "mean": mean})
+        print(f"{100 * mean:6.2f}%  (" + ", ".join(f"{100 * s:.2f}" for s in scores) + f")  {candidate}", flush=True)
+    if args.json:
+        write_json({"val_size": args.val_size, "candidates": rows}, args.json)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,282 @@
+"""app.py: the page served on a free loopback port (once for the module), called through its API
+with gradio_client, and drawn on with the mouse in headless Chromium when one is installed."""
+
+import os
+import socket
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROJECT_DIR, assert_user_error
+from PIL import Image, ImageDraw
+
+import app
+from eval import classify
+from helper import atomic_output, load_model, save_model
+from LeNet5 import LeNet5
+from predict import predict_paths
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+pytest.importorskip("gradio", reason="app.py needs gradio: pip install -r requirements.txt")
+from gradio_client import Client, handle_file  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # pandas 3 vs gradio 6.31
+COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOT = PROJECT_DIR / "docs" / "app.png"
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> Path:
+    """A second checkpoint for the picker: an untrained LeNet5, alone in a stand-in checkpoints/ folder."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("checkpoints") / "untrained.pt"
+    save_model(path, LeNet5(), {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(untrained):
+    """The page with the committed checkpoint first and the untrained one in the picker; stopped afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app, "CHECKPOINT_DIR", untrained.parent)
+        models = app.load_checkpoints(COMMITTED)
+    demo = app.serve(models, "127.0.0.1", app.claim_port("127.0.0.1", 0))
+    yield demo
+    demo.close(verbose=False)
+
+
+@pytest.fixture(scope="module")
+def client(served, tmp_path_factory):
+    api = Client(served.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    yield api
+    api.close()  # its heartbeat thread
+
+
+def test_both_checkpoints_are_offered_committed_first(served, untrained):
+    picker = next(b for b in served.blocks.values() if getattr(b, "elem_id", None) == "picker")
+    assert [value for _, value in picker.choices] == ["checkpoints/lenet5.pt", str(untrained)]
+    assert picker.visible
+
+
+@pytest.mark.parametrize(
+    "name, digit",
+    [("three_blue_pen.jpg", 3), ("four_transparent.png", 4), ("five_chalk.bmp", 5), ("zero.gif", 0), ("one.png", 1)],
+)
+def test_api_reads_an_example_as_predict_py_does(client, name, digit):
+    path = PROJECT_DIR / "examples" / name
+    top, text, seen, c1, c3 = client.predict(handle_file(path), "checkpoints/lenet5.pt", api_name="/predict")
+    expected = predict_paths(load_model(COMMITTED)[0], [path], topk=3)[0]
+    assert top["label"] == str(digit) == str(expected["prediction"])
+    assert [c["label"] for c in top["confidences"]] == [str(t["digit"]) for t in expected["topk"]]
+    assert top["confidences"][0]["confidence"] == pytest.approx(expected["probability"], abs=1e-6)
+    assert f"reads **{digit}**" in text
+    np.testing.assert_array_equal(np.asarray(Image.open(seen)), expected["digit"].numpy())  # the very same 28x28
+    assert Image.open(c1).size == (3 * 28 * 4 + 4, 2 * 28 * 4 + 2)  # 6 maps, 3 a row, 4x enlarged, 2 px gaps
+    assert Image.open(c3).size == (4 * 10 * 8 + 6, 4 * 10 * 8 + 6)  # 16 maps, 4 a row, 8x enlarged
+
+
+def test_the_picker_chooses_the_model(client, untrained):
+    path = PROJECT_DIR / "examples" / "seven.jpg"
+    digit = predict_paths(load_model(COMMITTED)[0], [path], topk=3)[0]["digit"]
+    expected = classify(load_model(untrained)[0], digit[None], topk=3)[0]
+    top, *_ = client.predict(handle_file(path), str(untrained), api_name="/predict")
+    assert [c["label"] for c in top["confidences"]] == [str(t["digit"]) for t in expected["topk"]]
+    assert [c["confidence"] for c in top["confidences"]] == pytest.approx([t["probability"] for t in expected["topk"]])
+
+
+def canvas_value(tmp_path: Path, draw: bool):
+    """What the Sketchpad sends: black strokes on a transparent canvas (or nothing drawn)."""
+    image = Image.new("RGBA", (app.CANVAS, app.CANVAS), (0, 0, 0, 0))
+    if draw:
+        ImageDraw.Draw(image).line([(120, 100), (280, 100), (200, 330)], fill=(0, 0, 0, 255), width=2 * app.BRUSH)
+    image.save(tmp_path / "canvas.png")
+    return {"background": None, "layers": [], "composite": handle_file(tmp_path / "canvas.png")}
+
+
+def test_a_drawing_on_the_canvas_is_read(client, tmp_path):
+    top, text, seen, _, _ = client.predict(
+        canvas_value(tmp_path, True), "checkpoints/lenet5.pt", api_name="/predict_canvas"
+    )
+    assert top["label"] == "7" and "reads **7**" in text
+    assert np.asarray(Image.open(seen)).shape == (28, 28)
+
+
+@pytest.mark.parametrize("where", ["blank canvas", "empty canvas", "blank upload", "no upload"])
+def test_no_digit_says_draw_a_digit(client, tmp_path, where):
+    Image.new("RGB", (60, 60), "white").save(tmp_path / "blank.png")
+    value, endpoint = {
+        "blank canvas": (canvas_value(tmp_path, False), "/predict_canvas"),
+        "empty canvas": (None, "/predict_canvas"),
+        "blank upload": (handle_file(tmp_path / "blank.png"), "/predict"),
+        "no upload": (None, "/predict"),
+    }[where]
+    top, text, seen, c1, c3 = client.predict(value, "checkpoints/lenet5.pt", api_name=endpoint)
+    assert top["label"] == "draw a digit" and text == "**draw a digit**"
+    assert seen is None and c1 is None and c3 is None
+
+
+def test_handlers_without_a_server(tmp_path, tiny_model):
+    """An upload that is not an image says why; a new checkpoint re-reads the drawing, else the upload."""
+    from_upload, _, from_either = app.handlers({"m": tiny_model})
+    (tmp_path / "notes.png").write_text("not an image")
+    top, text, *pictures = from_upload(str(tmp_path / "notes.png"), "m")
+    assert (
+        top == "draw a digit" and text.startswith("**draw a digit** (not a readable image") and pictures == [None] * 3
+    )
+    seven = str(PROJECT_DIR / "examples" / "seven.jpg")
+    blank = {"composite": Image.new("RGBA", (50, 50), (0, 0, 0, 0))}
+    assert from_either(blank, seven, "m")[2].tolist() == from_upload(seven, "m")[2].tolist()
+    drawing = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
+    ImageDraw.Draw(drawing).line([(25, 5), (25, 45)], fill=(0, 0, 0, 255), width=5)
+    drawn = from_either({"composite": drawing}, seven, "m")[2]
+    assert drawn.tolist() == app.look(tiny_model, app.canvas_grey({"composite": drawing}))[2].tolist()
+    assert drawn.tolist() != from_upload(seven, "m")[2].tolist()
+    assert from_either(None, None, "m")[0] == "draw a digit"
+
+
+# --- the command line: errors before the server starts, and a real start and stop ----------------
+
+
+def test_missing_or_broken_weights_are_one_line(cli, tmp_path):
+    assert_user_error(cli("app", "--weights", tmp_path / "missing.pt"), "no such checkpoint")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert_user_error(cli("app", "--weights", tmp_path / "broken.pt"), "damaged")
+
+
+def test_a_port_in_use_is_one_line(cli, weights):
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        done = cli("app", "--weights", weights, "--port", port)
+    assert_user_error(done, f"port {port} on 127.0.0.1 is in use; pass --port N or stop the other server")
+
+
+@pytest.mark.parametrize(
+    "flag", [["--port", "65536"], ["--port", "-1"], ["--port", "http"], ["--host", "192.0.2.1"]]
+)  # 192.0.2.1: a documentation address, never this machine's, and no DNS look-up
+def test_bad_host_or_port_is_one_line(cli, weights, flag):
+    assert_user_error(cli("app", "--weights", weights, *flag), flag[0])
+
+
+def test_other_checkpoints_that_do_not_load_are_left_out(tmp_path, weights, monkeypatch, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "good.pt").write_bytes(weights.read_bytes())
+    (folder / "lenet5.torchscript.pt").write_bytes(b"PK not a checkpoint")
+    monkeypatch.setattr(app, "CHECKPOINT_DIR", folder)
+    assert list(app.load_checkpoints(weights)) == [str(weights), str(folder / "good.pt")]
+    assert "not in the picker" in capsys.readouterr().out
+
+
+def test_main_serves_on_loopback_without_a_share_link_until_ctrl_c(cli, weights, monkeypatch):
+    seen = {}
+
+    def visit_then_ctrl_c(demo):
+        with urllib.request.urlopen(demo.local_url, timeout=30) as page:
+            seen.update(url=demo.local_url, share=demo.share_url, status=page.status, html=page.read().decode())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "wait_until_stopped", visit_then_ctrl_c)
+    done = cli("app", "--weights", weights, "--port", "0")
+    assert done.returncode == 130, done.stderr
+    assert f"LeNet-5 digit demo on {seen['url']}" in done.stdout
+    assert seen["url"].startswith("http://127.0.0.1:") and seen["share"] is None
+    assert seen["status"] == 200 and "LeNet-5: draw a digit" in seen["html"]
+    port = int(seen["url"].rstrip("/").rsplit(":", 1)[1])
+    assert app.claim_port("127.0.0.1", port) == port  # stopped: the port is free again
+
+
+# --- a real browser -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"needs Chromium ({CHROMIUM}, {CHROMEDRIVER}): apt-get install chromium chromium-driver")
+    pytest.importorskip("selenium", reason="pip install -r requirements.txt")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    with tempfile.TemporaryDirectory() as profile:
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--hide-scrollbars", "--force-device-scale-factor=1", "--window-size=1300,1150",
+                     f"--user-data-dir={profile}"):  # fmt: skip
+            options.add_argument(flag)
+        # An explicit driver: Selenium Manager never looks for (or downloads) one.
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        yield driver
+        driver.quit()
+
+
+def draw(driver, canvas, strokes: list[list[tuple[int, int]]]) -> None:
+    """Each stroke: mouse down at its first point (pixels from the canvas's centre), a move to each of the
+    others (the brush joins them with straight lines), mouse up. Moves go to page coordinates: an element
+    as their origin makes the driver look the element up again for every move, several times slower."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    box = driver.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    x0, y0 = round(box["x"] + box["width"] / 2), round(box["y"] + box["height"] / 2)
+    for (x, y), *rest in strokes:
+        actions = ActionBuilder(driver, duration=10)
+        actions.pointer_action.move_to_location(x0 + x, y0 + y).pointer_down()
+        for dx, dy in rest:
+            actions.pointer_action.move_to_location(x0 + dx, y0 + dy)
+        actions.pointer_action.pointer_up()
+        actions.perform()
+
+
+def wait_for_status(driver, expected: str) -> str:
+    """The text under the prediction once it contains `expected` (or whatever it says after 20 s)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def status() -> str:
+        return driver.find_element(By.ID, "status").text
+
+    try:
+        WebDriverWait(driver, 20, poll_frequency=0.1).until(lambda _: expected in status())
+    except TimeoutException:
+        pass
+    return status()
+
+
+def test_drawing_with_the_mouse_in_chromium(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(served.local_url)
+    wait = WebDriverWait(browser, 30, poll_frequency=0.1)
+    canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#canvas canvas"))[0]
+    brush_chosen = lambda d: not d.find_elements(By.CSS_SELECTOR, "#canvas .empty")  # noqa: E731
+    wait.until(brush_chosen)  # the page chooses the brush for the visitor
+    assert "draw a digit" in browser.find_element(By.ID, "prediction").text
+
+    three = [(-60, -90), (0, -110), (55, -80), (50, -30), (0, -5), (55, 25), (60, 75), (0, 105), (-60, 85)]
+    draw(browser, canvas, [three[:5], three[4:]])  # a 3 in two strokes, as people write one
+    assert "reads 3" in wait_for_status(browser, "reads 3")
+    assert browser.find_element(By.ID, "prediction").text.splitlines()[1] == "3"  # the label's heading
+    shown = "const p = [...document.querySelectorAll('.picture img')]; return p.length == 3 && p.every(i => i.complete)"
+    wait.until(lambda d: d.execute_script(shown))  # the 28x28 and both feature-map grids, loaded
+    with atomic_output(SCREENSHOT) as tmp:
+        tmp.write_bytes(browser.get_screenshot_as_png())
+    assert Image.open(SCREENSHOT).size == (1300, browser.execute_script("return window.innerHeight"))
+
+    browser.find_element(By.CSS_SELECTOR, "#canvas button[aria-label=Undo]").click()  # the lower stroke goes
+    status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
+    wait.until(lambda d: "reads 3" not in status(d))
+    assert "reads" in status(browser)  # the upper stroke is still there, read as some other digit
+    browser.find_element(By.CSS_SELECTOR, "#canvas button[aria-label='Clear canvas']").click()
+    assert wait_for_status(browser, "draw a digit") == "draw a digit"
+
+    upload = browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]")
+    upload.send_keys(str(PROJECT_DIR / "examples" / "seven.jpg"))  # as if chosen in the file dialog
+    assert "reads 7" in wait_for_status(browser, "reads 7")

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from augment import BACKGROUND, Augmentation, elastic_field, gaussian_matrix, random_affine
+from data import preprocess
+
+
+def digits(n: int = 8) -> torch.Tensor:
+    """Normalized N x 1 x 32 x 32 images with a bar of ink well inside the frame."""
+    raw = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    raw[:, 8:20, 10:18] = 255
+    return preprocess(raw)
+
+
+ELASTIC = Augmentation(elastic_alpha=34, elastic_sigma=4)
+
+
+@pytest.mark.parametrize("augmentation", [Augmentation(), ELASTIC], ids=["affine", "affine+elastic"])
+def test_shape_determinism_and_background(augmentation):
+    x = digits()
+    out = augmentation(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.equal(out, augmentation(x, torch.Generator().manual_seed(0)))  # the same seed, the same batch
+    assert not torch.equal(out, augmentation(x, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(out, x)
+    assert out[:, :, :2, :].sub(BACKGROUND).abs().max() < 1e-5  # the border stays blank
+    blank = torch.full_like(x, BACKGROUND)
+    assert torch.equal(augmentation(blank, torch.Generator().manual_seed(0)), blank)  # background stays background
+
+
+def test_each_image_gets_its_own_distortion():
+    out = ELASTIC(digits(2), torch.Generator().manual_seed(0))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_zero_strength_is_the_identity():
+    x = digits()
+    still = Augmentation(degrees=0, scale=0, shift_px=0, elastic_alpha=0)
+    assert torch.allclose(still(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
+    assert torch.equal(
+        elastic_field(x.shape, torch.Generator().manual_seed(0), 0.0, 4.0, "cpu"), torch.zeros(8, 32, 32, 2)
+    )
+
+
+def test_elastic_field_is_smooth_and_scales_with_alpha():
+    shape = torch.Size([64, 1, 32, 32])
+    field = elastic_field(shape, torch.Generator().manual_seed(0), 34.0, 4.0, "cpu") * 16  # in pixels (2/32 a pixel)
+    double = elastic_field(shape, torch.Generator().manual_seed(0), 68.0, 4.0, "cpu") * 16
+    assert torch.allclose(double, 2 * field, atol=1e-5)
+    assert 0.5 < field.std() < 3  # Simard's alpha 34, sigma 4: displacements of a pixel or two
+    neighbour_step = (field[:, :, 1:] - field[:, :, :-1]).abs().mean()
+    assert neighbour_step < 0.2 * field.abs().mean()  # smoothed: neighbours move together
+
+
+def test_gaussian_matrix_rows_are_normalized_gaussians():
+    matrix = gaussian_matrix(32, 4.0, "cpu")
+    assert torch.allclose(matrix.sum(1), torch.ones(32))
+    assert matrix[16].argmax() == 16 and matrix[16, 12] == pytest.approx(matrix[16, 20])
+
+
+def test_the_affine_path_draws_what_it_always_drew():
+    """The default recipe's weights depend on this: four uniforms per image, nothing else."""
+    x, generator = digits(), torch.Generator().manual_seed(0)
+    random_affine(x, generator)
+    reference = torch.Generator().manual_seed(0)
+    torch.rand(8, 4, generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())

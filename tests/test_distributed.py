@@ -1,0 +1,222 @@
+"""torchrun + DistributedDataParallel on the CPU (gloo): the maths, the launch, the failures, Ctrl-C."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROJECT_DIR, write_idx_dir
+
+from data import GlobalBatches
+from distributed import World, peer_failed
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# No augmentation: one process and two then see the very same global batches and do the same SGD maths.
+FLAGS = ["--allow-custom-data", "--no-download", "--batch-size", "32", "--epochs", "3", "--no-augment"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra}
+    env.pop("MNIST_DIR", None)
+    return env
+
+
+def torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, *args], cwd=PROJECT_DIR, env=environment(**(env or {})),
+                          capture_output=True, text=True, timeout=120, **popen)  # fmt: skip
+
+
+def two_machines(*per_node: list[str], env: dict[str, str] | None = None) -> list[tuple[int, str, str]]:
+    """One torchrun invocation per machine (one process each) on loopback, meeting through c10d; each in a
+    process group of its own, as on two machines."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
+    nodes = [
+        subprocess.Popen(
+            [*TORCHRUN, *rendezvous, "--node-rank", str(rank), *args],
+            cwd=PROJECT_DIR,
+            env=environment(**(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for rank, args in enumerate(per_node)
+    ]
+    outputs = [node.communicate(timeout=120) for node in nodes]
+    return [(node.returncode, *output) for node, output in zip(nodes, outputs)]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+# main.py with a fault at a chosen step of one rank (a moment picked by a timer made tests flaky):
+# "interrupt": SIGINT to the rank's process group (its torchrun and its workers), as a terminal's Ctrl-C does;
+# "oom": the device runs out of memory.
+FAULTY_MAIN = """
+import os, runpy, signal, sys
+sys.path.insert(0, os.environ["PROJECT_DIR"])
+import torch, train
+place, calls = train.place_batch, [0]
+def counting(*args):
+    calls[0] += 1
+    if calls[0] == int(os.environ["FAULT_AT_STEP"]) and os.environ["RANK"] == os.environ["FAULT_RANK"]:
+        if os.environ["FAULT"] == "interrupt":
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        else:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return place(*args)
+train.place_batch = counting
+sys.argv = [os.path.join(os.environ["PROJECT_DIR"], "main.py"), *sys.argv[1:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def faulty_main(tmp_path: Path, fault: str, rank: int, step: int) -> tuple[Path, dict[str, str]]:
+    script = tmp_path / "faulty_main.py"
+    script.write_text(FAULTY_MAIN)
+    return script, {
+        "PROJECT_DIR": str(PROJECT_DIR),
+        "FAULT": fault,
+        "FAULT_RANK": str(rank),
+        "FAULT_AT_STEP": str(step),
+    }
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Two machines (two torchrun invocations on loopback, one process each) train; a Ctrl-C on the machine
+    of rank 0 during epoch 2 stops both: rank 0 saves the state after epoch 1."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_idx_dir(root / "mnist", n_train=640, n_test=50)  # 20 steps an epoch
+    flags = ["--data-dir", str(data), *FLAGS, "--out", str(root / "lenet5.pt"), "--report-dir", str(root / "r")]
+    script, env = faulty_main(root, "interrupt", rank=0, step=25)
+    nodes = two_machines([str(script), *flags], [str(script), *flags], env=env)
+    return root, data, flags, nodes
+
+
+def test_ctrl_c_on_one_machine_stops_both_and_saves_once(interrupted, cli):
+    root, _, flags, nodes = interrupted
+    resume = root / "lenet5.resume.pt"
+    stdout = "".join(out for _, out, _ in nodes)
+    assert all(code != 0 for code, _, _ in nodes) and stdout.count("interrupted: saved the state after epoch 1") == 1
+    assert f"continue with: torchrun --nproc-per-node 2 main.py --resume {resume}" in stdout
+    assert not any("[rank" in err for _, _, err in nodes)  # no worker was left in a collective to fail
+    assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not (root / "lenet5.pt").exists()
+    alone = cli("main", *flags, "--resume", resume)
+    assert alone.returncode == 2 and "trained by 2 process(es); resume it with as many" in alone.stderr
+
+
+@pytest.fixture(scope="module")
+def resumed(interrupted):
+    """`torchrun --standalone --nproc-per-node 2 main.py --resume ...`: one machine finishes what two began."""
+    root, data, flags, _ = interrupted
+    done = torchrun(
+        "--standalone", "--nproc-per-node", "2", "main.py", *flags, "--resume", str(root / "lenet5.resume.pt")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, data, flags, done
+
+
+def test_rank_0_alone_writes_and_reports(resumed, cli):
+    root, data, _, done = resumed
+    assert "1 of 3 epochs done, continuing" in done.stdout and done.stdout.count("epoch 3/3:") == 1
+    assert done.stdout.count("Accuracy of the network on test images:") == 1
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("lenet5")) == ["lenet5.json", "lenet5.pt"]
+    checkpoint = torch.load(root / "lenet5.pt", weights_only=True)
+    assert checkpoint["train_state"]["world_size"] == 2 and len(checkpoint["train_state"]["rng"]["augment"]) == 2
+    evaluated = cli("eval", "--weights", root / "lenet5.pt", "--data-dir", data, *FLAGS[:2], "--out", root / "e")
+    assert evaluated.returncode == 0, evaluated.stderr
+    # The per-epoch test accuracy was sharded over the two processes and summed: it equals eval.py's.
+    accuracy = checkpoint["metrics"]["epochs"][-1]["eval_accuracy"]
+    assert f"Accuracy of the network on test images: {100 * accuracy:.2f}%" in evaluated.stdout
+    assert checkpoint["metrics"]["test_accuracy"] == accuracy
+
+
+def test_ddp_matches_one_process_on_the_same_global_batches(resumed, cli, tmp_path):
+    """Interrupted on two machines, resumed on one with two processes: the weights of one uninterrupted
+    process trained on the same global batches (the same SGD maths, summed in another order)."""
+    root, _, flags, _ = resumed
+    assert cli("main", *flags, "--out", tmp_path / "one.pt", "--report-dir", tmp_path).returncode == 0
+    ddp, one = weights(root / "lenet5.pt"), weights(tmp_path / "one.pt")
+    assert set(ddp) == set(one)  # the plain model's keys: no "module." prefix
+    for key in one:
+        assert torch.allclose(ddp[key], one[key], atol=1e-5, rtol=0), (key, (ddp[key] - one[key]).abs().max())
+
+
+def test_a_user_error_on_one_machine_ends_the_job_with_one_line(interrupted, tmp_path):
+    _, data, flags, _ = interrupted
+    started = time.monotonic()
+    mine = [*flags[2:], "--out", str(tmp_path / "lenet5.pt")]  # (the last --out wins)
+    nodes = two_machines(["main.py", *mine, "--data-dir", str(data)], ["main.py", *mine, "--data-dir", "/nowhere"])
+    assert time.monotonic() - started < 60 and all(code != 0 for code, _, _ in nodes)
+    ours = [line for _, _, stderr in nodes for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and re.match(r"error: rank [01]: MNIST not found in /nowhere", ours[0]), nodes
+    assert not any("[rank" in stderr for _, _, stderr in nodes)  # no traceback from the workers
+    assert not (tmp_path / "lenet5.pt").exists()
+
+
+def test_out_of_memory_is_one_line_from_the_rank_it_hit(cli, monkeypatch, tmp_path):
+    import train
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it (without WORLD_SIZE this stays a world of one)
+    data = write_idx_dir(tmp_path / "mnist")
+    done = cli("main", "--data-dir", data, *FLAGS[:4], "--out", tmp_path / "lenet5.pt", "--report-dir", tmp_path)
+    assert done.returncode == 2 and done.stderr == "error: rank 1: out of memory on the device; lower --batch-size\n"
+
+
+def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
+    """The failing process says why; the others, whose collectives broke, exit quietly instead of a traceback."""
+    import main
+
+    def fails_with(message: str):
+        def train_and_report(*args):
+            raise RuntimeError(message)
+
+        return train_and_report
+
+    monkeypatch.setattr(main, "join", lambda device: (World(0, 0, 2), device))
+    monkeypatch.setattr(main, "leave", lambda world: None)
+    monkeypatch.setattr(main, "train_and_report", fails_with("[gloo] Connection closed by peer [127.0.0.1]:37000"))
+    done = cli("main")
+    assert done.returncode == 1 and done.stderr == ""
+    monkeypatch.setattr(main, "train_and_report", fails_with("a real bug"))
+    with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
+        cli("main")
+
+
+def test_global_batches_do_not_depend_on_the_number_of_processes():
+    def batches(world_size: int) -> list[list[int]]:
+        generators = [torch.Generator().manual_seed(3) for _ in range(world_size)]  # one per process, same seed
+        shares = [list(GlobalBatches(100, 8, g, rank, world_size)) for rank, g in enumerate(generators)]
+        return [sum(parts, []) for parts in zip(*shares)]  # each step: the ranks' shares, side by side
+
+    one, two, four = batches(1), batches(2), batches(4)
+    assert one == two == four and len(one) == 100 // 8
+    flat = sum(one, [])
+    assert len(set(flat)) == len(flat)  # no image twice within an epoch
+    with pytest.raises(Exception, match="must split evenly over 3 processes"):
+        GlobalBatches(100, 8, torch.Generator(), 0, 3)
+
+
+def test_peer_failures_are_told_from_other_errors():
+    two = World(0, 0, 2)
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:37000")
+    assert peer_failed(gone, two) and not peer_failed(gone, World())
+    assert not peer_failed(RuntimeError("shape mismatch"), two) and not peer_failed(ValueError("closed by peer"), two)
