@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile and device.type == "cpu":
         result["profile"] = profile_table(data)
         print(result["profile"])
+    elif args.profile:
+        print(f"note: --profile profiles the CPU loop; on {device.type} use torch.profiler with the CUDA activity")
     print_report(result)
     if args.json:
         write_json(result, args.json)

@@ -2,7 +2,8 @@
 
 The four official IDX files are read once, verified (magic number, shape, count, label
 range, MD5 of the decompressed bytes), and cached as torchvision's legacy ``training.pt`` /
-``test.pt`` pairs ``(uint8 images N x 28 x 28, int64 labels N)``. Padding 28 -> 32 and
+``test.pt`` pairs ``(uint8 images N x 28 x 28, int64 labels N)``, whose MD5s are checked again
+on every load. Padding 28 -> 32 and
 normalization are applied once to the whole uint8 tensor, and the loaders hand out batches
 by indexing that tensor: no per-sample Python work, which is what makes the usual
 ``ToTensor()``-per-image pipeline slow.
@@ -22,7 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from augment import Augmentation
 from helper import PROJECT_DIR, UserError, atomic_torch_save
-from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx, write_idx
+from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from LeNet5 import INPUT_NORMALIZATION
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
@@ -97,7 +98,8 @@ def load_mnist(
 
 
 def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:
-    """Cheap re-verification of the cache (types, shapes, counts); None means rebuild it."""
+    """The cache, re-verified (types, shapes, and the MD5 of each tensor written back as its IDX file: a
+    cache of other data, FashionMNIST's say, is never taken for MNIST); None means rebuild it."""
     parts = []
     for name, split in (("training.pt", "train"), ("test.pt", "test")):
         try:
@@ -114,6 +116,9 @@ def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:
             and tuple(labels.shape) == (count,)
         ):
             return None
+        for tensor, spec in ((images, files[f"{split}_images"]), (labels, files[f"{split}_labels"])):
+            if hashlib.md5(idx_bytes(tensor, spec.magic)).hexdigest() != spec.md5:
+                return None
         parts += [images, labels]
     return MNIST(*parts)
 
@@ -272,6 +277,8 @@ def make_loaders(
     if held_out is None:  # the validation images, or this process's shard of them (or of the test set)
         images, labels = (train_images[val_index], train_labels[val_index]) if val_size else (test_images, test_labels)
         shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
+        if len(labels) < world_size:
+            raise UserError(f"{len(labels)} held-out images cannot be shared by {world_size} processes; use more")
         held_out = eval_loader(images[shard], labels[shard], eval_batch_size, device)
     return Loaders(train, held_out, "val" if val_size else "test", test, generators)
 

@@ -51,17 +51,21 @@ def join(device: torch.device, timeout_s: float = 120) -> tuple[World, torch.dev
     if not launched_by_torchrun():
         return ONE, device
     world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"torchrun trains on the CPU (gloo) or on CUDA GPUs (nccl), not on {device.type}: --device cpu")
     if device.type == "cuda":
         if torch.cuda.device_count() <= world.local_rank:
             raise UserError(f"local rank {world.local_rank} has no GPU of its own ({torch.cuda.device_count()} here)")
         torch.cuda.set_device(world.local_rank)
         device = torch.device("cuda", world.local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+    # On CUDA, nccl reduces the gradients; the few small CPU tensors (stop flag, accuracy counts) go through gloo.
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return world, device
 
 
 def leave(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    if dist.is_initialized():  # (torchrun with one process makes a group too)
         dist.destroy_process_group()
 
 
@@ -84,8 +88,9 @@ def gather(obj: Any, world: World) -> list[Any]:
 class StopFlag:
     """Ctrl-C under torchrun. Were each process to stop where the signal found it, some would be left
     waiting inside a gradient all-reduce for a peer that has gone. Instead each only notes the
-    signal (SIGINT or SIGTERM), and all of them agree after every step (one tiny all-reduce) to
-    stop after that same step. In a world of one it does nothing: Ctrl-C interrupts at once."""
+    signal (SIGINT or SIGTERM), and all of them agree at fixed points (a tiny all-reduce every few
+    steps, and at the end of each epoch) to stop at that same point. In a world of one it does
+    nothing: Ctrl-C interrupts at once."""
 
     def __init__(self, world: World):
         self.world, self.noted, self.previous = world, False, {}
@@ -129,4 +134,6 @@ def agree(error: UserError | None, world: World) -> None:
     failures = [(rank, message) for rank, message in enumerate(gather(error and str(error), world)) if message]
     if failures:
         rank, message = failures[0]
-        raise UserError(f"rank {rank}: {message}")
+        agreed = UserError(f"rank {rank}: {message}")
+        agreed.everywhere = True  # every process raises it: rank 0 alone reports it
+        raise agreed

@@ -34,6 +34,7 @@ from helper import (
     run_cli,
     write_json,
 )
+from LeNet5 import INPUT_NORMALIZATION
 
 TOLERANCE = 1e-4
 
@@ -131,8 +132,10 @@ def export(weights: Path, fmt: str, out: Path, images: torch.Tensor, source: str
         check = verify(fmt, tmp, model, images)
         if not check["argmax_identical"] or check["max_abs_logit_diff"] > TOLERANCE:
             raise UserError(f"the {fmt} export does not match PyTorch ({check}); nothing was written")
-    sidecar = {**contract(checkpoint["normalization"]), "format": fmt, "weights": str(weights)}
-    sidecar.update(verified_on=source, verification=check, test_accuracy=checkpoint["metrics"].get("test_accuracy"))
+    normalization = checkpoint.get("normalization", INPUT_NORMALIZATION)  # (format 1 did not always record it)
+    sidecar = {**contract(normalization), "format": fmt, "weights": str(weights)}
+    test_accuracy = checkpoint.get("metrics", {}).get("test_accuracy")
+    sidecar.update(verified_on=source, verification=check, test_accuracy=test_accuracy)
     write_json(sidecar, sidecar_path(out))
     return check
 
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or DEFAULT_CHECKPOINT.with_name(f"lenet5{suffix}")
     check_output_file(out, "--out")
     check_output_file(sidecar_path(out), "--out's .json")
+    if out.resolve() == args.weights.resolve():
+        raise UserError(f"--out {out} is the checkpoint being exported; choose another file name")
+    load_model(args.weights)  # a wrong --weights is said before any data is read
     images, source = verification_images(data_source(args), args.verify_images)
     check = export(args.weights, args.format, out, images, source)
     print(

@@ -36,6 +36,8 @@ MEMORY_FORMAT = torch.channels_last  # measured ~10 % faster convolutions on the
 class UserError(Exception):
     """A mistake the user can fix (missing file, bad flag, wrong checkpoint): one line, exit 2."""
 
+    everywhere = False  # under torchrun: True when every process raises it alike (then rank 0 alone reports it)
+
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, unsafe, non-finite or of another architecture."""
@@ -49,10 +51,12 @@ class CliParser(argparse.ArgumentParser):
     """argparse with the project's conventions: defaults in --help, one-line errors (exit 2)."""
 
     def __init__(self, description: str | None):
-        super().__init__(description=description, formatter_class=_HelpFormatter)
+        # allow_abbrev=False: `--res X` is not silently taken for --resume (or --out for --out-dir)
+        super().__init__(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # Under torchrun every process parses the same flags: rank 0 alone says what is wrong with them.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def number(kind: type = int, low: float | None = None, high: float | None = None, low_open: bool = False):
@@ -67,7 +71,7 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text!r}") from None
         too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
+        if (kind is float and not math.isfinite(value)) or too_low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text}")
         return value
 
@@ -136,16 +140,16 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
     rank = os.environ.get("RANK")  # set by torchrun
-    speaks = rank in (None, "0")  # rank 0 alone reports a user error: the processes agree on those first
+    speaks = rank in (None, "0")
+    where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # which process of a job
     try:
         main(argv)
-    except UserError as err:
-        if speaks:
-            print(f"error: {err}", file=sys.stderr)
+    except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose
+        if speaks or not err.everywhere:
+            print(f"error: {'' if err.everywhere else where}{err}", file=sys.stderr)
         sys.exit(2)
-    except torch.OutOfMemoryError:  # reported by the process it happened to, whichever that is
-        where = f"rank {rank}: " if rank is not None else ""
-        print(f"error: {where}out of memory on the device; lower --batch-size", file=sys.stderr)
+    except torch.OutOfMemoryError:
+        print(f"error: {where}out of memory on the device; use a smaller --batch-size or --device cpu", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # training saves its own state before this is reached
         if speaks:
@@ -222,10 +226,20 @@ def atomic_output(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
         os.replace(tmp, path)
+        _sync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -293,7 +307,7 @@ def load_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file, e.g. {path / 'lenet5.pt'}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; train one with `python main.py` or pass --weights PATH")
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `python main.py`, or give the path of one")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
             warnings.simplefilter("ignore")

@@ -13,6 +13,7 @@ if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, n
 
 import argparse
 import contextlib
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +28,7 @@ from eval import Evaluation, evaluate, format_report, write_report
 from helper import (
     DEFAULT_CHECKPOINT,
     DEFAULT_REPORT_DIR,
+    CheckpointError,
     CliParser,
     UserError,
     check_output_dir,
@@ -52,11 +54,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_data_args(p)
     add_recipe_args(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="CUDA, MPS, else CPU")
-    p.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint to write (+ .json beside it)")
+    out = f"checkpoint to write, .json beside it (default: {DEFAULT_CHECKPOINT}; with --resume, the interrupted run's)"
+    p.add_argument("--out", type=Path, help=out)
     p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and figures")
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by Ctrl-C, with its own recipe and data")
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = args.out or default_out(args.resume)
+    return args
+
+
+def default_out(resume: Path | None) -> Path:
+    """A resumed run finishes where the interrupted one would have: lenet5.resume.pt -> lenet5.pt."""
+    if resume is None:
+        return DEFAULT_CHECKPOINT
+    return (
+        resume.with_name(resume.name.removesuffix(".resume.pt") + ".pt")
+        if resume.name.endswith(".resume.pt")
+        else resume
+    )
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -96,7 +112,12 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
         given["name"] = args.recipe
     full_c3 = getattr(args, "full_c3", None)
     if resumed is None:
-        return resolve_recipe(given.pop("name", "default"), given), {"c3_table": not full_c3}
+        recipe = resolve_recipe(given.pop("name", "default"), given)
+        if not recipe.augment and {"elastic_alpha", "elastic_sigma"} & set(given):
+            raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
+        if given.get("nesterov") and recipe.momentum == 0:
+            raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
+        return recipe, {"c3_table": not full_c3}
     saved, config = asdict(Recipe(**resumed["train_state"]["recipe"])), resumed["config"]
     differ = [f"{_flag(k, v)} (it has {_flag(k, saved[k])})" for k, v in given.items() if saved[k] != v]
     if full_c3 and config.get("c3_table", True):
@@ -143,6 +164,8 @@ def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Set
         recipe, config = choose_recipe(args, resumed)
         mnist = data_source(args).open()
         data = {"fingerprint": fingerprint(mnist), "train": len(mnist.train_labels), "test": len(mnist.test_labels)}
+        if resumed:
+            check_resumable_here(resumed, args.resume, data["fingerprint"], world)
         loaders = make_loaders(
             mnist, recipe.batch_size, recipe.seed, augmentation_for(recipe), recipe.val_size, recipe.limit,
             device=device, rank=world.rank, world_size=world.size,
@@ -154,19 +177,31 @@ def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Set
     return setup
 
 
+def check_resumable_here(checkpoint: dict[str, Any], path: Path, data_fingerprint: str, world: World) -> None:
+    saved = checkpoint.get("data", {}).get("fingerprint")
+    if saved != data_fingerprint:
+        raise UserError(
+            f"--resume {path} was trained on other data (fingerprint {saved}; these files give {data_fingerprint}); "
+            "pass the --data-dir it was trained on"
+        )
+    processes = checkpoint["train_state"].get("world_size", 1)
+    if processes != world.size:
+        raise UserError(
+            f"--resume {path} was trained by {processes} process(es); resume it with as many "
+            f"({'python main.py' if processes == 1 else f'torchrun --nproc-per-node {processes} main.py'})"
+        )
+
+
 def build_state(setup: Setup, world: World, device: torch.device, resume: Path | None) -> TrainState:
     torch.manual_seed(setup.recipe.seed)  # the initial weights (the same in every process)
     model = place_model(LeNet5(**setup.config), device)
     print_architecture(model)
     state = TrainState(model, setup.recipe, len(setup.loaders.train), setup.loaders.generators, world)
     if setup.resumed:
-        saved = setup.resumed.get("data", {}).get("fingerprint")
-        if saved != setup.data["fingerprint"]:
-            raise UserError(
-                f"--resume {resume} was trained on other data (fingerprint {saved}; these files give "
-                f"{setup.data['fingerprint']}); pass the --data-dir it was trained on"
-            )
-        state.load_state_dict(training_state(setup.resumed))
+        try:
+            state.load_state_dict(training_state(setup.resumed))
+        except (KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"{resume}: its training state does not fit this version ({err!r})") from None
         note = "nothing left to train; evaluating it" if state.epoch >= state.recipe.epochs else "continuing"
         print(f"resuming {resume}: {state.epoch} of {state.recipe.epochs} epochs done, {note}")
     return state
@@ -174,11 +209,12 @@ def build_state(setup: Setup, world: World, device: torch.device, resume: Path |
 
 def main(argv: list[str] | None = None) -> None:
     started = time.time()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     world, device = join(resolve_device(args.device))
     try:
         with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):  # one voice
-            train_and_report(args, world, device, started)
+            train_and_report(args, continue_command(argv, world), world, device, started)
     except RuntimeError as err:
         if not peer_failed(err, world):
             raise
@@ -187,7 +223,19 @@ def main(argv: list[str] | None = None) -> None:
         leave(world)
 
 
-def train_and_report(args: argparse.Namespace, world: World, device: torch.device, started: float) -> None:
+def continue_command(argv: list[str], world: World) -> str:
+    """This run's command without its --resume: `{} --resume PATH` continues it, with the same flags."""
+    kept = [a for i, a in enumerate(argv) if a != "--resume" and (i == 0 or argv[i - 1] != "--resume")]
+    kept = [a for a in kept if not a.startswith("--resume=")]
+    launcher = (
+        ["torchrun", "--nproc-per-node", str(world.size), "main.py"] if world.distributed else ["python", "main.py"]
+    )
+    return shlex.join([*launcher, *kept])
+
+
+def train_and_report(
+    args: argparse.Namespace, command: str, world: World, device: torch.device, started: float
+) -> None:
     setup = prepare(args, world, device)
     print(
         f"device: {device}{f' x {world.size} processes' if world.distributed else ''}; recipe: {asdict(setup.recipe)}"
@@ -198,14 +246,14 @@ def train_and_report(args: argparse.Namespace, world: World, device: torch.devic
     try:
         fit(state, setup.loaders, device, args.log_interval)
     except TrainingInterrupted as stop:
-        exit_saving(stop.state, setup, args.out, f"after epoch {stop.state['epoch']}", world)
+        exit_saving(stop.state, setup, args.out, f"after epoch {stop.state['epoch']}", command, world)
     final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
     if not world.is_main:
         return
     try:
         result = evaluate(state.model, setup.loaders.test, device)
     except KeyboardInterrupt:  # training is finished: keep it
-        exit_saving(final, setup, args.out, "with training finished", world)
+        exit_saving(final, setup, args.out, "with training finished", command, world)
     with interrupts_deferred():
         paths = save_trained(args.out, final, setup, result, device, started)
         if args.resume and args.resume.name.endswith(".resume.pt") and args.resume.resolve() != args.out.resolve():
@@ -230,15 +278,14 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def exit_saving(training: dict[str, Any], setup: Setup, out: Path, when: str, world: World) -> None:
+def exit_saving(training: dict[str, Any], setup: Setup, out: Path, when: str, command: str, world: World) -> None:
     """Ctrl-C: save the resumable state (rank 0), say how to continue, exit 130 (every process)."""
     if world.is_main:
         path = resume_path(out)
-        command = f"torchrun --nproc-per-node {world.size} main.py" if world.distributed else "python main.py"
         with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
             save_checkpoint(path, setup.config, training, data=setup.data)
             print(f"\ninterrupted: saved the state {when} to {path}")
-            print(f"continue with: {command} --resume {path}", flush=True)
+            print(f"continue with: {command} --resume {shlex.quote(str(path))}", flush=True)
     sys.exit(130)
 
 

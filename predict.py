@@ -26,11 +26,16 @@ from eval import classify
 from helper import DEFAULT_CHECKPOINT, CliParser, UserError, check_output_file, load_model, number, run_cli
 from visualize import plot_predictions
 
+SHOWN = 50  # images in a --show figure at most (matplotlib draws nothing taller than 65,536 px)
 
-def predict_paths(model: torch.nn.Module, paths: list[Path], topk: int) -> list[dict[str, Any]]:
+
+def predict_paths(
+    model: torch.nn.Module, paths: list[Path], topk: int, keep_images: bool = True
+) -> list[dict[str, Any]]:
     """Every path gets an entry: a prediction, or the reason it could not be classified.
 
-    Entries also hold "grey" (the image) and "digit" (the 28x28 the network saw) for plotting.
+    Entries also hold "digit" (the 28x28 the network saw) and, with keep_images, "grey" (the image
+    itself, for plotting: a folder of photos would otherwise stay in memory for nothing).
     """
     results, digits = [], []
     for path in paths:
@@ -40,7 +45,7 @@ def predict_paths(model: torch.nn.Module, paths: list[Path], topk: int) -> list[
         except ImageProblem as problem:
             results.append({"path": str(path), "error": str(problem)})
             continue
-        results.append({"path": str(path), "name": path.name, "grey": grey, "digit": digit})
+        results.append({"path": str(path), "name": path.name, "grey": grey if keep_images else None, "digit": digit})
         digits.append(digit)
     if digits:
         answers = iter(classify(model, torch.stack(digits), topk))
@@ -76,12 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     paths = expand_paths(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
-    results = predict_paths(model, paths, args.topk)
+    results = predict_paths(model, paths, args.topk, keep_images=args.show is not None)
     print(as_json(results) if args.json else "\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]
     if args.show and classified:
-        plot_predictions(classified, args.show)
-        print(f"wrote {args.show}", file=sys.stderr if args.json else sys.stdout)
+        plot_predictions(classified[:SHOWN], args.show)
+        shown = f" (the first {SHOWN} of {len(classified)} images)" if len(classified) > SHOWN else ""
+        print(f"wrote {args.show}{shown}", file=sys.stderr if args.json else sys.stdout)
     failed = len(results) - len(classified)
     if failed:
         print(f"{failed} of {len(results)} images could not be classified", file=sys.stderr)

@@ -27,10 +27,13 @@ from recipes import Recipe
 
 # A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
 EXPLODED_LOSS = 10 * math.log(10)
+STOP_CHECK_STEPS = 10  # under torchrun, how often the processes agree on a pending Ctrl-C (an all-reduce each)
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN, infinite or exploded; the weights are not worth saving."""
+
+    everywhere = True  # the loss it judges is averaged over all processes: they all stop alike
 
 
 class TrainingInterrupted(Exception):
@@ -147,11 +150,8 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if Recipe(**state["recipe"]) != self.recipe:
             raise ValueError(f"the saved recipe {state['recipe']} is not this state's {asdict(self.recipe)}")
-        if state["world_size"] != self.world.size:
-            raise UserError(
-                f"this state was trained by {state['world_size']} process(es); resume it with as many "
-                f"(torchrun --nproc-per-node {state['world_size']}, or plain python for 1)"
-            )
+        if state["world_size"] != self.world.size:  # (each process distorts its share with its own generator)
+            raise ValueError(f"this state was trained by {state['world_size']} processes, not {self.world.size}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -203,7 +203,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if stop is not None and stop.agreed():  # under torchrun: every process stops after the same step
+        if stop is not None and step % STOP_CHECK_STEPS == 0 and stop.agreed():  # every process stops here
             raise KeyboardInterrupt
         step_losses.append(loss.detach())
         correct += (logits.detach().argmax(1) == labels).sum()
@@ -257,15 +257,18 @@ def fit(
                     state.network, loaders.train, state.optimizer, state.scheduler, device, epoch,
                     log_interval=log_interval, label_smoothing=state.recipe.label_smoothing, world=world, stop=stop,
                 )  # fmt: skip
-            stats = EpochStats(
-                epoch, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
-                loaders.held_out_split, accuracy(state.model, loaders.held_out, device, world), time.time(),
-            )  # fmt: skip
-            state.history.step_losses += r.step_losses
-            state.history.epochs.append(stats)
-            if world.is_main:
-                print(summary_line(stats, state.recipe.epochs), flush=True)
-            boundary = state.state_dict()
+                stats = EpochStats(
+                    epoch, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
+                    loaders.held_out_split, accuracy(state.model, loaders.held_out, device, world), time.time(),
+                )  # fmt: skip
+                state.history.step_losses += r.step_losses
+                state.history.epochs.append(stats)
+                if world.is_main:
+                    print(summary_line(stats, state.recipe.epochs), flush=True)
+                completed = state.state_dict()
+                if stop.agreed():  # under torchrun, a Ctrl-C during the evaluation or the snapshot: keep this epoch
+                    raise TrainingInterrupted(completed)
+            boundary = completed
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
     return state.history

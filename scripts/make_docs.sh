@@ -19,6 +19,12 @@ cp reports/{loss,accuracy,confusion_matrix,misclassified,filters,feature_maps}.p
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --json docs/seeds.json | tee docs/seeds_output.txt
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --processes 2 --out-dir runs/ddp --json docs/seeds_ddp.json \
   | tee docs/seeds_ddp_output.txt
+# Why 2 processes x 1 thread train slower here than 1 process x 2 threads: per-step costs, alternating.
+for round in 1 2 3; do
+  echo "$ python scripts/step_cost.py"; "$PY" scripts/step_cost.py
+  echo "$ torchrun --standalone --nproc-per-node 2 scripts/step_cost.py"
+  "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/step_cost.py 2>/dev/null
+done | tee docs/step_cost_output.txt
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe fast --out-dir runs/fast --json docs/seeds_fast.json \
   | tee docs/seeds_fast_output.txt
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe best --out-dir runs/best --json docs/seeds_best.json \

@@ -14,7 +14,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from helper import CliParser, check_output_file, number, run_cli, write_json  # noqa: E402
+from helper import CliParser, check_output_dir, check_output_file, number, run_cli, write_json  # noqa: E402
 from runs import run_main  # noqa: E402
 
 
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--processes", type=number(int, 1, 64), default=1, help="N > 1: torchrun --nproc-per-node N")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args, extra = p.parse_known_args(argv)  # anything else goes to main.py as is
+    if {"--out", "--report-dir", "--resume"} & set(extra):
+        p.error("--out, --report-dir and --resume are set per seed (under --out-dir); leave them out")
+    check_output_dir(args.out_dir, "--out-dir")
     if args.json:
         check_output_file(args.json, "--json")
     extra += ["--data-dir", args.data_dir] if args.data_dir else []

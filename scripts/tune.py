@@ -16,7 +16,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from helper import CliParser, check_output_file, number, run_cli, write_json  # noqa: E402
+from helper import CliParser, UserError, check_output_dir, check_output_file, number, run_cli, write_json  # noqa: E402
 from runs import run_main  # noqa: E402
 
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune", help="checkpoints and logs")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
+    check_output_dir(args.out_dir, "--out-dir")
     if args.json:
         check_output_file(args.json, "--json")
     common = ["--val-size", str(args.val_size)] + (["--data-dir", args.data_dir] if args.data_dir else [])
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     for number_, candidate in enumerate(args.candidates):
         scores = []
         for seed in args.seeds:
-            flags = [*common, *shlex.split(candidate), "--seed", str(seed)]
+            flags = [*shlex.split(candidate), "--seed", str(seed), *common]  # the last --val-size wins: this one
             run = run_main(flags, args.out_dir / f"c{number_}-seed{seed}")
+            if run.eval_split != "val":
+                raise UserError(f"{candidate!r} was scored on {run.eval_split}, not on the validation images")
             scores.append(run.final_eval_accuracy)
         mean = statistics.mean(scores)
         rows.append({"candidate": candidate, "seeds": args.seeds, "val_accuracy": scores, "mean": mean})

@@ -19,6 +19,12 @@ from helper import run_cli, save_model  # noqa: E402
 
 N_TRAIN, N_TEST = 96, 40
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject.toml runs two test processes (pytest-xdist)
+    # They share the machine's cores: one thread each, and for the processes they start, or they trip
+    # over each other's threads (the suite took longer in two processes than in one).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Learnable fake digits: label k lights a 6x6 block at a position of its own, plus faint noise."""

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, synthetic_digits, synthetic_mnist, write_idx_dir
+from conftest import N_TEST, N_TRAIN, synthetic_mnist, write_idx_dir
 
 from augment import BACKGROUND, Augmentation
 from data import (
@@ -18,58 +18,7 @@ from data import (
     resolve_data_dir,
 )
 from helper import UserError
-from idx import CUSTOM_FILES, IMAGE_MAGIC, LABEL_MAGIC, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx
-
-IMAGES = IdxFile("images", IMAGE_MAGIC, None, None)
-LABELS = IdxFile("labels", LABEL_MAGIC, None, None)
-
-
-@pytest.mark.parametrize("gz", [True, False])
-def test_read_idx_round_trip(tmp_path, gz):
-    images, labels = synthetic_digits(12, 0)
-    for name, tensor, magic, spec in (("i", images, IMAGE_MAGIC, IMAGES), ("l", labels, LABEL_MAGIC, LABELS)):
-        payload = idx_bytes(tensor, magic)
-        path = tmp_path / (name + (".gz" if gz else ""))
-        path.write_bytes(gzip.compress(payload) if gz else payload)
-        out = read_idx(path, spec)
-        assert torch.equal(out, tensor.to(out.dtype))
-    assert read_idx(path, LABELS).dtype == torch.int64
-
-
-def write(tmp_path, payload: bytes, name="f"):
-    path = tmp_path / name
-    path.write_bytes(payload)
-    return path
-
-
-@pytest.mark.parametrize(
-    "payload, spec, message",
-    [
-        (idx_bytes(torch.zeros(3, 28, 28), LABEL_MAGIC), IMAGES, "bad magic number 2049, expected 2051"),
-        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC)[:-5], IMAGES, "truncated"),
-        (idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC) + b"xx", IMAGES, "trailing bytes"),
-        (b"\x00\x00", IMAGES, "truncated (2 bytes)"),
-        (idx_bytes(torch.zeros(0, 28, 28), IMAGE_MAGIC), IMAGES, "holds no images"),
-        (idx_bytes(torch.zeros(0), LABEL_MAGIC), LABELS, "holds no labels"),
-        (idx_bytes(torch.zeros(3, 20, 20), IMAGE_MAGIC), IMAGES, "images are 20x20, expected 28x28"),
-        (
-            idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC),
-            IdxFile("x", IMAGE_MAGIC, 5, None),
-            "holds 3 images, expected 5",
-        ),
-        (idx_bytes(torch.tensor([1, 12, 3]), LABEL_MAGIC), LABELS, "label 12 is out of range 0..9"),
-        (idx_bytes(torch.tensor([1, 2, 3]), LABEL_MAGIC), IdxFile("x", LABEL_MAGIC, 3, "0" * 32), "does not match"),
-    ],
-)
-def test_read_idx_rejects_bad_files(tmp_path, payload, spec, message):
-    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        read_idx(write(tmp_path, payload), spec)
-
-
-def test_read_idx_rejects_broken_gzip(tmp_path):
-    good = gzip.compress(idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC))
-    with pytest.raises(DataError, match="cannot be read or decompressed"):
-        read_idx(write(tmp_path, good[: len(good) // 2], "f.gz"), IMAGES)
+from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx
 
 
 def spec_of(directory):
@@ -137,6 +86,9 @@ def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path):
     idx_dir.rename(moved)  # the cache alone is enough now
     assert torch.equal(load_mnist(idx_dir, cache, spec, download=False).test_images, first.test_images)
 
+    images, labels = torch.load(cache / "training.pt", weights_only=True)
+    torch.save((255 - images, labels), cache / "training.pt")  # other data of the same shapes is not taken
+    assert torch.equal(load_mnist(moved, cache, spec, download=False).train_images, first.train_images)
     (cache / "test.pt").write_bytes(b"garbage")  # a damaged cache is rebuilt from the files
     again = load_mnist(moved, cache, spec, download=False)
     assert torch.equal(again.test_images, first.test_images)
@@ -238,3 +190,9 @@ def test_fingerprint_tells_data_sets_apart():
     changed[5, 3, 3] += 1
     assert fingerprint(b._replace(train_images=changed)) != fingerprint(a)
     assert fingerprint(synthetic_mnist(n_train=N_TRAIN - 1)) != fingerprint(a)
+
+
+def test_a_held_out_set_smaller_than_the_processes_is_refused(idx_dir):
+    data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
+    with pytest.raises(UserError, match="1 held-out images cannot be shared by 2 processes"):
+        make_loaders(data, batch_size=8, seed=0, val_size=1, rank=0, world_size=2)

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 from conftest import PROJECT_DIR, write_idx_dir
 
+import distributed
 from data import GlobalBatches
 from distributed import World, peer_failed
 
@@ -62,21 +64,17 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-# main.py with a fault at a chosen step of one rank (a moment picked by a timer made tests flaky):
-# "interrupt": SIGINT to the rank's process group (its torchrun and its workers), as a terminal's Ctrl-C does;
-# "oom": the device runs out of memory.
+# main.py with a Ctrl-C at a chosen step of one rank (a moment picked by a timer made tests flaky): SIGINT to
+# the rank's process group (its torchrun and its worker), as a terminal's Ctrl-C on that machine does.
 FAULTY_MAIN = """
 import os, runpy, signal, sys
 sys.path.insert(0, os.environ["PROJECT_DIR"])
-import torch, train
+import train
 place, calls = train.place_batch, [0]
 def counting(*args):
     calls[0] += 1
     if calls[0] == int(os.environ["FAULT_AT_STEP"]) and os.environ["RANK"] == os.environ["FAULT_RANK"]:
-        if os.environ["FAULT"] == "interrupt":
-            os.killpg(os.getpgrp(), signal.SIGINT)
-        else:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        os.killpg(os.getpgrp(), signal.SIGINT)
     return place(*args)
 train.place_batch = counting
 sys.argv = [os.path.join(os.environ["PROJECT_DIR"], "main.py"), *sys.argv[1:]]
@@ -84,15 +82,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def faulty_main(tmp_path: Path, fault: str, rank: int, step: int) -> tuple[Path, dict[str, str]]:
+def faulty_main(tmp_path: Path, rank: int, step: int) -> tuple[Path, dict[str, str]]:
     script = tmp_path / "faulty_main.py"
     script.write_text(FAULTY_MAIN)
-    return script, {
-        "PROJECT_DIR": str(PROJECT_DIR),
-        "FAULT": fault,
-        "FAULT_RANK": str(rank),
-        "FAULT_AT_STEP": str(step),
-    }
+    return script, {"PROJECT_DIR": str(PROJECT_DIR), "FAULT_RANK": str(rank), "FAULT_AT_STEP": str(step)}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +95,7 @@ def interrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = write_idx_dir(root / "mnist", n_train=640, n_test=50)  # 20 steps an epoch
     flags = ["--data-dir", str(data), *FLAGS, "--out", str(root / "lenet5.pt"), "--report-dir", str(root / "r")]
-    script, env = faulty_main(root, "interrupt", rank=0, step=25)
+    script, env = faulty_main(root, rank=0, step=25)
     nodes = two_machines([str(script), *flags], [str(script), *flags], env=env)
     return root, data, flags, nodes
 
@@ -112,7 +105,7 @@ def test_ctrl_c_on_one_machine_stops_both_and_saves_once(interrupted, cli):
     resume = root / "lenet5.resume.pt"
     stdout = "".join(out for _, out, _ in nodes)
     assert all(code != 0 for code, _, _ in nodes) and stdout.count("interrupted: saved the state after epoch 1") == 1
-    assert f"continue with: torchrun --nproc-per-node 2 main.py --resume {resume}" in stdout
+    assert f"continue with: torchrun --nproc-per-node 2 main.py {shlex.join(flags)} --resume {resume}" in stdout
     assert not any("[rank" in err for _, _, err in nodes)  # no worker was left in a collective to fail
     assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not (root / "lenet5.pt").exists()
     alone = cli("main", *flags, "--resume", resume)
@@ -175,10 +168,13 @@ def test_out_of_memory_is_one_line_from_the_rank_it_hit(cli, monkeypatch, tmp_pa
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
-    monkeypatch.setenv("RANK", "1")  # as torchrun sets it (without WORLD_SIZE this stays a world of one)
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: False)  # no process group in this test
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets them for the second of two processes
+    monkeypatch.setenv("WORLD_SIZE", "2")
     data = write_idx_dir(tmp_path / "mnist")
     done = cli("main", "--data-dir", data, *FLAGS[:4], "--out", tmp_path / "lenet5.pt", "--report-dir", tmp_path)
-    assert done.returncode == 2 and done.stderr == "error: rank 1: out of memory on the device; lower --batch-size\n"
+    expected = "error: rank 1: out of memory on the device; use a smaller --batch-size or --device cpu\n"
+    assert done.returncode == 2 and done.stderr == expected
 
 
 def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
@@ -220,3 +216,26 @@ def test_peer_failures_are_told_from_other_errors():
     gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:37000")
     assert peer_failed(gone, two) and not peer_failed(gone, World())
     assert not peer_failed(RuntimeError("shape mismatch"), two) and not peer_failed(ValueError("closed by peer"), two)
+
+
+def test_each_process_gets_back_its_own_generators(monkeypatch):
+    """A DDP checkpoint holds every process's augmentation generator; rank 1 must restore rank 1's."""
+    import train
+    from data import make_generators
+    from LeNet5 import LeNet5
+    from recipes import Recipe
+
+    def state_for(rank: int) -> train.TrainState:
+        return train.TrainState(LeNet5(), Recipe(), 10, make_generators(0, rank, 2), World(rank, rank, 2))
+
+    monkeypatch.setattr(train, "DistributedDataParallel", lambda model, **kwargs: model)  # no process group here
+    ranks = [state_for(0), state_for(1)]
+    for state in ranks:
+        torch.rand(5, generator=state.generators.augment)  # the two have drawn: their states differ
+    states = [r.generators.augment.get_state() for r in ranks]
+    monkeypatch.setattr(train, "gather", lambda obj, world: [obj, obj] if isinstance(obj, dict) else states)
+    saved = ranks[0].state_dict()
+    fresh = state_for(1)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.generators.augment.get_state(), states[1])
+    assert not torch.equal(fresh.generators.augment.get_state(), states[0])

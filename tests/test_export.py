@@ -39,6 +39,7 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt):
         (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
         (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
         (["--format", "tflite"], "invalid choice: 'tflite'"),
+        (["--out", "{tmp}/model.pt"], "is the checkpoint being exported; choose another file name"),
     ],
 )
 def test_export_cli_user_errors(cli, tmp_path, weights, args, message):

@@ -178,6 +178,7 @@ def test_resolve_device():
         (int, 1, None, False, "-1", False),
         (int, 1, None, False, "2.5", False),
         (int, 1, 100, False, "101", False),
+        (int, 1, 100, False, "1" + "0" * 400, False),  # no OverflowError
         (float, 0, None, True, "1e-3", True),
         (float, 0, None, True, "0", False),
         (float, 0, None, True, "nan", False),
@@ -228,3 +229,25 @@ def test_interrupts_are_held_until_the_block_ends():
             done.append("the block went on")
     assert done == ["the block went on"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    "everywhere, rank, printed",
+    [(False, "1", "error: rank 1: bad\n"), (True, "1", ""), (True, "0", "error: bad\n"), (False, None, "error: bad\n")],
+)
+def test_user_errors_under_torchrun_are_said_once(monkeypatch, capsys, everywhere, rank, printed):
+    """Errors every process raises alike are reported by rank 0 alone; any other by the process it hit."""
+    from helper import run_cli
+
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def fails(argv):
+        err = UserError("bad")
+        err.everywhere = everywhere
+        raise err
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(fails, [])
+    assert exit_.value.code == 2 and capsys.readouterr().err == printed

@@ -3,6 +3,7 @@ Ctrl-C or a closed pipe at the moments that used to lose work."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -72,6 +73,10 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--val-size", "-5"], "argument --val-size: must be an integer >= 0"),
         (["main", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
         (["main", "--log-interval", "0"], "argument --log-interval: must be an integer >= 1"),
+        (["main", "--epochs", "1" + "0" * 400], "argument --epochs: must be an integer >= 1 and <= 10000"),
+        (["main", "--elastic-alpha", "34", "--no-augment"], "distort the augmented images: drop --no-augment"),
+        (["main", "--nesterov", "--momentum", "0"], "--nesterov needs momentum"),
+        (["main", "--res", "x.pt"], "unrecognized arguments: --res x.pt"),
         (["main", "--device", "tpu"], "invalid choice: 'tpu'"),
         (["main", "--resume", "{tmp}/none.pt"], "no such checkpoint"),
         (["main", "--resume", "{tmp}/garbage.pt"], "not a readable checkpoint"),
@@ -155,7 +160,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_pat
     assert done.returncode == 130, done.stderr
     resume = out.with_name("lenet5.resume.pt")
     assert f"saved the state after epoch 2 to {resume}" in done.stdout and "Traceback" not in done.stderr
-    assert f"continue with: python main.py --resume {resume}" in done.stdout and not out.exists()
+    assert not out.exists()
+    said = next(line for line in done.stdout.splitlines() if line.startswith("continue with: "))
+    command = shlex.split(said.removeprefix("continue with: "))  # the same flags (--out too), then --resume
+    assert command[:2] == ["python", "main.py"] and command[2:-2] == [str(a) for a in [*common, "--out", out]]
+    assert command[-2:] == ["--resume", str(resume)]
 
     differs = cli("main", *common, "--out", out, "--resume", resume, "--epochs", "5", "--lr", "0.01", "--full-c3")
     assert_user_error(differs, "these flags differ from it: --epochs 5 (it has --epochs 4); --full-c3")
@@ -163,7 +172,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_pat
     elsewhere = cli("main", *common[2:], "--data-dir", other, "--out", out, "--resume", resume)
     assert_user_error(elsewhere, f"--resume {resume} was trained on other data")
 
-    resumed = cli("main", *common, "--out", out, "--resume", resume, "--epochs", "4")  # the same value is fine
+    resumed = cli("main", *command[2:], "--epochs", "4")  # what it said to run (a flag of the same value is fine)
     assert resumed.returncode == 0, resumed.stderr
     assert "2 of 4 epochs done, continuing" in resumed.stdout
     assert "epoch 3/4" in resumed.stdout and "epoch 2/4" not in resumed.stdout
@@ -179,18 +188,19 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_trained_weights(cli, tmp_p
     import main
 
     data = write_idx_dir(tmp_path / "mnist")
-    common = ["--data-dir", data, *TINY, "--epochs", "2", "--out", tmp_path / "lenet5.pt"]
+    common = ["--data-dir", data, *TINY, "--epochs", "2", "--report-dir", tmp_path / "reports"]
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patched:
         patched.setattr(main, "evaluate", ctrl_c)
-        done = cli("main", *common)
+        done = cli("main", *common, "--out", tmp_path / "run" / "lenet5.pt")
     assert done.returncode == 130 and "saved the state with training finished" in done.stdout
-    resumed = cli("main", *common, "--resume", tmp_path / "lenet5.resume.pt")
+    resumed = cli("main", *common, "--resume", tmp_path / "run" / "lenet5.resume.pt")  # no --out: beside it
     assert resumed.returncode == 0 and "2 of 2 epochs done, nothing left to train" in resumed.stdout
-    assert "epoch 1/2" not in resumed.stdout and (tmp_path / "lenet5.pt").exists()
+    assert "epoch 1/2" not in resumed.stdout
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["lenet5.json", "lenet5.pt"]
 
 
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
@@ -223,7 +233,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("script", ["main.py", "eval.py", "predict.py", "export.py", "bench.py"])
+@pytest.mark.parametrize("script", ["main.py", "eval.py", "predict.py", "export.py", "bench.py", "app.py"])
 def test_ctrl_c_while_importing_exits_quietly(script):
     done = run_script("-c", INTERRUPT_DURING_IMPORT, script)
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""

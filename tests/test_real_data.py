@@ -36,12 +36,16 @@ def independent_accuracy(model, images, labels) -> float:
         return (plain(x).argmax(1) == labels).double().mean().item()
 
 
-def test_committed_checkpoint_scores_at_least_99_1(mnist):
-    model, checkpoint = load_model(COMMITTED)
+@pytest.mark.parametrize(
+    "name, at_least, recipe", [("lenet5.pt", 0.991, "default"), ("lenet5-best.pt", 0.9945, "best")]
+)
+def test_committed_checkpoints_agree_with_an_independent_evaluation(mnist, name, at_least, recipe):
+    path = PROJECT_DIR / "checkpoints" / name
+    model, checkpoint = load_model(path)
     result = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, 500, "cpu"), "cpu")
-    assert result.accuracy >= 0.991
+    assert result.accuracy >= at_least and checkpoint["train_state"]["recipe"]["name"] == recipe
     assert result.accuracy == pytest.approx(independent_accuracy(model, mnist.test_images, mnist.test_labels), abs=2e-4)
-    saved = json.loads(COMMITTED.with_suffix(".json").read_text())
+    saved = json.loads(path.with_suffix(".json").read_text())
     assert result.accuracy == pytest.approx(saved["test_accuracy"], abs=2e-4)
     assert checkpoint["metrics"] == saved  # the .json beside the checkpoint says what the checkpoint says
     assert checkpoint["data"]["fingerprint"] == fingerprint(mnist)

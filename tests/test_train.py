@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from conftest import N_TRAIN
 
 from data import load_mnist, make_generators, make_loaders
-from helper import UserError
 from idx import CUSTOM_FILES
 from LeNet5 import LeNet5
-from recipes import RECIPES, Recipe, augmentation_for, resolve_recipe
+from recipes import Recipe, augmentation_for
 from train import (
     EXPLODED_LOSS,
     TrainingDiverged,
@@ -155,16 +154,3 @@ def test_state_dict_is_a_snapshot(tiny_model):
     with torch.no_grad():
         tiny_model.c1.weight.add_(1.0)
     assert not torch.equal(saved["model"]["c1.weight"], tiny_model.c1.weight)
-
-
-def test_recipes_resolve_and_flags_override():
-    for name, (description, values) in RECIPES.items():
-        recipe = resolve_recipe(name, {})
-        assert recipe.name == name and description
-        assert all(getattr(recipe, field) == value for field, value in values.items())
-    overridden = resolve_recipe("fast", {"epochs": 7, "seed": 3})
-    assert overridden.epochs == 7 and overridden.seed == 3 and overridden.name == "fast"
-    assert overridden.batch_size == resolve_recipe("fast", {}).batch_size
-    assert resolve_recipe("default", {}) == Recipe()  # the default recipe is Recipe's defaults
-    with pytest.raises(UserError, match="--recipe 'fastest' is not one of default, best, fast"):
-        resolve_recipe("fastest", {})

@@ -1,0 +1,94 @@
+"""Where a training step's time goes, in one process or under torchrun: why 2 processes x 1 thread
+train slower than 1 process x 2 threads on a 2-core machine (see the README).
+
+Times per step, on random data of MNIST's shape in the package's memory layout (each process's
+share of a global batch of 64): the batch gather and its random distortion (what the training loader does), the forward,
+backward and SGD step of the plain model, the same step through DistributedDataParallel as train.py wraps it (under
+torchrun: the gradients' all-reduce overlapping the backward), and one gloo all-reduce of a tensor
+the size of all gradients (61,706 floats: DDP sends C3's masked weights too) on its own.
+
+    python scripts/step_cost.py                                     # 1 process, its share = 64
+    torchrun --standalone --nproc-per-node 2 scripts/step_cost.py   # 2 processes, 32 each
+"""
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from augment import Augmentation  # noqa: E402
+from helper import place_batch, place_model  # noqa: E402
+from LeNet5 import LeNet5  # noqa: E402
+
+
+def ms_per_call(fn, calls: int, warmup: int = 50, repeats: int = 5) -> float:
+    """The median over `repeats` timings of `calls` calls, in ms per call (other work on a shared
+    2-core machine makes single timings noisy)."""
+    for _ in range(warmup):
+        fn()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        timings.append((time.perf_counter() - start) / calls * 1e3)
+    return statistics.median(timings)
+
+
+def main(global_batch: int = 64, steps: int = 400) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(rank)
+    share = global_batch // world
+    dataset = torch.randn(60_000 // world, 1, 32, 32)  # this process's preprocessed images
+    generator, augmentation = torch.Generator().manual_seed(rank), Augmentation()
+    x, y = place_batch(torch.randn(share, 1, 32, 32), "cpu"), torch.randint(0, 10, (share,))  # B/N x 1 x 32 x 32, B/N
+
+    def load_batch() -> None:
+        index = torch.randint(0, len(dataset), (share,), generator=generator)
+        augmentation(dataset[index], generator)
+
+    def step_of(model: torch.nn.Module):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        return step
+
+    parts = {
+        "gather+distort": ms_per_call(load_batch, steps),
+        "step": ms_per_call(step_of(place_model(LeNet5(), "cpu")), steps),
+    }
+    if world > 1:
+        # as train.py wraps it: C3's mask is a constant buffer, not broadcast every step
+        ddp = DistributedDataParallel(place_model(LeNet5(), "cpu"), forward_sync_buffers=False)
+        parts["DDP step"] = ms_per_call(step_of(ddp), steps)
+        grads = torch.zeros(sum(p.numel() for p in LeNet5().parameters()))
+        parts["all-reduce alone"] = ms_per_call(lambda: dist.all_reduce(grads), steps)
+    timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in parts.items())
+    line = f"{world} process(es) x {torch.get_num_threads()} thread(s), {share} images: {timings}"
+    lines = [line]
+    if world > 1:
+        lines = [None] * world
+        dist.all_gather_object(lines, line)
+        dist.destroy_process_group()
+    if rank == 0:
+        print("\n".join(f"rank {r}: {text}" for r, text in enumerate(lines)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from PIL import Image
+from test_predict import as_file, draw_seven
+
+from digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
+
+
+def check_mnist_like(digit: torch.Tensor) -> None:
+    assert digit.shape == (28, 28) and digit.dtype == torch.uint8
+    assert digit[0].max() == 0 and digit[:, 0].max() == 0  # black background, light ink
+    rows, cols = (digit > 0).nonzero(as_tuple=True)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert max(height, width) <= 20 and max(height, width) >= 18  # the longer side scaled to 20 px
+    mass = digit.double()
+    com_row = (mass.sum(1) * torch.arange(28)).sum() / mass.sum()
+    com_col = (mass.sum(0) * torch.arange(28)).sum() / mass.sum()
+    assert abs(com_row - 13.5) <= 1 and abs(com_col - 13.5) <= 1
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("dark_on_light.png", {}),
+        ("light_on_dark.png", {"paper": "black", "ink": "white"}),
+        ("blue_pen_on_cream.jpg", {"paper": (243, 236, 217), "ink": (27, 58, 140)}),
+        ("transparent.png", {"paper": (0, 0, 0, 0), "ink": (0, 0, 0, 255), "mode": "RGBA"}),
+        ("white_ink_transparent.png", {"paper": (0, 0, 0, 0), "ink": (255, 255, 255, 255), "mode": "RGBA"}),
+        ("grey.bmp", {"mode": "L", "paper": 230, "ink": 20}),
+        ("tiny.gif", {"size": (40, 40), "box": (8, 6, 20)}),
+    ],
+)
+def test_preprocessing_makes_an_mnist_style_digit(tmp_path, name, kwargs):
+    digit = to_mnist_digit(load_grayscale(as_file(draw_seven(**kwargs), tmp_path, name)))
+    check_mnist_like(digit)
+    assert digit.max() > 200  # bright ink (anti-aliasing may soften the very brightest pixel)
+
+
+def test_dark_ink_becomes_light():
+    grey = torch.full((50, 50), 255.0)
+    grey[10:40, 22:28] = 0.0  # a black bar on white paper
+    digit = to_mnist_digit(grey)
+    assert digit[14, 14] > 200 and digit[0, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda p: p.write_text("not an image"), "not a readable image"),
+        (lambda p: Image.new("RGB", (60, 60), "white").save(p, format="PNG"), "no digit found"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["text-file", "blank", "missing"],
+)
+def test_bad_images_raise_image_problem(tmp_path, content, message):
+    path = tmp_path / "x.png"
+    content(path)
+    with pytest.raises(ImageProblem, match=message):
+        to_mnist_digit(load_grayscale(path))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo is stored sideways with an Orientation tag; the digit must be read upright."""
+    upright = draw_seven(size=(200, 300), box=(40, 60, 120))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    as_file(upright, tmp_path, "upright.png")
+    got = to_mnist_digit(load_grayscale(tmp_path / "photo.jpg")).float()
+    want = to_mnist_digit(load_grayscale(tmp_path / "upright.png")).float()
+    assert (got - want).abs().mean() < 8  # the same digit, up to JPEG noise (a rotated 7 differs by ~60)
+
+
+def test_expand_paths_reads_folders_in_name_order(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt", "c.gif"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
+    single = tmp_path / "notes.txt"
+    assert expand_paths([tmp_path, single]) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.gif", single]

@@ -1,0 +1,58 @@
+"""The scripts that make the README's tables: their guards (the measurements themselves are in docs/)."""
+
+import importlib.util
+
+import pytest
+from conftest import PROJECT_DIR, assert_user_error
+
+from helper import run_cli
+from runs import Run
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finished(main, *argv: str, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, list(argv))
+    out = capsys.readouterr()
+    return type("Finished", (), {"returncode": exit_.value.code, "stdout": out.out, "stderr": out.err})
+
+
+def test_tune_never_scores_on_the_test_set(monkeypatch, capsys, tmp_path):
+    tune = script("tune")
+    seen = []
+
+    def fake_run(flags, out_dir):
+        seen.append(flags)
+        last = len(flags) - 1 - flags[::-1].index("--val-size")  # argparse: the last one counts
+        split = "test" if flags[last + 1] == "0" else "val"
+        return Run(0.99, 1, 0.99, None, None, split, 0.98, 0.98, 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(tune, "run_main", fake_run)
+    run_cli(tune.main, ["--candidates", "--val-size 0 --epochs 2", "--out-dir", str(tmp_path)])  # its own wins
+    assert seen[0][-2:] == ["--val-size", "10000"] and "98.00%" in capsys.readouterr().out
+    monkeypatch.setattr(tune, "run_main", lambda flags, out_dir: Run(0.99, 1, 0.99, None, None, "test", *[1.0] * 5))
+    done = finished(tune.main, "--candidates", "--epochs 2", "--out-dir", str(tmp_path), capsys=capsys)
+    assert_user_error(done, "'--epochs 2' was scored on test, not on the validation images")
+
+
+def test_seeds_sets_the_outputs_itself(capsys, tmp_path):
+    seeds = script("seeds")
+    done = finished(seeds.main, "--out-dir", str(tmp_path), "--out", "x.pt", capsys=capsys)
+    assert_user_error(done, "--out, --report-dir and --resume are set per seed")
+    (tmp_path / "file").write_text("x")
+    done = finished(seeds.main, "--out-dir", str(tmp_path / "file"), capsys=capsys)
+    assert_user_error(done, "--out-dir " + str(tmp_path / "file") + " is a file, not a folder")
+
+
+def test_step_cost_times_every_part_of_a_single_process_step(capsys):
+    script("step_cost").main(global_batch=8, steps=2)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("rank 0: 1 process(es) x ") and ", 8 images: " in line, line
+    ms = [float(part.rsplit(" ", 2)[-2]) for part in line.split(": ", 2)[2].split(", ")]
+    assert len(ms) == 2 and all(m > 0 for m in ms), line  # gather+distort, step; no DDP outside torchrun
