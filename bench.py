@@ -12,6 +12,10 @@ They alternate (A B C A B C ...) so that drift of the machine hits all alike. Se
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
 and FLOPs per training image against the CPU's measured matmul peak. `--quick` is a seconds-long
 synthetic run that checks the machinery (for tests), not a measurement.
+
+Measured on a 2-core Intel Xeon (torch 2.14.1, docs/bench_output.txt): the baseline reached 99.0 %
+in 132.5 s (epoch 15), `--recipe fast` in 18.6 s (epoch 4, 7.1x sooner), the default in 22.5 s
+(epoch 5, 5.9x); the package trains 2.01x as many images per second.
 """
 
 import os

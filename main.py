@@ -3,6 +3,10 @@
     python main.py --data-dir ../shared/mnist          # or MNIST_DIR=../shared/mnist python main.py
 
 Ctrl-C saves a resumable checkpoint; `python main.py --resume PATH` continues it.
+
+Measured on a 2-core Intel Xeon (torch 2.14.1), 3 seeds each (`python scripts/seeds.py
+--data-dir ../shared/mnist [--recipe NAME]`, outputs in docs/): the default recipe ends at 99.24 %
+test accuracy in 44 s, `--recipe fast` at 99.15 % in 21 s, `--recipe best` at 99.49 % in 5.5 min.
 """
 
 import os

@@ -38,7 +38,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "the highest test accuracy: elastic distortions on top of the affine ones, 60 epochs",
         {"epochs": 60, "elastic_alpha": 34.0, "elastic_sigma": 6.0},
     ),
-    "fast": ("the shortest run found to end at >= 99 % test accuracy: the default schedule in 5 epochs", {"epochs": 5}),
+    "fast": (
+        "the shortest run found to end at >= 99 % test accuracy: 4 epochs, Nesterov momentum 0.98",
+        {"epochs": 4, "momentum": 0.98},
+    ),
 }
 
 

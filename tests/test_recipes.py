@@ -12,7 +12,7 @@ def test_recipes_resolve_and_flags_override():
         assert all(getattr(recipe, field) == value for field, value in values.items())
     overridden = resolve_recipe("fast", {"epochs": 7, "seed": 3})
     assert overridden.epochs == 7 and overridden.seed == 3 and overridden.name == "fast"
-    assert overridden.batch_size == resolve_recipe("fast", {}).batch_size
+    assert overridden.momentum == resolve_recipe("fast", {}).momentum != Recipe().momentum  # the rest is kept
     assert resolve_recipe("default", {}) == Recipe()  # the default recipe is Recipe's defaults
     with pytest.raises(UserError, match="--recipe 'fastest' is not one of default, best, fast"):
         resolve_recipe("fastest", {})
