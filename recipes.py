@@ -31,7 +31,7 @@ class Recipe:
 
 
 # name: (one line for --help, the values that differ from Recipe's defaults). How they were chosen,
-# with the measurements, is in the README ("Recipes"); scripts/tune.py holds the method.
+# with the measurements, is in the README ("Three recipes, three seeds each"); scripts/tune.py holds the method.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("the write-up's SGD lr 0.01, Nesterov momentum, linear decay, random affine; 10 epochs", {}),
     "best": (
