@@ -239,7 +239,7 @@ def open_data(args: argparse.Namespace, tmp: Path) -> tuple[MNIST, str, list[str
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", example="results.json")
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         data, kind, data_flags = open_data(args, Path(tmp))

@@ -262,8 +262,11 @@ def make_loaders(
     test_images, test_labels = data.test_images[:limit], data.test_labels[:limit]
     if not 0 <= val_size < len(train_labels):
         raise UserError(f"--val-size {val_size} must be between 0 and {len(train_labels) - 1} (the training images)")
-    if batch_size < 1 or batch_size > len(train_labels) - val_size:
-        raise UserError(f"--batch-size {batch_size} must be between 1 and {len(train_labels) - val_size}")
+    if batch_size > len(train_labels) - val_size:  # (--batch-size itself is at least 1)
+        raise UserError(
+            f"--batch-size {batch_size} is more than the {len(train_labels) - val_size} training images; "
+            "use a smaller --batch-size (or a larger --limit, or a smaller --val-size)"
+        )
     # The validation images are a fixed random subset, chosen by the seed, never trained on.
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     train_index, val_index = order[val_size:], order[:val_size]

@@ -158,10 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}[args.format]
     out = args.out or DEFAULT_CHECKPOINT.with_name(f"lenet5{suffix}")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", example=f"lenet5{suffix}")
     check_output_file(sidecar_path(out), "--out's .json")
     if out.resolve() == args.weights.resolve():
         raise UserError(f"--out {out} is the checkpoint being exported; choose another file name")
+    wrong_suffix = {"onnx": (".pt", ".json"), "torchscript": (".onnx", ".json")}[args.format]
+    if out.suffix.lower() in wrong_suffix:
+        raise UserError(f"--out {out}: a {args.format} export should not be named {out.suffix}; e.g. lenet5{suffix}")
     load_model(args.weights)  # a wrong --weights is said before any data is read
     images, source = verification_images(data_source(args), args.verify_images)
     check = export(args.weights, args.format, out, images, source)

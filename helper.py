@@ -27,6 +27,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py writes and the others read
 DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 CHECKPOINT_FORMAT = 2  # 2: train_state carries a data fingerprint and the full recipe
+FLOAT32_MAX = torch.finfo(torch.float32).max
 MEMORY_FORMAT = torch.channels_last  # measured ~10 % faster convolutions on the CPU (bench.py)
 
 
@@ -44,7 +45,10 @@ class CheckpointError(UserError):
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after every flag; the module docstring printed as written."""
+    """Defaults shown after every flag (unless its help already says it); the module docstring printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.help and "(default:" in action.help else super()._get_help_string(action)
 
 
 class CliParser(argparse.ArgumentParser):
@@ -73,16 +77,27 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
         too_low = low is not None and (value <= low if low_open else value < low)
         if (kind is float and not math.isfinite(value)) or too_low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text}")
+        if kind is float and abs(value) > FLOAT32_MAX:  # training runs in float32: it would overflow there
+            raise argparse.ArgumentTypeError(f"must be at most {FLOAT32_MAX:.4g} (float32's largest), got {text}")
         return value
 
     return parse
 
 
-def check_output_file(path: Path, flag: str) -> None:
-    """Fail before any work when a file could not be written at `path` (a directory there, no folder)."""
-    if Path(path).is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {Path(path) / 'lenet5.pt'}")
-    check_output_dir(Path(path).parent, f"the folder of {flag}")
+def check_output_file(path: Path, flag: str, example: str = "lenet5.pt") -> None:
+    """Fail before any work when a file could not be written at `path` (a directory there, a device
+    or a pipe there, no folder)."""
+    path = Path(path).resolve()  # a symlink is written through: its target gets the new file
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
+    refuse_special_file(path, flag)
+    check_output_dir(path.parent, f"the folder of {flag}")
+
+
+def refuse_special_file(path: Path, flag: str) -> None:
+    """A rename over a device node or a pipe (/dev/null, say) would replace it with a plain file."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
 
 
 def check_output_dir(directory: Path, flag: str) -> None:
@@ -214,9 +229,10 @@ def place_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tenso
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it replaces `path` (with the
     usual permissions), otherwise it is deleted. Readers never see half a file."""
-    path = Path(path)
+    path = Path(path).resolve()  # through a symlink, as check_output_file says
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory; choose a file name")
+    refuse_special_file(path, "cannot write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -350,7 +366,7 @@ def _why_unreadable(path: Path, err: Exception) -> str:
         named = f" ({', '.join(sorted(foreign))})" if foreign else ""
         return f"it contains Python objects that would run code on load{named}; refused for safety"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "Weights only load failed" in first or "invalid load key" in first:
+    if "Weights only load failed" in first or "invalid load key" in first or isinstance(err, KeyError):
         first = "the bytes are not a torch.save file"
     elif path.read_bytes()[:2] == b"PK" and not zipfile.is_zipfile(path):
         first = "an incomplete zip archive"

@@ -20,14 +20,14 @@ import contextlib
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data import Loaders, add_data_args, data_source, fingerprint, make_loaders
-from distributed import World, agree, join, leave, peer_failed
+from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, leave, peer_failed
 from eval import Evaluation, evaluate, format_report, write_report
 from helper import (
     DEFAULT_CHECKPOINT,
@@ -117,12 +117,20 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
     full_c3 = getattr(args, "full_c3", None)
     if resumed is None:
         recipe = resolve_recipe(given.pop("name", "default"), given)
-        if not recipe.augment and {"elastic_alpha", "elastic_sigma"} & set(given):
-            raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
+        if not recipe.augment:
+            if given.get("elastic_alpha", 0) > 0 or "elastic_sigma" in given:
+                raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
+            recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
         if given.get("nesterov") and recipe.momentum == 0:
             raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
         return recipe, {"c3_table": not full_c3}
-    saved, config = asdict(Recipe(**resumed["train_state"]["recipe"])), resumed["config"]
+    try:  # a checkpoint from another version may carry fields this code does not know
+        saved, config = asdict(Recipe(**resumed["train_state"]["recipe"])), resumed["config"]
+        LeNet5(**config)
+    except (TypeError, KeyError, AttributeError) as err:
+        raise CheckpointError(
+            f"{args.resume}: its recipe or model config does not fit this version ({err}); retrain"
+        ) from None
     differ = [f"{_flag(k, v)} (it has {_flag(k, saved[k])})" for k, v in given.items() if saved[k] != v]
     if full_c3 and config.get("c3_table", True):
         differ.append("--full-c3 (the checkpoint uses LeCun's C3 table)")
@@ -216,15 +224,23 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     world, device = join(resolve_device(args.device))
+    together = False  # whether every process ends here alike (then they can wait for each other)
     try:
         with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):  # one voice
             train_and_report(args, continue_command(argv, world), world, device, started)
+        together = True
+    except UserError as err:
+        together = err.everywhere
+        raise
+    except SystemExit as exit_:
+        together = exit_.code == 130  # the Ctrl-C that all processes agreed on (exit_saving)
+        raise
     except RuntimeError as err:
         if not peer_failed(err, world):
             raise
         sys.exit(1)  # another process failed and said why; a second traceback would only bury that line
     finally:
-        leave(world)
+        leave(world, together)
 
 
 def continue_command(argv: list[str], world: World) -> str:
@@ -328,4 +344,6 @@ def plot_history(history: History, report_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
+    if launched_by_torchrun():
+        exit_skipping_teardown(lambda: run_cli(main))
     run_cli(main)

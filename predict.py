@@ -76,11 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     if args.show:
-        check_output_file(args.show, "--show")
+        check_output_file(args.show, "--show", example="predictions.png")
+        if args.show.suffix.lower() != ".png":
+            raise UserError(f"--show {args.show}: the figure is a PNG; give a name ending in .png")
     model, _ = load_model(args.weights)
     paths = expand_paths(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
+    if args.show and args.show.resolve() in {path.resolve() for path in [*paths, args.weights]}:
+        raise UserError(f"--show {args.show} would overwrite one of the inputs; choose another file name")
     results = predict_paths(model, paths, args.topk, keep_images=args.show is not None)
     print(as_json(results) if args.json else "\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]

@@ -46,9 +46,10 @@ def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) 
     with open(log, "w") as sink:
         done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT)
     wall = time.time() - started
-    if done.returncode != 0:  # (the log may live in a temporary folder: quote its end)
-        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        raise UserError(f"`python {' '.join(command)}` failed (exit {done.returncode}): {tail}")
+    if done.returncode != 0:  # (the log may live in a temporary folder: quote the reason, or its end)
+        lines = log.read_text(errors="replace").strip().splitlines()
+        reason = [line for line in lines if line.startswith("error: ")][:1] or lines[-3:]
+        raise UserError(f"`python {' '.join(command)}` failed (exit {done.returncode}): {chr(10).join(reason)}")
     return summarize(json.loads(metrics_json.read_text()), started, wall, target)
 
 

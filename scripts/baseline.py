@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed for the weights and the shuffling")
     p.add_argument("--json", type=Path, required=True, help="where to write the per-epoch results")
     args = p.parse_args(argv)
-    check_output_file(args.json, "--json")
+    check_output_file(args.json, "--json", example="results.json")
     data = data_source(args).open()
     torch.manual_seed(args.seed)
     model = LeNet5()

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--out, --report-dir and --resume are set per seed (under --out-dir); leave them out")
     check_output_dir(args.out_dir, "--out-dir")
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", example="results.json")
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []
     header = f"{'seed':>4} {'final test acc':>15} {'99.0% at epoch':>15} {'s to 99.0%':>11} {'train s':>8}"

@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from augment import Augmentation  # noqa: E402
-from helper import place_batch, place_model  # noqa: E402
+from helper import CliParser, UserError, number, place_batch, place_model, run_cli  # noqa: E402
 from LeNet5 import LeNet5  # noqa: E402
 
 
@@ -44,7 +44,19 @@ def ms_per_call(fn, calls: int, warmup: int = 50, repeats: int = 5) -> float:
     return statistics.median(timings)
 
 
-def main(global_batch: int = 64, steps: int = 400) -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    p.add_argument("--batch-size", type=number(int, 1, 4096), default=64, help="the global batch, split over processes")
+    p.add_argument("--steps", type=number(int, 1, 100_000), default=400, help="timed calls per repeat (5 repeats)")
+    args = p.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} must split evenly over {world} processes")
+    measure(args.batch_size, args.steps)
+
+
+def measure(global_batch: int, steps: int) -> None:
+    """Print the per-step timings of this process (under torchrun: of every process, from rank 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         dist.init_process_group("gloo")
@@ -91,4 +103,4 @@ def main(global_batch: int = 64, steps: int = 400) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

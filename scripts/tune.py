@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     check_output_dir(args.out_dir, "--out-dir")
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", example="results.json")
     common = ["--val-size", str(args.val_size)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    candidates = [split_candidate(candidate) for candidate in args.candidates]  # all checked before any run
     rows = []
-    for number_, candidate in enumerate(args.candidates):
+    for number_, (candidate, candidate_flags) in enumerate(zip(args.candidates, candidates)):
         scores = []
         for seed in args.seeds:
-            flags = [*shlex.split(candidate), "--seed", str(seed), *common]  # the last --val-size wins: this one
+            flags = [*candidate_flags, "--seed", str(seed), *common]  # the last --val-size wins: this one
             run = run_main(flags, args.out_dir / f"c{number_}-seed{seed}")
             if run.eval_split != "val":
                 raise UserError(f"{candidate!r} was scored on {run.eval_split}, not on the validation images")
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{100 * mean:6.2f}%  (" + ", ".join(f"{100 * s:.2f}" for s in scores) + f")  {candidate}", flush=True)
     if args.json:
         write_json({"val_size": args.val_size, "candidates": rows}, args.json)
+
+
+def split_candidate(candidate: str) -> list[str]:
+    """A candidate's flags, split as a shell would."""
+    try:
+        return shlex.split(candidate)
+    except ValueError as err:  # e.g. an unbalanced quote
+        raise UserError(f"--candidates {candidate!r}: {err}; quote each candidate as one string") from None
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt):
         (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
         (["--format", "tflite"], "invalid choice: 'tflite'"),
         (["--out", "{tmp}/model.pt"], "is the checkpoint being exported; choose another file name"),
+        (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
+        (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
     ],
 )
 def test_export_cli_user_errors(cli, tmp_path, weights, args, message):

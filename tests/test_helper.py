@@ -1,4 +1,5 @@
 import argparse
+import json
 import os
 import pickle
 import signal
@@ -95,9 +96,10 @@ def rewritten(path, **changes):
         (with_nan, "holds NaN or infinite weights (f6.bias)"),
         (lambda p: rewritten(p, format=CHECKPOINT_FORMAT + 1), "written by a newer version"),
         (lambda p: rewritten(p, normalization={"pad": 2, "mean": 0.5, "std": 0.5}), "trained on inputs normalized"),
+        (lambda p: p.write_text("hello, a text file"), "of another kind (the bytes are not a torch.save file)"),
     ],
     ids=["missing", "directory", "code-pickle", "code-pickle-2", "code-in-zip", "foreign", "no-tensors", "nan",
-         "newer", "normalization"],
+         "newer", "normalization", "text"],
 )  # fmt: skip
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle, not ours
 def test_bad_checkpoints_give_one_clear_error(tmp_path, make, message):
@@ -207,6 +209,18 @@ def test_output_checks(tmp_path):
         check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
     check_output_file(tmp_path / "new" / "x.pt", "--out")
     assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
+    os.mkfifo(tmp_path / "fifo")
+    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
+        with pytest.raises(UserError, match="is not a regular file"):
+            check(tmp_path / "fifo")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
+
+
+def test_a_symlinked_output_is_written_through(tmp_path):
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    write_json({"a": 1}, tmp_path / "link.json")
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text()) == {"a": 1}
 
 
 def test_closed_pipe_silences_output_instead_of_raising():

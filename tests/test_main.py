@@ -66,6 +66,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--epochs", "1e9"], "argument --epochs: must be an integer"),
         (["main", "--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
         (["main", "--lr", "-0.1"], "argument --lr: must be a finite number > 0"),
+        (["main", "--lr", "1e39"], "argument --lr: must be at most 3.403e+38 (float32's largest), got 1e39"),
         (["main", "--momentum", "1"], "argument --momentum: must be a finite number >= 0 and <= 0.999"),
         (["main", "--weight-decay", "inf"], "argument --weight-decay: must be a finite number >= 0"),
         (["main", "--batch-size", "-1"], "argument --batch-size: must be an integer >= 1"),
@@ -75,6 +76,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--log-interval", "0"], "argument --log-interval: must be an integer >= 1"),
         (["main", "--epochs", "1" + "0" * 400], "argument --epochs: must be an integer >= 1 and <= 10000"),
         (["main", "--elastic-alpha", "34", "--no-augment"], "distort the augmented images: drop --no-augment"),
+        (["main", "--recipe", "best", "--no-augment", "--elastic-sigma", "5"], "drop --no-augment"),
         (["main", "--nesterov", "--momentum", "0"], "--nesterov needs momentum"),
         (["main", "--res", "x.pt"], "unrecognized arguments: --res x.pt"),
         (["main", "--device", "tpu"], "invalid choice: 'tpu'"),
@@ -82,9 +84,10 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--resume", "{tmp}/garbage.pt"], "not a readable checkpoint"),
         (["main", "--out", "{tmp}/garbage.pt/lenet5.pt"], "is a file, not a folder"),
         (["main", "--out", "{tmp}/mnist"], "--out {tmp}/mnist is a directory; give a file name"),
+        (["main", "--out", "{tmp}/fifo"], "--out: {tmp}/fifo is not a regular file (a device, a pipe or a socket)"),
         (["main", "--out", "{tmp}/metrics.json"], "give a .pt name"),
         (["main", "--report-dir", "{tmp}/garbage.pt"], "--report-dir {tmp}/garbage.pt is a file, not a folder"),
-        (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 must be between 1"),
+        (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 is more than the 96"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--val-size", "96"], "--val-size 96 must be between 0"),
         (["eval", "--weights", "{tmp}/garbage.pt"], "not a readable checkpoint"),
         (["eval", "--weights", "{tmp}/none.pt"], "no such checkpoint"),
@@ -103,6 +106,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
 def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message):
     write_idx_dir(tmp_path / "mnist")
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
+    os.mkfifo(tmp_path / "fifo")  # like /dev/null: renaming a file over it would replace it
     weights.rename(tmp_path / "weights.pt")
     module, *rest = [a.format(tmp=tmp_path) for a in args]
     defaults = {
@@ -113,6 +117,24 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
         rest += [] if flag in rest else [flag, value]  # never the project's own checkpoints/ or reports/
     assert_user_error(cli(module, *rest), message.format(tmp=tmp_path))
     assert not list(tmp_path.rglob("lenet5*.pt"))  # nothing half-done was written
+
+
+def test_a_resume_file_from_another_version_is_one_line(cli, trained):
+    tmp_path, data, out, _, _ = trained
+    checkpoint = torch.load(out, weights_only=True)
+    checkpoint["train_state"]["recipe"]["ema"] = 0.999  # a field a newer version might add
+    torch.save(checkpoint, tmp_path / "newer.pt")
+    done = cli("main", "--data-dir", data, *TINY[:2], "--resume", tmp_path / "newer.pt", "--out", tmp_path / "x.pt")
+    assert_user_error(done, "its recipe or model config does not fit this version")
+
+
+def test_no_augment_turns_a_recipes_elastic_distortion_off_too():
+    import main
+
+    recipe, _ = main.choose_recipe(main.parse_args(["--recipe", "best", "--no-augment"]), None)
+    assert recipe.epochs == 60 and not recipe.augment and recipe.elastic_alpha == 0
+    recipe, _ = main.choose_recipe(main.parse_args(["--no-augment", "--elastic-alpha", "0"]), None)
+    assert not recipe.augment and recipe.elastic_alpha == 0
 
 
 def test_cuda_request_without_gpu(cli):
@@ -129,6 +151,8 @@ def test_help_shows_the_defaults(cli):
     assert done.returncode == 0
     for default in ("(default: 10)", "(default: 0.01)", "(default: 0.95)", "(default: linear)", "(default: True)"):
         assert default in done.stdout
+    help_text = " ".join(done.stdout.split())  # (argparse wraps lines)
+    assert "(default: $MNIST_DIR or data/)" in help_text and "data/) (default: None)" not in help_text
 
 
 def test_an_exploding_loss_saves_nothing(cli, tmp_path):

@@ -53,6 +53,8 @@ def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, 
     "args, message",
     [
         (["--show", "{tmp}"], "--show {tmp} is a directory; give a file name"),
+        (["--show", "{tmp}/seven.png"], "would overwrite one of the inputs"),
+        (["--show", "{tmp}/figure.jpg"], "the figure is a PNG; give a name ending in .png"),
         (["--topk", "0"], "argument --topk: must be an integer >= 1 and <= 10, got 0"),
         (["--weights", "{tmp}"], "is a directory; pass the checkpoint file"),
         (["--weights", "{tmp}/nan.pt"], "holds NaN or infinite weights"),

@@ -1,4 +1,7 @@
-from runs import summarize
+import pytest
+
+from helper import UserError
+from runs import run_timed, summarize
 
 
 def epochs(*accuracies: float, split: str = "test") -> list[dict]:
@@ -19,3 +22,19 @@ def test_validation_accuracy_never_counts_as_reaching_a_test_target():
     run = summarize(metrics, started=0.0, wall_seconds=60.0, target=0.99)
     assert run.epoch_reached is None and run.seconds_to_target is None
     assert run.eval_split == "val" and run.final_eval_accuracy == 0.996
+
+
+def test_a_failed_run_is_quoted_by_its_error_line_or_its_end(tmp_path):
+    """Under torchrun the reason is followed by torchrun's own summary: quote the reason."""
+    script = "print('loading'); print('error: rank 0: --batch-size 63 must split'); print('torchrun summary'); exit(2)"
+    with pytest.raises(UserError) as err:
+        run_timed(["-c", script], tmp_path / "m.json", tmp_path / "log.txt", 0.99)
+    assert str(err.value).endswith("failed (exit 2): error: rank 0: --batch-size 63 must split")
+    with pytest.raises(UserError) as err:
+        run_timed(
+            ["-c", "print('a'); print('b'); print('c'); print('d'); exit(1)"],
+            tmp_path / "m.json",
+            tmp_path / "log.txt",
+            0.99,
+        )
+    assert str(err.value).endswith("failed (exit 1): b\nc\nd")

@@ -51,8 +51,21 @@ def test_seeds_sets_the_outputs_itself(capsys, tmp_path):
 
 
 def test_step_cost_times_every_part_of_a_single_process_step(capsys):
-    script("step_cost").main(global_batch=8, steps=2)
+    script("step_cost").measure(global_batch=8, steps=2)
     line = capsys.readouterr().out.strip()
     assert line.startswith("rank 0: 1 process(es) x ") and ", 8 images: " in line, line
     ms = [float(part.rsplit(" ", 2)[-2]) for part in line.split(": ", 2)[2].split(", ")]
     assert len(ms) == 2 and all(m > 0 for m in ms), line  # gather+distort, step; no DDP outside torchrun
+
+
+def test_step_cost_checks_its_flags(capsys, monkeypatch):
+    step_cost = script("step_cost")
+    assert finished(step_cost.main, "--steps", "0", capsys=capsys).returncode == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    done = finished(step_cost.main, "--batch-size", "63", capsys=capsys)
+    assert done.returncode == 2 and "must split evenly over 2 processes" in done.stderr
+
+
+def test_tune_refuses_a_candidate_it_cannot_split(capsys, tmp_path):
+    done = finished(script("tune").main, "--candidates", '--epochs 2 "', "--out-dir", str(tmp_path), capsys=capsys)
+    assert done.returncode == 2 and "No closing quotation" in done.stderr and not list(tmp_path.iterdir())
