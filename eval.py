@@ -139,6 +139,10 @@ def format_report(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("metrics.json", "confusion_matrix.png", "misclassified.png")  # what write_report writes
+INSIDE_FILES = ("filters.png", "feature_maps.png")  # and write_inside
+
+
 def write_report(
     result: Evaluation, images: torch.Tensor, out_dir: Path, extra: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -146,7 +150,7 @@ def write_report(
 
     images: the evaluated images, in loader order (for the misclassified grid).
     """
-    paths = [out_dir / "metrics.json", out_dir / "confusion_matrix.png", out_dir / "misclassified.png"]
+    paths = [out_dir / name for name in REPORT_FILES]
     write_json({**result.metrics(), **(extra or {})}, paths[0])
     plot_confusion_matrix(result.confusion_matrix, paths[1])
     plot_misclassified(images, result.labels, result.predictions, result.probabilities, paths[2])
@@ -156,7 +160,7 @@ def write_report(
 @torch.inference_mode()
 def write_inside(model: nn.Module, digit: torch.Tensor, label: int, out_dir: Path) -> list[Path]:
     """filters.png (the C1 kernels) and feature_maps.png (C1 and C3 of one uint8 28x28 digit)."""
-    paths = [out_dir / "filters.png", out_dir / "feature_maps.png"]
+    paths = [out_dir / name for name in INSIDE_FILES]
     plot_filters(model, paths[0])
     device = next(model.parameters()).device
     maps = model.feature_maps(place_batch(preprocess(digit), device))
@@ -179,7 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    check_output_dir(args.out, "--out")
+    check_output_dir(args.out, "--out", files=REPORT_FILES + INSIDE_FILES)
     model, checkpoint = load_model(args.weights, device)
     data = data_source(args).open()
     images, labels = data.test_images[: args.limit], data.test_labels[: args.limit]

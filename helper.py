@@ -87,11 +87,18 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
 def check_output_file(path: Path, flag: str, example: str = "lenet5.pt") -> None:
     """Fail before any work when a file could not be written at `path` (a directory there, a device
     or a pipe there, no folder)."""
-    path = Path(path).resolve()  # a symlink is written through: its target gets the new file
+    path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
     refuse_special_file(path, flag)
     check_output_dir(path.parent, f"the folder of {flag}")
+
+
+def resolve_output(path: Path, flag: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop
+        raise UserError(f"{flag} {path}: cannot be resolved ({err}); give a plain file name") from None
 
 
 def refuse_special_file(path: Path, flag: str) -> None:
@@ -100,9 +107,12 @@ def refuse_special_file(path: Path, flag: str) -> None:
         raise UserError(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
 
 
-def check_output_dir(directory: Path, flag: str) -> None:
-    """Create `directory` now, so that an unusable one fails before a long run, not after it."""
+def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = ()) -> None:
+    """Create `directory` now, so that an unusable one fails before a long run, not after it; the
+    `files` that will be written into it must not be devices or pipes there."""
     directory = Path(directory)
+    for name in files:
+        refuse_special_file(resolve_output(directory / name, flag), flag)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
     try:
@@ -229,7 +239,7 @@ def place_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tenso
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds it replaces `path` (with the
     usual permissions), otherwise it is deleted. Readers never see half a file."""
-    path = Path(path).resolve()  # through a symlink, as check_output_file says
+    path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory; choose a file name")
     refuse_special_file(path, "cannot write")

@@ -28,7 +28,7 @@ import torch
 
 from data import Loaders, add_data_args, data_source, fingerprint, make_loaders
 from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, leave, peer_failed
-from eval import Evaluation, evaluate, format_report, write_report
+from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
 from helper import (
     DEFAULT_CHECKPOINT,
     DEFAULT_REPORT_DIR,
@@ -48,7 +48,7 @@ from helper import (
     write_json,
 )
 from LeNet5 import LeNet5, count_parameters, layer_table
-from recipes import RECIPES, SCHEDULES, Recipe, augmentation_for, resolve_recipe
+from recipes import RECIPES, SCHEDULES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
 from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
@@ -125,9 +125,12 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
             raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
         return recipe, {"c3_table": not full_c3}
     try:  # a checkpoint from another version may carry fields this code does not know
-        saved, config = asdict(Recipe(**resumed["train_state"]["recipe"])), resumed["config"]
+        saved, config = asdict(recipe_from_saved(resumed["train_state"]["recipe"])), resumed["config"]
         LeNet5(**config)
-    except (TypeError, KeyError, AttributeError) as err:
+        epoch = resumed["train_state"]["epoch"]
+        if type(epoch) is not int or not 0 <= epoch <= saved["epochs"]:
+            raise ValueError(f"its epoch {epoch!r} is not one of its recipe's")
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
         raise CheckpointError(
             f"{args.resume}: its recipe or model config does not fit this version ({err}); retrain"
         ) from None
@@ -291,7 +294,7 @@ def check_outputs(out: Path, report_dir: Path) -> None:
     check_output_file(out, "--out")
     check_output_file(out.with_suffix(".json"), "--out's metrics file")
     check_output_file(resume_path(out), "--out's resume file")
-    check_output_dir(report_dir, "--report-dir")
+    check_output_dir(report_dir, "--report-dir", files=REPORT_FILES + HISTORY_FILES)
 
 
 def resume_path(out: Path) -> Path:
@@ -332,8 +335,11 @@ def save_trained(
     return [out, json_path]
 
 
+HISTORY_FILES = ("loss.png", "accuracy.png")  # what plot_history writes
+
+
 def plot_history(history: History, report_dir: Path) -> list[Path]:
-    paths = [report_dir / "loss.png", report_dir / "accuracy.png"]
+    paths = [report_dir / name for name in HISTORY_FILES]
     plot_loss(history.step_losses, history.steps_per_epoch, paths[0])
     epochs = history.epochs
     plot_accuracy(

@@ -1,7 +1,8 @@
 """What to train: the Recipe (every value that decides the trained weights) and the named recipes
 that `python main.py --recipe NAME` starts from. Flags override a recipe's values one by one."""
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Any
 
 from augment import Augmentation
@@ -50,6 +51,29 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
     if name not in RECIPES:
         raise UserError(f"--recipe {name!r} is not one of {', '.join(RECIPES)}")
     return Recipe(**{**RECIPES[name][1], **overrides, "name": name})
+
+
+def recipe_from_saved(values: Any) -> Recipe:
+    """The Recipe a checkpoint recorded; ValueError when a field is missing, unknown or of the wrong
+    kind (a file from another version, or edited by hand), rather than training on a guess."""
+    names = {f.name for f in fields(Recipe)}
+    if not isinstance(values, dict) or set(values) != names:
+        raise ValueError(f"its recipe has not this version's fields ({', '.join(sorted(names))})")
+    wrong = [f.name for f in fields(Recipe) if not _fits(values[f.name], f.default)]
+    recipe = Recipe(**values)
+    if wrong or recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.momentum >= 1:
+        raise ValueError(f"its recipe holds values this version cannot train with ({', '.join(wrong) or 'ranges'})")
+    return recipe
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether `value` has the kind of the field whose default is `default` (numbers: finite, >= 0)."""
+    if isinstance(default, bool) or isinstance(default, str):
+        return type(value) is type(default)
+    if default is None:  # limit: None or a count
+        return value is None or (type(value) is int and value >= 1)
+    kinds = (int,) if isinstance(default, int) else (int, float)
+    return type(value) in kinds and math.isfinite(value) and value >= 0
 
 
 def augmentation_for(recipe: Recipe) -> Augmentation | None:

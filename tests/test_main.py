@@ -85,6 +85,9 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--out", "{tmp}/garbage.pt/lenet5.pt"], "is a file, not a folder"),
         (["main", "--out", "{tmp}/mnist"], "--out {tmp}/mnist is a directory; give a file name"),
         (["main", "--out", "{tmp}/fifo"], "--out: {tmp}/fifo is not a regular file (a device, a pipe or a socket)"),
+        (["main", "--out", "{tmp}/loop1"], "--out {tmp}/loop1: cannot be resolved"),
+        (["main", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/loss.png is not a regular file"),
+        (["eval", "--out", "{tmp}/reports"], "--out: {tmp}/reports/filters.png is not a regular file"),
         (["main", "--out", "{tmp}/metrics.json"], "give a .pt name"),
         (["main", "--report-dir", "{tmp}/garbage.pt"], "--report-dir {tmp}/garbage.pt is a file, not a folder"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 is more than the 96"),
@@ -107,6 +110,11 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
     write_idx_dir(tmp_path / "mnist")
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
     os.mkfifo(tmp_path / "fifo")  # like /dev/null: renaming a file over it would replace it
+    (tmp_path / "reports").mkdir()
+    os.mkfifo(tmp_path / "reports" / "loss.png")  # main.py writes it, eval.py does not
+    os.mkfifo(tmp_path / "reports" / "filters.png")  # the other way round
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     weights.rename(tmp_path / "weights.pt")
     module, *rest = [a.format(tmp=tmp_path) for a in args]
     defaults = {
@@ -119,13 +127,25 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
     assert not list(tmp_path.rglob("lenet5*.pt"))  # nothing half-done was written
 
 
+RESUME_EDITS = {
+    "extra-field": lambda state: state["recipe"].update(ema=0.999),  # a field a newer version might add
+    "missing-field": lambda state: state["recipe"].pop("lr"),  # one an older version lacked
+    "str-lr": lambda state: state["recipe"].update(lr="x"),
+    "negative-batch": lambda state: state["recipe"].update(batch_size=-5),
+    "not-a-dict": lambda state: state.update(recipe=[1, 2]),
+    "str-epoch": lambda state: state.update(epoch="x"),
+}
+
+
 def test_a_resume_file_from_another_version_is_one_line(cli, trained):
     tmp_path, data, out, _, _ = trained
-    checkpoint = torch.load(out, weights_only=True)
-    checkpoint["train_state"]["recipe"]["ema"] = 0.999  # a field a newer version might add
-    torch.save(checkpoint, tmp_path / "newer.pt")
-    done = cli("main", "--data-dir", data, *TINY[:2], "--resume", tmp_path / "newer.pt", "--out", tmp_path / "x.pt")
-    assert_user_error(done, "its recipe or model config does not fit this version")
+    for name, edit in RESUME_EDITS.items():
+        checkpoint = torch.load(out, weights_only=True)
+        edit(checkpoint["train_state"])
+        resume = tmp_path / f"{name}.pt"
+        torch.save(checkpoint, resume)
+        done = cli("main", "--data-dir", data, *TINY[:2], "--resume", resume, "--out", tmp_path / "x.pt")
+        assert_user_error(done, "its recipe or model config does not fit this version")
 
 
 def test_no_augment_turns_a_recipes_elastic_distortion_off_too():
