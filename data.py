@@ -279,9 +279,9 @@ def make_loaders(
     held_out = test if not val_size and world_size == 1 else None
     if held_out is None:  # the validation images, or this process's shard of them (or of the test set)
         images, labels = (train_images[val_index], train_labels[val_index]) if val_size else (test_images, test_labels)
-        shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
         if len(labels) < world_size:
             raise UserError(f"{len(labels)} held-out images cannot be shared by {world_size} processes; use more")
+        shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
         held_out = eval_loader(images[shard], labels[shard], eval_batch_size, device)
     return Loaders(train, held_out, "val" if val_size else "test", test, generators)
 

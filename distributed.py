@@ -81,14 +81,8 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
     os._exit(code)
 
 
-def leave(world: World, together: bool) -> None:
-    """Tear down the process group. `together`: every process leaves at this same point, so they
-    first wait for each other; a process that tears down while a peer is still finishing the last
-    collective can make gloo abort that peer (SIGABRT: "terminate called without an active
-    exception"). After a failure on one process the others are elsewhere, and are not waited for."""
+def leave(world: World) -> None:
     if dist.is_initialized():  # (torchrun with one process makes a group too)
-        if together and world.distributed:
-            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -124,16 +124,8 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
         if given.get("nesterov") and recipe.momentum == 0:
             raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
         return recipe, {"c3_table": not full_c3}
-    try:  # a checkpoint from another version may carry fields this code does not know
-        saved, config = asdict(recipe_from_saved(resumed["train_state"]["recipe"])), resumed["config"]
-        LeNet5(**config)
-        epoch = resumed["train_state"]["epoch"]
-        if type(epoch) is not int or not 0 <= epoch <= saved["epochs"]:
-            raise ValueError(f"its epoch {epoch!r} is not one of its recipe's")
-    except (TypeError, KeyError, AttributeError, ValueError) as err:
-        raise CheckpointError(
-            f"{args.resume}: its recipe or model config does not fit this version ({err}); retrain"
-        ) from None
+    recipe, config = recorded_recipe(resumed, args.resume)
+    saved = asdict(recipe)
     differ = [f"{_flag(k, v)} (it has {_flag(k, saved[k])})" for k, v in given.items() if saved[k] != v]
     if full_c3 and config.get("c3_table", True):
         differ.append("--full-c3 (the checkpoint uses LeCun's C3 table)")
@@ -142,7 +134,23 @@ def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> t
             f"--resume continues the checkpoint's own recipe, and these flags differ from it: {'; '.join(differ)}. "
             "Drop them, or train anew without --resume"
         )
-    return Recipe(**saved), config
+    return recipe, config
+
+
+def recorded_recipe(resumed: dict[str, Any], path: Path) -> tuple[Recipe, dict[str, Any]]:
+    """(recipe, model config) that a checkpoint recorded; a file from another version may carry
+    fields this code does not know, or lack some it needs."""
+    try:
+        recipe, config = recipe_from_saved(resumed["train_state"]["recipe"]), resumed["config"]
+        LeNet5(**config)
+        epoch = resumed["train_state"]["epoch"]
+        if type(epoch) is not int or not 0 <= epoch <= recipe.epochs:
+            raise ValueError(f"its epoch {epoch!r} is not one of its recipe's")
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: its recipe or model config does not fit this version ({err}); retrain"
+        ) from None
+    return recipe, config
 
 
 def _flag(name: str, value: Any) -> str:
@@ -227,23 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
     world, device = join(resolve_device(args.device))
-    together = False  # whether every process ends here alike (then they can wait for each other)
     try:
         with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):  # one voice
             train_and_report(args, continue_command(argv, world), world, device, started)
-        together = True
-    except UserError as err:
-        together = err.everywhere
-        raise
-    except SystemExit as exit_:
-        together = exit_.code == 130  # the Ctrl-C that all processes agreed on (exit_saving)
-        raise
     except RuntimeError as err:
         if not peer_failed(err, world):
             raise
         sys.exit(1)  # another process failed and said why; a second traceback would only bury that line
     finally:
-        leave(world, together)
+        leave(world)
 
 
 def continue_command(argv: list[str], world: World) -> str:

@@ -68,7 +68,7 @@ def recipe_from_saved(values: Any) -> Recipe:
 
 def _fits(value: Any, default: Any) -> bool:
     """Whether `value` has the kind of the field whose default is `default` (numbers: finite, >= 0)."""
-    if isinstance(default, bool) or isinstance(default, str):
+    if isinstance(default, (bool, str)):
         return type(value) is type(default)
     if default is None:  # limit: None or a count
         return value is None or (type(value) is int and value >= 1)

@@ -233,8 +233,6 @@ def check_loss(loss: float, epoch: int, step: int) -> None:
 def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: World = ONE) -> float:
     """Accuracy over the loader's images, or over all processes' shards together."""
     logits, labels = predict(model, loader, device)
-    if not world.distributed:
-        return (logits.argmax(1) == labels).double().mean().item()
     counts = sum_over_ranks(torch.tensor([(logits.argmax(1) == labels).sum().item(), len(labels)]), world)
     return counts[0].item() / counts[1].item()
 

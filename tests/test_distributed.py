@@ -188,12 +188,10 @@ def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
         return train_and_report
 
     monkeypatch.setattr(main, "join", lambda device: (World(0, 0, 2), device))
-    waited = []
-    monkeypatch.setattr(main, "leave", lambda world, together: waited.append(together))
+    monkeypatch.setattr(main, "leave", lambda world: None)
     monkeypatch.setattr(main, "train_and_report", fails_with("[gloo] Connection closed by peer [127.0.0.1]:37000"))
     done = cli("main")
     assert done.returncode == 1 and done.stderr == ""
-    assert waited == [False]  # its peers are not at the same point: waiting for them could hang
     monkeypatch.setattr(main, "train_and_report", fails_with("a real bug"))
     with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
         cli("main")
