@@ -9,36 +9,24 @@ is made unless --share is given. Every other checkpoint in checkpoints/ that loa
 picker on the page.
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import errno
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
+
+from cli import PROJECT_DIR, CliParser, UserError, add_device_flag, add_weights_flag, number, run_cli
 
 import numpy as np
 import torch
 from torch import nn
 
 from data import preprocess
+from devices import choose_device, place_batch
 from digits import ImageProblem, grey_from_image, load_grayscale, to_mnist_digit
 from eval import classify
-from helper import (
-    DEFAULT_CHECKPOINT,
-    PROJECT_DIR,
-    CheckpointError,
-    CliParser,
-    UserError,
-    load_model,
-    number,
-    place_batch,
-    run_cli,
-)
+from helper import CheckpointError, load_model
 
 CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
 NO_DIGIT = "draw a digit"
@@ -77,14 +65,14 @@ def display_name(path: Path) -> str:
     return str(path.relative_to(PROJECT_DIR)) if path.is_relative_to(PROJECT_DIR) else str(path)
 
 
-def load_checkpoints(weights: Path) -> dict[str, nn.Module]:
+def load_checkpoints(weights: Path, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     """--weights first (a broken one is a UserError), then every other checkpoint in checkpoints/ that loads."""
-    models = {display_name(weights): load_model(weights)[0]}
+    models = {display_name(weights): load_model(weights, device)[0]}
     for path in sorted(CHECKPOINT_DIR.glob("*.pt")):
         if display_name(path) in models:
             continue
         try:
-            models[display_name(path)] = load_model(path)[0]
+            models[display_name(path)] = load_model(path, device)[0]
         except CheckpointError as err:  # an export or a damaged file: the page still starts
             print(f"not in the picker: {err}")
     return models
@@ -251,12 +239,13 @@ def wait_until_stopped(demo) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
-    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint shown first")
+    add_weights_flag(p, help="the checkpoint shown first (the others in checkpoints/ are offered in a picker)")
+    add_device_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
     p.add_argument("--port", type=number(int, 0, 65535), default=7860, help="port to serve on (0: any free port)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs the internet)")
     args = p.parse_args(argv)
-    models = load_checkpoints(args.weights)
+    models = load_checkpoints(args.weights, choose_device(args.device))
     port = claim_port(args.host, args.port)
     demo = serve(models, args.host, port, args.share)
     print(f"LeNet-5 digit demo on {demo.local_url}  (Ctrl-C stops it)", flush=True)

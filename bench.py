@@ -1,6 +1,6 @@
 """Speed as a user feels it: the time from typing the command to a model with 99.0 % test accuracy.
 
-    python bench.py --data-dir ../shared/mnist --rounds 2 --json docs/bench.json
+    python bench.py --data-dir ../shared/mnist --rounds 2 --out docs/bench.json
 
 Three sides, each launched as a fresh process and timed from launch (cold start: imports and
 data loading count) to the end of the first epoch whose test accuracy reaches --target:
@@ -11,45 +11,33 @@ data loading count) to the end of the first epoch whose test accuracy reaches --
 They alternate (A B C A B C ...) so that drift of the machine hits all alike. Secondary numbers:
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
 and FLOPs per training image against the CPU's measured matmul peak. `--quick` is a seconds-long
-synthetic run that checks the machinery (for tests), not a measurement.
-
-Measured on a 2-core Intel Xeon (torch 2.14.1, docs/bench_output.txt): the baseline reached 99.0 %
-in 132.5 s (epoch 15), `--recipe fast` in 18.6 s (epoch 4, 7.1x sooner), the default in 22.5 s
-(epoch 5, 5.9x); the package trains 2.01x as many images per second.
+synthetic run that checks the machinery (for tests), not a measurement. The measured results are in
+the README and docs/bench_output.txt.
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import argparse
+import contextlib
+import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from cli import PROJECT_DIR, CliParser, add_device_flag, add_json_flag, check_output_file, number, run_cli
 
 import torch
 import torch.nn.functional as F
 
 from data import MNIST, add_data_args, data_source, eval_loader, make_loaders, write_mnist
+from devices import choose_device, place_model
 from eval import predict
-from helper import (
-    PROJECT_DIR,
-    CliParser,
-    check_output_file,
-    number,
-    place_model,
-    resolve_device,
-    run_cli,
-    write_json,
-)
+from helper import write_json
 from LeNet5 import LeNet5
-from recipes import Recipe, augmentation_for
+from recipes import Recipe
 from runs import Run, run_main, run_timed
 from train import TrainState, train_one_epoch
 
@@ -70,7 +58,7 @@ def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick
     if side == "baseline":
         epochs = "1" if quick else str(BASELINE_EPOCHS)
         command = [str(PROJECT_DIR / "scripts" / "baseline.py"), *data_flags, "--epochs", epochs]
-        command += ["--stop-at", str(target), "--json", str(out_dir / "baseline.json")]
+        command += ["--stop-at", str(target), "--out", str(out_dir / "baseline.json")]
         return run_timed(command, out_dir / "baseline.json", out_dir / "train.log", target)
     flags = [*data_flags, "--recipe", side] + (["--epochs", "1"] if quick else [])
     return run_main(flags, out_dir, target)
@@ -122,7 +110,7 @@ def inference_speed(data: MNIST, device: torch.device, batch_size: int = 500, re
     """Images/s of eval.predict over the test set at a large batch (median of repeats)."""
     torch.manual_seed(0)
     model = place_model(LeNet5(), device).eval()
-    loader = eval_loader(data.test_images, data.test_labels, batch_size, device)
+    loader = eval_loader(data.test_images, data.test_labels, device, batch_size)
     predict(model, loader, device)  # warm-up
     times = []
     for _ in range(repeats):
@@ -163,13 +151,12 @@ def profile_table(data: MNIST, steps: int = 150, rows: int = 12) -> str:
     """torch.profiler's view of the default recipe's training steps: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    recipe, cpu = Recipe(), torch.device("cpu")
-    loaders = make_loaders(data, recipe.batch_size, 0, augmentation_for(recipe), limit=steps * recipe.batch_size)
-    state = TrainState(place_model(LeNet5(), cpu), recipe, len(loaders.train), loaders.generators)
-    args = (state.model, loaders.train, state.optimizer, state.scheduler, cpu)
-    train_one_epoch(*args, 0, log_interval=10**9, progress=False)  # warm-up
+    recipe = replace(Recipe(), limit=steps * Recipe().batch_size)
+    loaders = make_loaders(data, recipe)
+    state = TrainState(LeNet5().config, recipe, loaders, torch.device("cpu"))
+    train_one_epoch(state, loaders.train, log_interval=10**9)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_one_epoch(*args, 1, log_interval=10**9, progress=False)
+        train_one_epoch(state, loaders.train, log_interval=10**9)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
 
 
@@ -215,12 +202,13 @@ def print_report(r: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--rounds", type=number(int, 1, 100), default=2, help="alternations of the three sides")
+    p.add_argument("--rounds", type=number(int, 1, 100), default=2, help="how many times each side runs, alternating")
     p.add_argument("--target", type=number(float, 0, 1, low_open=True), default=0.99, help="test accuracy to reach")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="for the package sides")
+    add_device_flag(p)  # (the package's sides; the baseline is the write-up's CPU pipeline)
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of the training steps")
     p.add_argument("--quick", action="store_true", help="tiny synthetic run (checks that bench works)")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--out", type=Path, help="also write the results here as JSON")
+    add_json_flag(p)
     return p.parse_args(argv)
 
 
@@ -238,9 +226,20 @@ def open_data(args: argparse.Namespace, tmp: Path) -> tuple[MNIST, str, list[str
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.out:
+        check_output_file(args.out, "--out", example="results.json")
+    device = choose_device(args.device)
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):  # with --json, stdout is the JSON
+        result = measure(args, device)
+        print_report(result)
+        if args.out:
+            write_json(result, args.out)
+            print(f"wrote {args.out}")
     if args.json:
-        check_output_file(args.json, "--json", example="results.json")
-    device = resolve_device(args.device)
+        print(json.dumps(result, indent=2))
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data, kind, data_flags = open_data(args, Path(tmp))
         print(f"benchmarking on {kind}: {len(data.train_labels):,} training images")
@@ -257,10 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         print(result["profile"])
     elif args.profile:
         print(f"note: --profile profiles the CPU loop; on {device.type} use torch.profiler with the CUDA activity")
-    print_report(result)
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
+    return result
 
 
 if __name__ == "__main__":

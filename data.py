@@ -18,16 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from cli import LIMIT_HELP, PROJECT_DIR, UserError, number
+
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from augment import Augmentation
-from helper import PROJECT_DIR, UserError, atomic_torch_save
+from distributed import ONE, World
+from helper import atomic_torch_save
 from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from LeNet5 import INPUT_NORMALIZATION
+from recipes import Recipe, augmentation_for
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "processed"
+EVAL_BATCH_SIZE = 500  # evaluation only: as large as keeps the memory small
 MNIST_MEAN, MNIST_STD, PAD = INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"], INPUT_NORMALIZATION["pad"]
 
 
@@ -190,8 +195,8 @@ class TensorBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.images.device)
+    def __getitem__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.images.device)  # (the training batches' are there already)
         images = self.images[index]
         if self.augmentation is not None:
             images = self.augmentation(images, self.generator)
@@ -200,40 +205,46 @@ class TensorBatches(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class Generators:
+    """The training data's random streams, on the training device: drawing from them never waits for the host."""
+
     shuffle: torch.Generator  # the same on every process: which images form each global batch
     augment: torch.Generator  # this process's distortions; in a single process, the same object as shuffle
 
 
-def make_generators(seed: int, rank: int = 0, world_size: int = 1) -> Generators:
-    shuffle = torch.Generator().manual_seed(seed)
-    if world_size == 1:  # one stream, as always: a seed keeps giving the weights it always gave
+def make_generators(seed: int, device: torch.device | str = "cpu", world: World = ONE) -> Generators:
+    shuffle = torch.Generator(device).manual_seed(seed)
+    if not world.distributed:  # one stream, as always: a seed keeps giving the weights it always gave
         return Generators(shuffle, shuffle)
-    return Generators(shuffle, torch.Generator().manual_seed((seed * 1_000_003 + rank + 1) % 2**63))
+    return Generators(shuffle, torch.Generator(device).manual_seed((seed * 1_000_003 + world.rank + 1) % 2**63))
 
 
 class GlobalBatches(torch.utils.data.Sampler):
     """Each epoch, one permutation of the training images (the shared shuffle generator), cut into global
     batches of `global_batch`; this process takes its contiguous share of each. The sequence of global
-    batches does not depend on the number of processes, and no two processes see the same image."""
+    batches does not depend on the number of processes, and no two processes see the same image.
 
-    def __init__(self, size: int, global_batch: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
-        if global_batch % world_size:
+    The permutation is made on the generator's device and handed out as slices of it: a batch's
+    indices never travel from the host (on CUDA, a copy that would stall every step)."""
+
+    def __init__(self, size: int, global_batch: int, generator: torch.Generator, world: World = ONE):
+        if global_batch % world.size:
             raise UserError(
-                f"--batch-size {global_batch} (the global batch) must split evenly over {world_size} processes"
+                f"--batch-size {global_batch} (the global batch) must split evenly over {world.size} processes"
             )
         self.size, self.global_batch, self.generator = size, global_batch, generator
-        self.first, self.share = rank * (global_batch // world_size), global_batch // world_size
+        self.share = global_batch // world.size
+        self.first = world.rank * self.share
 
     def __len__(self) -> int:
         return self.size // self.global_batch  # drop_last: every step has the same shape
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=self.generator)
+        order = torch.randperm(self.size, generator=self.generator, device=self.generator.device)
         for start in range(0, len(self) * self.global_batch, self.global_batch):
-            yield order[start + self.first : start + self.first + self.share].tolist()
+            yield order[start + self.first : start + self.first + self.share]
         # torch's RandomSampler draws one more permutation as a pass ends; so does this, so that one
         # process reproduces exactly the batches (and weights) of the RandomSampler this replaced.
-        torch.randperm(self.size, generator=self.generator)
+        torch.randperm(self.size, generator=self.generator, device=self.generator.device)
 
 
 @dataclass(frozen=True)
@@ -245,59 +256,45 @@ class Loaders:
     generators: Generators
 
 
-def make_loaders(
-    data: MNIST,
-    batch_size: int,
-    seed: int,
-    augmentation: Augmentation | None = None,
-    val_size: int = 0,
-    limit: int | None = None,
-    eval_batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    rank: int = 0,
-    world_size: int = 1,
-) -> Loaders:
-    """DataLoaders over the preprocessed tensors (kept on `device`): training shuffled by `seed`, the rest in order."""
+def make_loaders(data: MNIST, recipe: Recipe, device: torch.device | str = "cpu", world: World = ONE) -> Loaders:
+    """DataLoaders over the preprocessed tensors (kept on `device`), as the recipe says (batch size,
+    seed, augmentation, validation hold-out, limit): training shuffled by the seed, the rest in order."""
+    limit, val_size = recipe.limit, recipe.val_size
     train_images, train_labels = data.train_images[:limit], data.train_labels[:limit]
     test_images, test_labels = data.test_images[:limit], data.test_labels[:limit]
     if not 0 <= val_size < len(train_labels):
         raise UserError(f"--val-size {val_size} must be between 0 and {len(train_labels) - 1} (the training images)")
-    if batch_size > len(train_labels) - val_size:  # (--batch-size itself is at least 1)
+    if recipe.batch_size > len(train_labels) - val_size:  # (--batch-size itself is at least 1)
         raise UserError(
-            f"--batch-size {batch_size} is more than the {len(train_labels) - val_size} training images; "
+            f"--batch-size {recipe.batch_size} is more than the {len(train_labels) - val_size} training images; "
             "use a smaller --batch-size (or a larger --limit, or a smaller --val-size)"
         )
     # The validation images are a fixed random subset, chosen by the seed, never trained on.
-    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(recipe.seed))
     train_index, val_index = order[val_size:], order[:val_size]
-    generators = make_generators(seed, rank, world_size)
+    generators = make_generators(recipe.seed, device, world)
     images, labels = preprocess(train_images[train_index]).to(device), train_labels[train_index].to(device)
-    train_set = TensorBatches(images, labels, augmentation, generators.augment)
-    sampler = GlobalBatches(len(train_set), batch_size, generators.shuffle, rank, world_size)
-    train = DataLoader(train_set, batch_size=None, sampler=sampler)
-    test = eval_loader(test_images, test_labels, eval_batch_size, device)
-    held_out = test if not val_size and world_size == 1 else None
+    train_set = TensorBatches(images, labels, augmentation_for(recipe), generators.augment)
+    train = DataLoader(train_set, batch_size=None, sampler=GlobalBatches(len(train_set), recipe.batch_size,
+                                                                        generators.shuffle, world))  # fmt: skip
+    test = eval_loader(test_images, test_labels, device)
+    held_out = test if not val_size and not world.distributed else None
     if held_out is None:  # the validation images, or this process's shard of them (or of the test set)
         images, labels = (train_images[val_index], train_labels[val_index]) if val_size else (test_images, test_labels)
-        if len(labels) < world_size:
-            raise UserError(f"{len(labels)} held-out images cannot be shared by {world_size} processes; use more")
-        shard = torch.tensor_split(torch.arange(len(labels)), world_size)[rank]
-        held_out = eval_loader(images[shard], labels[shard], eval_batch_size, device)
+        if len(labels) < world.size:
+            raise UserError(f"{len(labels)} held-out images cannot be shared by {world.size} processes; use more")
+        shard = torch.tensor_split(torch.arange(len(labels)), world.size)[world.rank]
+        held_out = eval_loader(images[shard], labels[shard], device)
     return Loaders(train, held_out, "val" if val_size else "test", test, generators)
 
 
-def eval_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str) -> DataLoader:
+def eval_loader(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH_SIZE
+) -> DataLoader:
     """An in-order loader (never shuffled) over uint8 images, preprocessed once."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size} must be at least 1")
     dataset = TensorBatches(preprocess(images).to(device), labels.to(device))
-    return batch_loader(dataset, SequentialSampler(dataset), batch_size)
-
-
-def batch_loader(dataset: TensorBatches, sampler, batch_size: int, drop_last: bool = False) -> DataLoader:
-    """A DataLoader that hands `dataset` whole batches of indices drawn from `sampler`."""
     # batch_size=None + a BatchSampler: the dataset receives whole index lists, so there is no per-sample collate.
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last))
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(SequentialSampler(dataset), batch_size, False))
 
 
 @dataclass(frozen=True)
@@ -321,6 +318,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the verified .pt cache lives")
     g.add_argument("--allow-custom-data", action="store_true", help="accept your own IDX files (skip count/MD5 checks)")
     g.add_argument("--no-download", action="store_true", help="never try torchvision's download")
+
+
+def add_limit_flag(parser: argparse.ArgumentParser, **kwargs) -> None:
+    """--limit N: the same meaning in every entry point (main.py passes default=argparse.SUPPRESS)."""
+    parser.add_argument("--limit", type=number(int, 1), help=LIMIT_HELP, **kwargs)
 
 
 def data_source(args: argparse.Namespace) -> DataSource:

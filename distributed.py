@@ -7,18 +7,19 @@ Plain `python main.py` never touches any of this: its World is a world of one, e
 below returns its input, and no process group exists.
 """
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
+from cli import UserError
+
 import torch
 import torch.distributed as dist
-
-from helper import UserError
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,22 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
     os._exit(code)
 
 
-def leave(world: World) -> None:
+@contextlib.contextmanager
+def one_job(world: World) -> Iterator[None]:
+    """The body of a job run by every process: rank 0 alone prints; a process whose peer failed (and
+    said why) exits 1 without a second traceback; the process group is left at the end."""
+    try:
+        with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):
+            yield
+    except RuntimeError as err:
+        if not peer_failed(err, world):
+            raise
+        sys.exit(1)
+    finally:
+        leave()
+
+
+def leave() -> None:
     if dist.is_initialized():  # (torchrun with one process makes a group too)
         dist.destroy_process_group()
 
@@ -100,6 +116,9 @@ def gather(obj: Any, world: World) -> list[Any]:
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+STOP_CHECK_STEPS = 10  # under torchrun, how often the processes agree on a pending Ctrl-C (an all-reduce each)
 
 
 class StopFlag:
@@ -124,6 +143,11 @@ class StopFlag:
 
     def _note(self, signum: int, frame) -> None:
         self.noted = True
+
+    def check(self, step: int) -> None:
+        """Every STOP_CHECK_STEPS steps, raise KeyboardInterrupt on every process once any of them noted a signal."""
+        if self.world.distributed and step % STOP_CHECK_STEPS == 0 and self.agreed():
+            raise KeyboardInterrupt
 
     def agreed(self) -> bool:
         """True on every process as soon as any of them has noted a signal."""

@@ -2,42 +2,36 @@
 matrix, classification report, metrics.json and figures (the confusion matrix, the most
 confidently wrong digits, the C1 filters and the C1/C3 feature maps of one test digit).
 
-    python eval.py --weights checkpoints/lenet5.pt --data-dir ../shared/mnist --out reports
+    python eval.py --weights checkpoints/lenet5.pt --data-dir ../shared/mnist --report-dir reports
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cli import (
+    CliParser,
+    UserError,
+    add_device_flag,
+    add_json_flag,
+    add_report_dir_flag,
+    add_weights_flag,
+    check_output_dir,
+    number,
+    run_cli,
+)
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import add_data_args, data_source, eval_loader, preprocess
-from helper import (
-    DEFAULT_CHECKPOINT,
-    DEFAULT_REPORT_DIR,
-    CliParser,
-    UserError,
-    check_output_dir,
-    load_model,
-    number,
-    place_batch,
-    resolve_device,
-    run_cli,
-    write_json,
-)
+from data import EVAL_BATCH_SIZE, add_data_args, add_limit_flag, data_source, eval_loader, preprocess
+from devices import choose_device, place_batch
+from helper import load_model, write_json
 from visualize import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
-
-CLASSES = [str(d) for d in range(10)]
 
 
 @torch.inference_mode()
@@ -113,10 +107,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str) -
     logits, labels = predict(model, loader, device)
     probabilities = torch.softmax(logits, dim=1)
     predictions = probabilities.argmax(dim=1)
-    matrix = confusion_matrix(labels.numpy(), predictions.numpy(), labels=range(10))
+    classes = range(logits.shape[1])  # the model's outputs: the ten digits
+    matrix = confusion_matrix(labels.numpy(), predictions.numpy(), labels=classes)
     class_totals = matrix.sum(axis=1)
-    per_class = [float(matrix[d, d] / class_totals[d]) if class_totals[d] else float("nan") for d in range(10)]
-    report = dict(labels=list(range(10)), target_names=CLASSES, digits=4, zero_division=0)
+    per_class = [float(matrix[d, d] / class_totals[d]) if class_totals[d] else float("nan") for d in classes]
+    report = dict(labels=list(classes), target_names=[str(d) for d in classes], digits=4, zero_division=0)
     return Evaluation(
         labels=labels,
         predictions=predictions,
@@ -133,7 +128,7 @@ def format_report(result: Evaluation) -> str:
     lines = [f"Accuracy of the network on test images: {100 * result.accuracy:.2f}%"]
     lines += [f"Accuracy of {d}: {100 * acc:.2f}%" for d, acc in enumerate(result.per_class_accuracy)]
     lines += ["", "Confusion matrix (rows: true digit, columns: predicted digit):"]
-    lines.append("true\\pred " + "".join(f"{d:>6}" for d in range(10)))
+    lines.append("true\\pred " + "".join(f"{d:>6}" for d in range(len(result.per_class_accuracy))))
     lines += [f"{d:>9} " + "".join(f"{n:>6}" for n in row) for d, row in enumerate(result.confusion_matrix)]
     lines += ["", "Classification report:", result.classification_report]
     return "\n".join(lines)
@@ -171,31 +166,34 @@ def write_inside(model: nn.Module, digit: torch.Tensor, label: int, out_dir: Pat
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
-    p.add_argument("--out", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures")
-    p.add_argument("--batch-size", type=number(int, 1), default=500, help="evaluation batch size")
-    p.add_argument("--limit", type=number(int, 1), default=None, help="use only the first N test images")
+    add_weights_flag(p)
+    add_report_dir_flag(p)
+    add_device_flag(p)
+    add_json_flag(p)
+    add_limit_flag(p)
+    p.add_argument("--batch-size", type=number(int, 1), default=EVAL_BATCH_SIZE, help="evaluation batch size")
     p.add_argument("--index", type=number(int, 0), default=0, help="the test digit whose feature maps are drawn")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    check_output_dir(args.out, "--out", files=REPORT_FILES + INSIDE_FILES)
+    device = choose_device(args.device)
+    check_output_dir(args.report_dir, "--report-dir", files=REPORT_FILES + INSIDE_FILES)
     model, checkpoint = load_model(args.weights, device)
     data = data_source(args).open()
     images, labels = data.test_images[: args.limit], data.test_labels[: args.limit]
     if args.index >= len(labels):
         raise UserError(f"--index {args.index} must be below {len(labels)}, the number of test images evaluated")
-    loader = eval_loader(images, labels, args.batch_size, device)
-    result = evaluate(model, loader, device)
-    print(format_report(result))
+    result = evaluate(model, eval_loader(images, labels, device, args.batch_size), device)
     extra = {"weights": str(args.weights), "epoch": checkpoint.get("epoch")}
-    paths = write_report(result, images, args.out, extra)
-    paths += write_inside(model, images[args.index], int(labels[args.index]), args.out)
-    print("wrote:", *[f"  {p}" for p in paths], sep="\n")
+    paths = write_report(result, images, args.report_dir, extra)
+    paths += write_inside(model, images[args.index], int(labels[args.index]), args.report_dir)
+    if args.json:
+        print(json.dumps({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}, indent=2))
+    else:
+        print(format_report(result))
+        print("wrote:", *[f"  {p}" for p in paths], sep="\n")
 
 
 if __name__ == "__main__":

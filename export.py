@@ -9,42 +9,40 @@ loaded back in its own runtime (onnxruntime, torch.jit.load) and must give the s
 argmax as PyTorch and logits within 1e-4 on real test images (synthetic ones without MNIST).
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import argparse
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from data import DataSource, add_data_args, data_source, preprocess
-from helper import (
+from cli import (
     DEFAULT_CHECKPOINT,
     CliParser,
     UserError,
-    atomic_output,
+    add_device_flag,
+    add_weights_flag,
     check_output_file,
-    load_model,
     number,
     run_cli,
-    write_json,
 )
+
+import torch
+
+from data import DataSource, add_data_args, data_source, preprocess
+from devices import choose_device
+from helper import atomic_output, load_model, write_json
 from LeNet5 import INPUT_NORMALIZATION
 
 TOLERANCE = 1e-4
 
 
-def contract(normalization: dict[str, float]) -> dict[str, Any]:
+def contract(normalization: dict[str, float], num_classes: int) -> dict[str, Any]:
     """What the exported model expects and returns, from the normalization its checkpoint records."""
     pad, mean, std = normalization["pad"], normalization["mean"], normalization["std"]
+    logits = {"name": "logits", "dtype": "float32", "shape": ["batch", num_classes], "note": "softmax: probabilities"}
     return {
         "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 28 + 2 * pad, 28 + 2 * pad]},
-        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", 10], "note": "softmax gives probabilities"},
+        "output": logits,
         "preprocessing": [
             "start from a uint8 28x28 MNIST-style digit: light ink (255) on black (0), centred",
             f"pad {pad} pixels of 0 on every side -> {28 + 2 * pad}x{28 + 2 * pad}",
@@ -114,30 +112,37 @@ def verification_images(source: DataSource, count: int) -> tuple[torch.Tensor, s
 
 
 def verify(fmt: str, path: Path, model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """Run the file in its runtime at two batch sizes; compare argmax and logits with PyTorch."""
+    """Run the file in its runtime (on the CPU) at two batch sizes; compare argmax and logits with
+    PyTorch's on the model's own device."""
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        expected = model(images)
+        expected = model(images.to(device)).float().cpu()
     got = torch.cat([FORMATS[fmt][1](path, images[:1]), FORMATS[fmt][1](path, images[1:])])
     max_diff = (got - expected).abs().max().item()
     same_argmax = bool((got.argmax(1) == expected.argmax(1)).all())
     return {"images": len(images), "argmax_identical": same_argmax, "max_abs_logit_diff": max_diff}
 
 
-def export(weights: Path, fmt: str, out: Path, images: torch.Tensor, source: str) -> dict[str, Any]:
+def export(model: torch.nn.Module, fmt: str, out: Path, images: torch.Tensor) -> dict[str, Any]:
     """Export, verify in the target runtime, then move into place (a failed check leaves no file)."""
-    model, checkpoint = load_model(weights)
-    model = model.to(memory_format=torch.contiguous_format)  # exporters want the plain layout
+    # Exporters want the plain layout, on the CPU; the checks compare with `model` where it runs.
+    exported = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
     with atomic_output(out) as tmp:
-        FORMATS[fmt][0](model, tmp)
+        FORMATS[fmt][0](exported, tmp)
         check = verify(fmt, tmp, model, images)
         if not check["argmax_identical"] or check["max_abs_logit_diff"] > TOLERANCE:
             raise UserError(f"the {fmt} export does not match PyTorch ({check}); nothing was written")
-    normalization = checkpoint.get("normalization", INPUT_NORMALIZATION)  # (format 1 did not always record it)
-    sidecar = {**contract(normalization), "format": fmt, "weights": str(weights)}
-    test_accuracy = checkpoint.get("metrics", {}).get("test_accuracy")
-    sidecar.update(verified_on=source, verification=check, test_accuracy=test_accuracy)
-    write_json(sidecar, sidecar_path(out))
     return check
+
+
+def write_sidecar(out: Path, fmt: str, weights: Path, checkpoint: dict[str, Any], check: dict[str, Any],
+                  source: str) -> None:  # fmt: skip
+    """<out>.json: the contract, where the weights came from, how the export was verified."""
+    normalization = checkpoint.get("normalization", INPUT_NORMALIZATION)  # (format 1 did not always record it)
+    sidecar = {**contract(normalization, checkpoint["config"].get("num_classes", 10)), "format": fmt}
+    sidecar.update(weights=str(weights), verified_on=source, verification=check)
+    sidecar["test_accuracy"] = checkpoint.get("metrics", {}).get("test_accuracy")
+    write_json(sidecar, sidecar_path(out))
 
 
 def sidecar_path(out: Path) -> Path:
@@ -147,7 +152,8 @@ def sidecar_path(out: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
-    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
+    add_weights_flag(p)
+    add_device_flag(p)
     p.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="what to export to")
     p.add_argument("--out", type=Path, help="output file (default: checkpoints/lenet5.onnx or .torchscript.pt)")
     p.add_argument("--verify-images", type=number(int, 2, 10_000), default=1000, help="test images to check it on")
@@ -165,9 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     wrong_suffix = {"onnx": (".pt", ".json"), "torchscript": (".onnx", ".json")}[args.format]
     if out.suffix.lower() in wrong_suffix:
         raise UserError(f"--out {out}: a {args.format} export should not be named {out.suffix}; e.g. lenet5{suffix}")
-    load_model(args.weights)  # a wrong --weights is said before any data is read
+    model, checkpoint = load_model(args.weights, choose_device(args.device))  # (a wrong --weights: before the data)
     images, source = verification_images(data_source(args), args.verify_images)
-    check = export(args.weights, args.format, out, images, source)
+    check = export(model, args.format, out, images)
+    write_sidecar(out, args.format, args.weights, checkpoint, check, source)
     print(
         f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) and {out.name}.json\n"
         f"verified in {'onnxruntime' if args.format == 'onnx' else 'torch.jit.load'} on {source} "

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from cli import UserError
 
-from helper import UserError
+import torch
 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 

@@ -3,52 +3,38 @@
     python main.py --data-dir ../shared/mnist          # or MNIST_DIR=../shared/mnist python main.py
 
 Ctrl-C saves a resumable checkpoint; `python main.py --resume PATH` continues it.
-
-Measured on a 2-core Intel Xeon (torch 2.14.1), 3 seeds each (`python scripts/seeds.py
---data-dir ../shared/mnist [--recipe NAME]`, outputs in docs/): the default recipe ends at 99.24 %
-test accuracy in 44 s, `--recipe fast` at 99.15 % in 21 s, `--recipe best` at 99.49 % in 5.5 min.
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import argparse
-import contextlib
-import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from data import Loaders, add_data_args, data_source, fingerprint, make_loaders
-from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, leave, peer_failed
-from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
-from helper import (
+from cli import (
     DEFAULT_CHECKPOINT,
-    DEFAULT_REPORT_DIR,
-    CheckpointError,
     CliParser,
     UserError,
+    add_device_flag,
+    add_report_dir_flag,
     check_output_dir,
     check_output_file,
     interrupts_deferred,
-    load_checkpoint,
     number,
-    place_model,
-    resolve_device,
     run_cli,
-    save_checkpoint,
-    training_state,
-    write_json,
 )
+
+import torch
+
+from data import Loaders, add_data_args, add_limit_flag, data_source, fingerprint, make_loaders
+from devices import choose_device
+from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, one_job
+from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
+from helper import save_checkpoint, write_json
 from LeNet5 import LeNet5, count_parameters, layer_table
-from recipes import RECIPES, SCHEDULES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
+from recipes import RECIPES, SCHEDULES, Recipe, resolve_recipe
+from resume import Resume, continue_command, finished_path, resume_path, save_and_exit
 from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
@@ -57,26 +43,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(__doc__)
     add_data_args(p)
     add_recipe_args(p)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="CUDA, MPS, else CPU")
+    add_device_flag(p)
     out = f"checkpoint to write, .json beside it (default: {DEFAULT_CHECKPOINT}; with --resume, the interrupted run's)"
     p.add_argument("--out", type=Path, help=out)
-    p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and figures")
+    add_report_dir_flag(p)
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by Ctrl-C, with its own recipe and data")
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
     args = p.parse_args(argv)
-    args.out = args.out or default_out(args.resume)
+    args.out = args.out or (finished_path(args.resume) if args.resume else DEFAULT_CHECKPOINT)
     return args
-
-
-def default_out(resume: Path | None) -> Path:
-    """A resumed run finishes where the interrupted one would have: lenet5.resume.pt -> lenet5.pt."""
-    if resume is None:
-        return DEFAULT_CHECKPOINT
-    return (
-        resume.with_name(resume.name.removesuffix(".resume.pt") + ".pt")
-        if resume.name.endswith(".resume.pt")
-        else resume
-    )
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -105,57 +80,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))
     flag("--seed", "seed for weights, shuffling and augmentation", type=number(int, 0, 2**63 - 1))
     flag("--val-size", "training images held out for validation (0: test accuracy per epoch)", type=number(int, 0))
-    flag("--limit", "use only the first N training and test images (default: all)", type=number(int, 1))
+    add_limit_flag(g, default=argparse.SUPPRESS)
     flag("--full-c3", "connect every C3 map to all six S2 maps instead of LeCun's table", action="store_true")
-
-
-def choose_recipe(args: argparse.Namespace, resumed: dict[str, Any] | None) -> tuple[Recipe, dict[str, Any]]:
-    """(recipe, model config): from the flags, or from the checkpoint being resumed, refusing flags that differ."""
-    given = {f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)}
-    if hasattr(args, "recipe"):
-        given["name"] = args.recipe
-    full_c3 = getattr(args, "full_c3", None)
-    if resumed is None:
-        recipe = resolve_recipe(given.pop("name", "default"), given)
-        if not recipe.augment:
-            if given.get("elastic_alpha", 0) > 0 or "elastic_sigma" in given:
-                raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
-            recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
-        if given.get("nesterov") and recipe.momentum == 0:
-            raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
-        return recipe, {"c3_table": not full_c3}
-    recipe, config = recorded_recipe(resumed, args.resume)
-    saved = asdict(recipe)
-    differ = [f"{_flag(k, v)} (it has {_flag(k, saved[k])})" for k, v in given.items() if saved[k] != v]
-    if full_c3 and config.get("c3_table", True):
-        differ.append("--full-c3 (the checkpoint uses LeCun's C3 table)")
-    if differ:
-        raise UserError(
-            f"--resume continues the checkpoint's own recipe, and these flags differ from it: {'; '.join(differ)}. "
-            "Drop them, or train anew without --resume"
-        )
-    return recipe, config
-
-
-def recorded_recipe(resumed: dict[str, Any], path: Path) -> tuple[Recipe, dict[str, Any]]:
-    """(recipe, model config) that a checkpoint recorded; a file from another version may carry
-    fields this code does not know, or lack some it needs."""
-    try:
-        recipe, config = recipe_from_saved(resumed["train_state"]["recipe"]), resumed["config"]
-        LeNet5(**config)
-        epoch = resumed["train_state"]["epoch"]
-        if type(epoch) is not int or not 0 <= epoch <= recipe.epochs:
-            raise ValueError(f"its epoch {epoch!r} is not one of its recipe's")
-    except (TypeError, KeyError, AttributeError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: its recipe or model config does not fit this version ({err}); retrain"
-        ) from None
-    return recipe, config
-
-
-def _flag(name: str, value: Any) -> str:
-    flag = "--" + ("recipe" if name == "name" else name.replace("_", "-"))
-    return (flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}"
 
 
 def print_architecture(model: LeNet5) -> None:
@@ -163,6 +89,16 @@ def print_architecture(model: LeNet5) -> None:
     for name, description, params in layer_table(model):
         print(f"  {name:<7} {description:<34} {params:>7,}")
     print(f"  {'total':<42} {count_parameters(model):>7,} trainable parameters")
+
+
+def recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe flags given on the command line (absent ones are not in `args`), by Recipe field name."""
+    given = {f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)}
+    if hasattr(args, "recipe"):
+        given["name"] = args.recipe
+    if hasattr(args, "full_c3"):
+        given["full_c3"] = args.full_c3
+    return given
 
 
 @dataclass(frozen=True)
@@ -173,114 +109,72 @@ class Setup:
     config: dict[str, Any]  # LeNet5's constructor arguments
     loaders: Loaders
     data: dict[str, Any]  # the data's fingerprint and sizes, kept in the checkpoint
-    resumed: dict[str, Any] | None  # the checkpoint given to --resume
+    resume: Resume | None  # the checked --resume file
 
 
 def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Setup:
-    """Everything that can fail on one machine (paths, checkpoint, data): all processes check in together,
-    so that one failure ends the whole job with one line."""
+    """Everything that can fail on one machine (paths, data, the resume file): all processes check in
+    together, so that one failure ends the whole job with one line."""
     error = setup = None
     try:
         if world.is_main:
             check_outputs(args.out, args.report_dir)
-        resumed = load_checkpoint(args.resume, resumable=True) if args.resume else None
-        recipe, config = choose_recipe(args, resumed)
+        flags, resume = recipe_flags(args), None
+        if args.resume:
+            resume = Resume.open(args.resume, flags, world)
+            recipe, config = resume.recipe, resume.config
+        else:
+            config = {"c3_table": not flags.pop("full_c3", False)}
+            recipe = resolve_recipe(flags.pop("name", "default"), flags)
         mnist = data_source(args).open()
         data = {"fingerprint": fingerprint(mnist), "train": len(mnist.train_labels), "test": len(mnist.test_labels)}
-        if resumed:
-            check_resumable_here(resumed, args.resume, data["fingerprint"], world)
-        loaders = make_loaders(
-            mnist, recipe.batch_size, recipe.seed, augmentation_for(recipe), recipe.val_size, recipe.limit,
-            device=device, rank=world.rank, world_size=world.size,
-        )  # fmt: skip
-        setup = Setup(recipe, config, loaders, data, resumed)
+        if resume:
+            resume.check_data(data["fingerprint"])
+        setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, resume)
     except UserError as err:
         error = err
     agree(error, world)
     return setup
 
 
-def check_resumable_here(checkpoint: dict[str, Any], path: Path, data_fingerprint: str, world: World) -> None:
-    saved = checkpoint.get("data", {}).get("fingerprint")
-    if saved != data_fingerprint:
-        raise UserError(
-            f"--resume {path} was trained on other data (fingerprint {saved}; these files give {data_fingerprint}); "
-            "pass the --data-dir it was trained on"
-        )
-    processes = checkpoint["train_state"].get("world_size", 1)
-    if processes != world.size:
-        raise UserError(
-            f"--resume {path} was trained by {processes} process(es); resume it with as many "
-            f"({'python main.py' if processes == 1 else f'torchrun --nproc-per-node {processes} main.py'})"
-        )
-
-
-def build_state(setup: Setup, world: World, device: torch.device, resume: Path | None) -> TrainState:
-    torch.manual_seed(setup.recipe.seed)  # the initial weights (the same in every process)
-    model = place_model(LeNet5(**setup.config), device)
-    print_architecture(model)
-    state = TrainState(model, setup.recipe, len(setup.loaders.train), setup.loaders.generators, world)
-    if setup.resumed:
-        try:
-            state.load_state_dict(training_state(setup.resumed))
-        except (KeyError, TypeError, IndexError) as err:
-            raise CheckpointError(f"{resume}: its training state does not fit this version ({err!r})") from None
-        note = "nothing left to train; evaluating it" if state.epoch >= state.recipe.epochs else "continuing"
-        print(f"resuming {resume}: {state.epoch} of {state.recipe.epochs} epochs done, {note}")
-    return state
-
-
 def main(argv: list[str] | None = None) -> None:
     started = time.time()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parse_args(argv)
-    world, device = join(resolve_device(args.device))
+    world, device = join(choose_device(args.device))
+    with one_job(world):
+        setup = prepare(args, world, device)
+        processes = f" x {world.size} processes" if world.distributed else ""
+        print(f"device: {device}{processes}; recipe: {asdict(setup.recipe)}")
+        sizes = len(setup.loaders.train.dataset), setup.recipe.val_size, len(setup.loaders.test.dataset)
+        print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
+        state = TrainState(setup.config, setup.recipe, setup.loaders, device, world)
+        print_architecture(state.model)
+        if setup.resume:
+            setup.resume.restore(state)
+        command = continue_command(argv, world)
+        try:
+            fit(state, setup.loaders, args.log_interval)
+        except TrainingInterrupted as stop:
+            save_and_exit(
+                stop.state, setup.config, setup.data, args.out, f"after epoch {stop.state['epoch']}", command, world
+            )
+        final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
+        if world.is_main:
+            report(state, final, setup, args, command, started)
+
+
+def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argparse.Namespace, command: str,
+           started: float) -> None:  # fmt: skip
+    """Evaluate the trained model on the test set, save it with its metrics, write the report and figures."""
     try:
-        with contextlib.redirect_stdout(sys.stdout if world.is_main else open(os.devnull, "w")):  # one voice
-            train_and_report(args, continue_command(argv, world), world, device, started)
-    except RuntimeError as err:
-        if not peer_failed(err, world):
-            raise
-        sys.exit(1)  # another process failed and said why; a second traceback would only bury that line
-    finally:
-        leave(world)
-
-
-def continue_command(argv: list[str], world: World) -> str:
-    """This run's command without its --resume: `{} --resume PATH` continues it, with the same flags."""
-    kept = [a for i, a in enumerate(argv) if a != "--resume" and (i == 0 or argv[i - 1] != "--resume")]
-    kept = [a for a in kept if not a.startswith("--resume=")]
-    launcher = (
-        ["torchrun", "--nproc-per-node", str(world.size), "main.py"] if world.distributed else ["python", "main.py"]
-    )
-    return shlex.join([*launcher, *kept])
-
-
-def train_and_report(
-    args: argparse.Namespace, command: str, world: World, device: torch.device, started: float
-) -> None:
-    setup = prepare(args, world, device)
-    print(
-        f"device: {device}{f' x {world.size} processes' if world.distributed else ''}; recipe: {asdict(setup.recipe)}"
-    )
-    sizes = len(setup.loaders.train.dataset), setup.recipe.val_size, len(setup.loaders.test.dataset)
-    print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
-    state = build_state(setup, world, device, args.resume)
-    try:
-        fit(state, setup.loaders, device, args.log_interval)
-    except TrainingInterrupted as stop:
-        exit_saving(stop.state, setup, args.out, f"after epoch {stop.state['epoch']}", command, world)
-    final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
-    if not world.is_main:
-        return
-    try:
-        result = evaluate(state.model, setup.loaders.test, device)
+        result = evaluate(state.model, setup.loaders.test, state.device)
     except KeyboardInterrupt:  # training is finished: keep it
-        exit_saving(final, setup, args.out, "with training finished", command, world)
+        save_and_exit(final, setup.config, setup.data, args.out, "with training finished", command, state.world)
     with interrupts_deferred():
-        paths = save_trained(args.out, final, setup, result, device, started)
-        if args.resume and args.resume.name.endswith(".resume.pt") and args.resume.resolve() != args.out.resolve():
-            args.resume.unlink(missing_ok=True)  # the run it held is complete now
+        paths = save_trained(args.out, final, setup, result, state.device, started)
+        if setup.resume:
+            setup.resume.finished(args.out)
     print(f"\n{format_report(result)}")
     paths += write_report(result, setup.loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
     paths += plot_history(state.history, args.report_dir)
@@ -295,21 +189,6 @@ def check_outputs(out: Path, report_dir: Path) -> None:
     check_output_file(out.with_suffix(".json"), "--out's metrics file")
     check_output_file(resume_path(out), "--out's resume file")
     check_output_dir(report_dir, "--report-dir", files=REPORT_FILES + HISTORY_FILES)
-
-
-def resume_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".resume.pt")
-
-
-def exit_saving(training: dict[str, Any], setup: Setup, out: Path, when: str, command: str, world: World) -> None:
-    """Ctrl-C: save the resumable state (rank 0), say how to continue, exit 130 (every process)."""
-    if world.is_main:
-        path = resume_path(out)
-        with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
-            save_checkpoint(path, setup.config, training, data=setup.data)
-            print(f"\ninterrupted: saved the state {when} to {path}")
-            print(f"continue with: {command} --resume {shlex.quote(str(path))}", flush=True)
-    sys.exit(130)
 
 
 def save_trained(

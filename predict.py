@@ -1,6 +1,6 @@
 """Classify your own digit images with a trained LeNet-5.
 
-    python predict.py examples/ --topk 3 --show reports/predictions.png
+    python predict.py examples/ --topk 3 --out reports/predictions.png
 
 Any PNG, JPEG, BMP or GIF (first frame), any size, colour or grey, with or without alpha:
 each image is made to look like an MNIST digit first (digits.py: light ink on black, cropped to
@@ -8,25 +8,32 @@ the ink, longer side scaled to 20 px, centre of mass at the centre of a 28x28 fi
 padded and normalized exactly as in training (data.preprocess).
 """
 
-import os
-import signal
-
-if __name__ == "__main__":  # a Ctrl-C while torch is still loading: exit 130, no traceback (run_cli takes over)
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from cli import (
+    EXIT_SOME_FAILED,
+    CliParser,
+    UserError,
+    add_device_flag,
+    add_json_flag,
+    add_weights_flag,
+    check_output_file,
+    number,
+    run_cli,
+)
+
 import torch
 
+from devices import choose_device
 from digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
 from eval import classify
-from helper import DEFAULT_CHECKPOINT, CliParser, UserError, check_output_file, load_model, number, run_cli
+from helper import load_model
 from visualize import plot_predictions
 
-SHOWN = 50  # images in a --show figure at most (matplotlib draws nothing taller than 65,536 px)
+SHOWN = 50  # images in an --out figure at most (matplotlib draws nothing taller than 65,536 px)
 
 
 def predict_paths(
@@ -70,32 +77,33 @@ def as_json(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint written by main.py")
+    add_weights_flag(p)
+    add_device_flag(p)
+    add_json_flag(p)
     p.add_argument("--topk", type=number(int, 1, 10), default=3, help="how many of the most likely digits to list")
-    p.add_argument("--show", type=Path, help="write a PNG: each input, its 28x28 version and the probabilities")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", type=Path, help="write a PNG figure: each input, its 28x28 version and the probabilities")
     args = p.parse_args(argv)
-    if args.show:
-        check_output_file(args.show, "--show", example="predictions.png")
-        if args.show.suffix.lower() != ".png":
-            raise UserError(f"--show {args.show}: the figure is a PNG; give a name ending in .png")
-    model, _ = load_model(args.weights)
+    if args.out:
+        check_output_file(args.out, "--out", example="predictions.png")
+        if args.out.suffix.lower() != ".png":
+            raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
+    model, _ = load_model(args.weights, choose_device(args.device))
     paths = expand_paths(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
-    if args.show and args.show.resolve() in {path.resolve() for path in [*paths, args.weights]}:
-        raise UserError(f"--show {args.show} would overwrite one of the inputs; choose another file name")
-    results = predict_paths(model, paths, args.topk, keep_images=args.show is not None)
+    if args.out and args.out.resolve() in {path.resolve() for path in [*paths, args.weights]}:
+        raise UserError(f"--out {args.out} would overwrite one of the inputs; choose another file name")
+    results = predict_paths(model, paths, args.topk, keep_images=args.out is not None)
     print(as_json(results) if args.json else "\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]
-    if args.show and classified:
-        plot_predictions(classified[:SHOWN], args.show)
+    if args.out and classified:
+        plot_predictions(classified[:SHOWN], args.out)
         shown = f" (the first {SHOWN} of {len(classified)} images)" if len(classified) > SHOWN else ""
-        print(f"wrote {args.show}{shown}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {args.out}{shown}", file=sys.stderr if args.json else sys.stdout)
     failed = len(results) - len(classified)
     if failed:
         print(f"{failed} of {len(results)} images could not be classified", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_SOME_FAILED)
 
 
 if __name__ == "__main__":

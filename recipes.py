@@ -2,11 +2,12 @@
 that `python main.py --recipe NAME` starts from. Flags override a recipe's values one by one."""
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from cli import UserError
+
 from augment import Augmentation
-from helper import UserError
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -47,10 +48,23 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
-    """RECIPES[name] with the given fields overridden."""
+    """RECIPES[name] with the given fields overridden; flags that contradict each other are a UserError."""
     if name not in RECIPES:
         raise UserError(f"--recipe {name!r} is not one of {', '.join(RECIPES)}")
-    return Recipe(**{**RECIPES[name][1], **overrides, "name": name})
+    recipe = Recipe(**{**RECIPES[name][1], **overrides, "name": name})
+    if not recipe.augment:
+        if overrides.get("elastic_alpha", 0) > 0 or "elastic_sigma" in overrides:
+            raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
+        recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
+    if overrides.get("nesterov") and recipe.momentum == 0:
+        raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
+    return recipe
+
+
+def flag_text(name: str, value: Any) -> str:
+    """A Recipe field and value as the command-line flag that sets it: ("epochs", 3) -> "--epochs 3"."""
+    flag = "--" + ("recipe" if name == "name" else name.replace("_", "-"))
+    return (flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}"
 
 
 def recipe_from_saved(values: Any) -> Recipe:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helper import PROJECT_DIR, UserError
+from cli import PROJECT_DIR, UserError
 
 
 @dataclass(frozen=True)

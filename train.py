@@ -1,8 +1,12 @@
-"""The training loop: SGD on cross-entropy, one summary line per epoch, and a training state that
-saves and restores everything the next step depends on (a resumed run matches an uninterrupted one
-bit for bit).
+"""The training loop: SGD on cross-entropy, one epoch at a time, and the training state it updates.
 
-No per-step host synchronisation: losses and accuracies are accumulated on the device and read
+Read train_one_epoch() top to bottom: that is all of training. TrainState holds what the next
+step depends on (model, optimizer, schedule, random generators, history) and saves and restores
+it whole, so a resumed run matches an uninterrupted one bit for bit. fit() runs the epochs and
+turns a Ctrl-C into the state at the last finished epoch. Under torchrun the same code runs in
+every process; what is distributed (DDP, the sums over processes, the stop flag) is in distributed.py.
+
+No host synchronisation per step: losses and accuracies are accumulated on the device and read
 back (``.item()``) only at log intervals and at the end of each epoch.
 """
 
@@ -12,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cli import UserError
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,15 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data import Generators, Loaders
+from data import Loaders
+from devices import place_batch, place_model
 from distributed import ONE, StopFlag, World, gather, sum_over_ranks
 from eval import predict
-from helper import UserError, place_batch
+from LeNet5 import LeNet5
 from recipes import Recipe
 
 # A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
 EXPLODED_LOSS = 10 * math.log(10)
-STOP_CHECK_STEPS = 10  # under torchrun, how often the processes agree on a pending Ctrl-C (an all-reduce each)
 
 
 class TrainingDiverged(UserError):
@@ -109,16 +115,21 @@ class TrainState:
     gradients over the processes); `model` is always the plain LeNet5 that is saved and evaluated.
     """
 
-    def __init__(
-        self, model: nn.Module, recipe: Recipe, steps_per_epoch: int, generators: Generators, world: World = ONE
-    ):
-        self.model, self.recipe, self.generators, self.world = model, recipe, generators, world
+    def __init__(self, config: dict[str, Any], recipe: Recipe, loaders: Loaders, device: torch.device,
+                 world: World = ONE):  # fmt: skip
+        torch.manual_seed(recipe.seed)  # the initial weights (the same in every process)
+        self.model = place_model(LeNet5(**config), device)
+        self.recipe, self.device, self.world = recipe, device, world
+        self.generators = loaders.generators
         # forward_sync_buffers=False: the only buffer, C3's connection mask, is a constant (and a
         # channels_last 16x6x1x1 tensor, which the per-step buffer broadcast refuses).
-        self.network = DistributedDataParallel(model, forward_sync_buffers=False) if world.distributed else model
-        self.optimizer = make_optimizer(model, recipe)
-        self.scheduler = make_scheduler(self.optimizer, recipe, steps_per_epoch)
-        self.history = History(steps_per_epoch)
+        self.network = (
+            DistributedDataParallel(self.model, forward_sync_buffers=False) if world.distributed else self.model
+        )
+        self.optimizer = make_optimizer(self.model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe, len(loaders.train))
+        self.history = History(len(loaders.train))
+        self.stop = StopFlag(world)
 
     @property
     def epoch(self) -> int:
@@ -148,10 +159,7 @@ class TrainState:
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if Recipe(**state["recipe"]) != self.recipe:
-            raise ValueError(f"the saved recipe {state['recipe']} is not this state's {asdict(self.recipe)}")
-        if state["world_size"] != self.world.size:  # (each process distorts its share with its own generator)
-            raise ValueError(f"this state was trained by {state['world_size']} processes, not {self.world.size}")
+        """The inverse of state_dict(). resume.Resume checks a saved state before it comes here."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -173,38 +181,26 @@ class EpochResult:
     images_per_second: float  # all processes together
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    epoch: int,
-    *,
-    log_interval: int = 200,
-    progress: bool = True,
-    label_smoothing: float = 0.0,
-    world: World = ONE,
-    stop: StopFlag | None = None,
-) -> EpochResult:
-    """One pass over the training loader (scheduler stepped per batch)."""
+def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 200) -> EpochResult:
+    """One pass over the training loader: forward, loss, backward, step, for every batch."""
+    model, optimizer, scheduler = state.network, state.optimizer, state.scheduler
+    device, world, epoch = state.device, state.world, state.epoch + 1
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
     start = time.perf_counter()
     # disable=None: a bar on a terminal, none in a log file (nor on the other processes)
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True,
-               disable=None if progress and world.is_main else True)  # fmt: skip
+               disable=None if world.is_main else True)  # fmt: skip
     for step, (images, labels) in enumerate(bar, start=1):
         images, labels = place_batch(images, device), labels.to(device, non_blocking=True)
         logits = model(images)  # N x 10
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, labels, label_smoothing=state.recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if stop is not None and step % STOP_CHECK_STEPS == 0 and stop.agreed():  # every process stops here
-            raise KeyboardInterrupt
+        state.stop.check(step)  # under torchrun: a Ctrl-C stops every process at the same step
         step_losses.append(loss.detach())
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
@@ -237,39 +233,35 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: 
     return counts[0].item() / counts[1].item()
 
 
-def fit(
-    state: TrainState,
-    loaders: Loaders,
-    device: torch.device,
-    log_interval: int = 200,
-) -> History:
+def fit(state: TrainState, loaders: Loaders, log_interval: int = 200) -> History:
     """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
     Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
     """
-    boundary, world = state.state_dict(), state.world
-    for epoch in range(state.epoch + 1, state.recipe.epochs + 1):
+    boundary = state.state_dict()
+    while state.epoch < state.recipe.epochs:
         try:  # a Ctrl-C anywhere in here falls back to the last complete epoch
-            with StopFlag(world) as stop:
-                r = train_one_epoch(
-                    state.network, loaders.train, state.optimizer, state.scheduler, device, epoch,
-                    log_interval=log_interval, label_smoothing=state.recipe.label_smoothing, world=world, stop=stop,
-                )  # fmt: skip
-                stats = EpochStats(
-                    epoch, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
-                    loaders.held_out_split, accuracy(state.model, loaders.held_out, device, world), time.time(),
-                )  # fmt: skip
-                state.history.step_losses += r.step_losses
-                state.history.epochs.append(stats)
-                if world.is_main:
-                    print(summary_line(stats, state.recipe.epochs), flush=True)
-                completed = state.state_dict()
-                if stop.agreed():  # under torchrun, a Ctrl-C during the evaluation or the snapshot: keep this epoch
-                    raise TrainingInterrupted(completed)
-            boundary = completed
+            with state.stop:
+                boundary = train_and_evaluate_epoch(state, loaders, log_interval)
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
     return state.history
+
+
+def train_and_evaluate_epoch(state: TrainState, loaders: Loaders, log_interval: int) -> dict[str, Any]:
+    """One epoch, its held-out accuracy and summary line; returns the state snapshot at its end."""
+    r = train_one_epoch(state, loaders.train, log_interval)
+    held_out = accuracy(state.model, loaders.held_out, state.device, state.world)
+    stats = EpochStats(state.epoch + 1, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
+                       loaders.held_out_split, held_out, time.time())  # fmt: skip
+    state.history.step_losses += r.step_losses
+    state.history.epochs.append(stats)
+    if state.world.is_main:
+        print(summary_line(stats, state.recipe.epochs), flush=True)
+    completed = state.state_dict()
+    if state.stop.agreed():  # under torchrun, a Ctrl-C during the evaluation or the snapshot: keep this epoch
+        raise TrainingInterrupted(completed)
+    return completed
 
 
 def summary_line(stats: EpochStats, epochs: int) -> str:

@@ -6,7 +6,7 @@ constant lr 0.01 with momentum 0.9, batch 64, a ``.item()`` every step. The same
 (LeNet5.py), the same verified MNIST tensors (data.py). After each epoch it measures test
 accuracy (with the same per-sample pipeline) and writes what bench.py needs as JSON.
 
-    python scripts/baseline.py --data-dir ../shared/mnist --epochs 20 --stop-at 0.99 --json runs/baseline.json
+    python scripts/baseline.py --data-dir ../shared/mnist --epochs 20 --stop-at 0.99 --out runs/baseline.json
 """
 
 import sys
@@ -16,13 +16,15 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 from data import MNIST_MEAN, MNIST_STD, add_data_args, data_source  # noqa: E402
-from helper import CliParser, check_output_file, number, run_cli, write_json  # noqa: E402
+from helper import write_json  # noqa: E402
 from LeNet5 import LeNet5  # noqa: E402
 
 
@@ -69,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=number(int, 1, 1000), default=20, help="the most epochs to train")
     p.add_argument("--stop-at", type=number(float, 0, 1), default=None, help="stop once test accuracy reaches this")
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed for the weights and the shuffling")
-    p.add_argument("--json", type=Path, required=True, help="where to write the per-epoch results")
+    p.add_argument("--out", type=Path, required=True, help="where to write the per-epoch results (JSON)")
     args = p.parse_args(argv)
-    check_output_file(args.json, "--json", example="results.json")
+    check_output_file(args.out, "--out", example="results.json")
     data = data_source(args).open()
     torch.manual_seed(args.seed)
     model = LeNet5()
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.stop_at is not None and accuracy >= args.stop_at:
             break
     summary = {"test_accuracy": epochs[-1]["eval_accuracy"], "train_seconds": sum(e["seconds"] for e in epochs)}
-    write_json({"pipeline": "baseline", **summary, "epochs": epochs}, args.json)
+    write_json({"pipeline": "baseline", **summary, "epochs": epochs}, args.out)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ mkdir -p docs
 
 # The default recipe: the committed checkpoint (seed 0), its report and figures.
 "$PY" main.py --data-dir "$MNIST_DIR" | tee docs/main_output.txt
-"$PY" eval.py --data-dir "$MNIST_DIR" --out reports --index 0 > /dev/null
+"$PY" eval.py --data-dir "$MNIST_DIR" --report-dir reports --index 0 > /dev/null
 cp reports/{loss,accuracy,confusion_matrix,misclassified,filters,feature_maps}.png docs/
-"$PY" predict.py examples/ --show docs/predictions.png | tee docs/predict_output.txt
+"$PY" predict.py examples/ --out docs/predictions.png | tee docs/predict_output.txt
 
 # Three seeds of each recipe, each a fresh `python main.py` process; one torchrun row for comparison.
-"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --json docs/seeds.json | tee docs/seeds_output.txt
-"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --processes 2 --out-dir runs/ddp --json docs/seeds_ddp.json \
+"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --out docs/seeds.json | tee docs/seeds_output.txt
+"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --processes 2 --out-dir runs/ddp --out docs/seeds_ddp.json \
   | tee docs/seeds_ddp_output.txt
 # Why 2 processes x 1 thread train slower here than 1 process x 2 threads: per-step costs, alternating.
 for round in 1 2 3; do
@@ -25,13 +25,13 @@ for round in 1 2 3; do
   echo "$ torchrun --standalone --nproc-per-node 2 scripts/step_cost.py"
   "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 scripts/step_cost.py 2>/dev/null
 done | tee docs/step_cost_output.txt
-"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe fast --out-dir runs/fast --json docs/seeds_fast.json \
+"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe fast --out-dir runs/fast --out docs/seeds_fast.json \
   | tee docs/seeds_fast_output.txt
-"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe best --out-dir runs/best --json docs/seeds_best.json \
+"$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --recipe best --out-dir runs/best --out docs/seeds_best.json \
   | tee docs/seeds_best_output.txt
 cp runs/best/seed0/lenet5.pt checkpoints/lenet5-best.pt
 cp runs/best/seed0/lenet5.json checkpoints/lenet5-best.json
-"$PY" eval.py --weights checkpoints/lenet5-best.pt --data-dir "$MNIST_DIR" --out reports/best \
+"$PY" eval.py --weights checkpoints/lenet5-best.pt --data-dir "$MNIST_DIR" --report-dir reports/best \
   | tee docs/best_eval_output.txt
 
 # What each part of the best recipe adds (seed 0; the default and best rows come from the runs above).
@@ -48,4 +48,4 @@ for flags in "--momentum 0 --no-nesterov --schedule constant --no-augment" "--no
 done | tee docs/default_ablation_output.txt
 
 # Time to 99 % against the reference write-up's pipeline, alternating sides.
-"$PY" bench.py --data-dir "$MNIST_DIR" --profile --json docs/bench.json | tee docs/bench_output.txt
+"$PY" bench.py --data-dir "$MNIST_DIR" --profile --out docs/bench.json | tee docs/bench_output.txt

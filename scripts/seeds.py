@@ -1,7 +1,7 @@
 """Train a recipe once per seed, each in a fresh `python main.py` process, and summarize the
 final-epoch test accuracy and the cold-start time to 99.0 % (the numbers the README reports).
 
-    python scripts/seeds.py --seeds 0 1 2 --data-dir ../shared/mnist --json runs/seeds.json
+    python scripts/seeds.py --seeds 0 1 2 --data-dir ../shared/mnist --out runs/seeds.json
 
 Flags this script does not know go to main.py unchanged (e.g. --epochs 20 --no-augment).
 """
@@ -14,7 +14,9 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from helper import CliParser, check_output_dir, check_output_file, number, run_cli, write_json  # noqa: E402
+from cli import CliParser, check_output_dir, check_output_file, number, run_cli  # noqa: E402
+
+from helper import write_json  # noqa: E402
 from runs import run_main  # noqa: E402
 
 
@@ -24,13 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", help="passed to main.py")
     p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs", help="checkpoints, reports and logs")
     p.add_argument("--processes", type=number(int, 1, 64), default=1, help="N > 1: torchrun --nproc-per-node N")
-    p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--out", type=Path, help="also write the summary here (JSON)")
     args, extra = p.parse_known_args(argv)  # anything else goes to main.py as is
-    if {"--out", "--report-dir", "--resume"} & set(extra):
-        p.error("--out, --report-dir and --resume are set per seed (under --out-dir); leave them out")
+    if {"--report-dir", "--resume"} & set(extra):
+        p.error("main.py's --out, --report-dir and --resume are set per seed (under --out-dir); leave them out")
     check_output_dir(args.out_dir, "--out-dir")
-    if args.json:
-        check_output_file(args.json, "--json", example="results.json")
+    if args.out:
+        check_output_file(args.out, "--out", example="results.json")
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []
     header = f"{'seed':>4} {'final test acc':>15} {'99.0% at epoch':>15} {'s to 99.0%':>11} {'train s':>8}"
@@ -49,10 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     rates = [r["images_per_second"] for r in rows]
     print(f"mean {100 * statistics.mean(accuracies):.2f}% (std {100 * spread:.2f}) over {len(rows)} seeds; "
           f"{statistics.mean(rates):,.0f} img/s")  # fmt: skip
-    if args.json:
+    if args.out:
         summary = {"flags": extra, "processes": args.processes, "runs": rows}
         summary |= {"mean_test_accuracy": statistics.mean(accuracies), "std": spread}
-        write_json(summary, args.json)
+        write_json(summary, args.out)
 
 
 if __name__ == "__main__":

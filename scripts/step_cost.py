@@ -20,13 +20,15 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from cli import CliParser, UserError, number, run_cli  # noqa: E402
+
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from augment import Augmentation  # noqa: E402
-from helper import CliParser, UserError, number, place_batch, place_model, run_cli  # noqa: E402
+from devices import place_batch, place_model  # noqa: E402
 from LeNet5 import LeNet5  # noqa: E402
 
 

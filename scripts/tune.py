@@ -16,7 +16,9 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from helper import CliParser, UserError, check_output_dir, check_output_file, number, run_cli, write_json  # noqa: E402
+from cli import CliParser, UserError, check_output_dir, check_output_file, number, run_cli  # noqa: E402
+
+from helper import write_json  # noqa: E402
 from runs import run_main  # noqa: E402
 
 

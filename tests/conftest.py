@@ -14,8 +14,10 @@ import torch
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from cli import run_cli  # noqa: E402
+
 from data import MNIST, write_mnist  # noqa: E402
-from helper import run_cli, save_model  # noqa: E402
+from helper import save_checkpoint  # noqa: E402
 
 N_TRAIN, N_TEST = 96, 40
 
@@ -104,6 +106,12 @@ def assert_user_error(done: Finished, message: str) -> None:
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def save_weights(path: Path, model: torch.nn.Module, metrics: dict | None = None) -> Path:
+    """A weights-only checkpoint (not resumable), through the production writer."""
+    save_checkpoint(path, model.config, {"model": model.state_dict()}, metrics)
+    return path
+
+
 @pytest.fixture
 def tiny_model():
     from LeNet5 import LeNet5
@@ -116,5 +124,4 @@ def tiny_model():
 def weights(tmp_path, tiny_model) -> Path:
     """A weights-only checkpoint of an untrained LeNet5."""
     path = tmp_path / "model.pt"
-    save_model(path, tiny_model, {"test_accuracy": 0.5})
-    return path
+    return save_weights(path, tiny_model, {"test_accuracy": 0.5})

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT_DIR, assert_user_error
+from conftest import PROJECT_DIR, assert_user_error, save_weights
 from PIL import Image, ImageDraw
 
 import app
 from eval import classify
-from helper import atomic_output, load_model, save_model
+from helper import atomic_output, load_model
 from LeNet5 import LeNet5
 from predict import predict_paths
 
@@ -34,7 +34,7 @@ def untrained(tmp_path_factory) -> Path:
     """A second checkpoint for the picker: an untrained LeNet5, alone in a stand-in checkpoints/ folder."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("checkpoints") / "untrained.pt"
-    save_model(path, LeNet5(), {})
+    save_weights(path, LeNet5(), {})
     return path
 
 

@@ -2,11 +2,13 @@ import gzip
 import hashlib
 import os
 
+from cli import UserError
+
 import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, synthetic_mnist, write_idx_dir
 
-from augment import BACKGROUND, Augmentation
+from augment import BACKGROUND
 from data import (
     MNIST_MEAN,
     MNIST_STD,
@@ -17,8 +19,9 @@ from data import (
     preprocess,
     resolve_data_dir,
 )
-from helper import UserError
+from distributed import World
 from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx
+from recipes import Recipe
 
 
 def spec_of(directory):
@@ -127,9 +130,9 @@ def batches(loader):
 
 def test_loaders_reproducible_and_test_in_order(idx_dir):
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
-    first = make_loaders(data, batch_size=16, seed=3, augmentation=Augmentation(), val_size=16)
-    again = make_loaders(data, batch_size=16, seed=3, augmentation=Augmentation(), val_size=16)
-    other = make_loaders(data, batch_size=16, seed=4, augmentation=Augmentation(), val_size=16)
+    first = make_loaders(data, Recipe(batch_size=16, seed=3, val_size=16))
+    again = make_loaders(data, Recipe(batch_size=16, seed=3, val_size=16))
+    other = make_loaders(data, Recipe(batch_size=16, seed=4, val_size=16))
     a, b, c = batches(first.train), batches(again.train), batches(other.train)
     assert len(a) == (N_TRAIN - 16) // 16
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
@@ -143,12 +146,12 @@ def test_loaders_reproducible_and_test_in_order(idx_dir):
 
 def test_loader_limit_and_bad_sizes(idx_dir):
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
-    loaders = make_loaders(data, batch_size=8, seed=0, limit=32)
+    loaders = make_loaders(data, Recipe(batch_size=8, limit=32))
     assert len(loaders.train.dataset) == 32 and len(loaders.test.dataset) == 32
     with pytest.raises(UserError, match="--val-size"):
-        make_loaders(data, batch_size=8, seed=0, val_size=N_TRAIN)
+        make_loaders(data, Recipe(batch_size=8, val_size=N_TRAIN))
     with pytest.raises(UserError, match="--batch-size"):
-        make_loaders(data, batch_size=N_TRAIN + 1, seed=0)
+        make_loaders(data, Recipe(batch_size=N_TRAIN + 1))
 
 
 def test_unwritable_cache_warns_and_goes_on(idx_dir, tmp_path, capsys):
@@ -195,4 +198,15 @@ def test_fingerprint_tells_data_sets_apart():
 def test_a_held_out_set_smaller_than_the_processes_is_refused(idx_dir):
     data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
     with pytest.raises(UserError, match="1 held-out images cannot be shared by 2 processes"):
-        make_loaders(data, batch_size=8, seed=0, val_size=1, rank=0, world_size=2)
+        make_loaders(data, Recipe(batch_size=8, val_size=1), world=World(0, 0, 2))
+
+
+@pytest.mark.parametrize("val_size", [0, 17])
+def test_each_process_evaluates_its_own_shard_of_the_held_out_images(idx_dir, val_size):
+    """Under torchrun the per-epoch accuracy is summed over shards: together they are the held-out set, once."""
+    data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
+    recipe = Recipe(batch_size=6, val_size=val_size)
+    whole = torch.cat([x for x, _ in make_loaders(data, recipe).held_out])
+    shards = [torch.cat([x for x, _ in make_loaders(data, recipe, world=World(r, r, 3)).held_out]) for r in range(3)]
+    assert [len(s) for s in shards] == [len(t) for t in torch.tensor_split(whole, 3)]
+    assert torch.equal(torch.cat(shards), whole)

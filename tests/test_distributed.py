@@ -6,7 +6,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +129,7 @@ def test_rank_0_alone_writes_and_reports(resumed, cli):
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("lenet5")) == ["lenet5.json", "lenet5.pt"]
     checkpoint = torch.load(root / "lenet5.pt", weights_only=True)
     assert checkpoint["train_state"]["world_size"] == 2 and len(checkpoint["train_state"]["rng"]["augment"]) == 2
-    evaluated = cli("eval", "--weights", root / "lenet5.pt", "--data-dir", data, *FLAGS[:2], "--out", root / "e")
+    evaluated = cli("eval", "--weights", root / "lenet5.pt", "--data-dir", data, *FLAGS[:2], "--report-dir", root / "e")
     assert evaluated.returncode == 0, evaluated.stderr
     # The per-epoch test accuracy was sharded over the two processes and summed: it equals eval.py's.
     accuracy = checkpoint["metrics"]["epochs"][-1]["eval_accuracy"]
@@ -151,10 +150,9 @@ def test_ddp_matches_one_process_on_the_same_global_batches(resumed, cli, tmp_pa
 
 def test_a_user_error_on_one_machine_ends_the_job_with_one_line(interrupted, tmp_path):
     _, data, flags, _ = interrupted
-    started = time.monotonic()
     mine = [*flags[2:], "--out", str(tmp_path / "lenet5.pt")]  # (the last --out wins)
     nodes = two_machines(["main.py", *mine, "--data-dir", str(data)], ["main.py", *mine, "--data-dir", "/nowhere"])
-    assert time.monotonic() - started < 60 and all(code != 0 for code, _, _ in nodes)
+    assert all(code != 0 for code, _, _ in nodes)
     ours = [line for _, _, stderr in nodes for line in stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and re.match(r"error: rank [01]: MNIST not found in /nowhere", ours[0]), nodes
     assert not any("[rank" in stderr for _, _, stderr in nodes)  # no traceback from the workers
@@ -182,17 +180,16 @@ def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
     import main
 
     def fails_with(message: str):
-        def train_and_report(*args):
+        def prepare(*args):
             raise RuntimeError(message)
 
-        return train_and_report
+        return prepare
 
     monkeypatch.setattr(main, "join", lambda device: (World(0, 0, 2), device))
-    monkeypatch.setattr(main, "leave", lambda world: None)
-    monkeypatch.setattr(main, "train_and_report", fails_with("[gloo] Connection closed by peer [127.0.0.1]:37000"))
+    monkeypatch.setattr(main, "prepare", fails_with("[gloo] Connection closed by peer [127.0.0.1]:37000"))
     done = cli("main")
     assert done.returncode == 1 and done.stderr == ""
-    monkeypatch.setattr(main, "train_and_report", fails_with("a real bug"))
+    monkeypatch.setattr(main, "prepare", fails_with("a real bug"))
     with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
         cli("main")
 
@@ -200,15 +197,15 @@ def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
 def test_global_batches_do_not_depend_on_the_number_of_processes():
     def batches(world_size: int) -> list[list[int]]:
         generators = [torch.Generator().manual_seed(3) for _ in range(world_size)]  # one per process, same seed
-        shares = [list(GlobalBatches(100, 8, g, rank, world_size)) for rank, g in enumerate(generators)]
-        return [sum(parts, []) for parts in zip(*shares)]  # each step: the ranks' shares, side by side
+        shares = [GlobalBatches(100, 8, g, World(rank, rank, world_size)) for rank, g in enumerate(generators)]
+        return [sum((p.tolist() for p in parts), []) for parts in zip(*shares)]  # each step: the ranks' shares
 
     one, two, four = batches(1), batches(2), batches(4)
     assert one == two == four and len(one) == 100 // 8
     flat = sum(one, [])
     assert len(set(flat)) == len(flat)  # no image twice within an epoch
     with pytest.raises(Exception, match="must split evenly over 3 processes"):
-        GlobalBatches(100, 8, torch.Generator(), 0, 3)
+        GlobalBatches(100, 8, torch.Generator(), World(0, 0, 3))
 
 
 def test_peer_failures_are_told_from_other_errors():
@@ -218,24 +215,20 @@ def test_peer_failures_are_told_from_other_errors():
     assert not peer_failed(RuntimeError("shape mismatch"), two) and not peer_failed(ValueError("closed by peer"), two)
 
 
-def test_each_process_gets_back_its_own_generators(monkeypatch):
-    """A DDP checkpoint holds every process's augmentation generator; rank 1 must restore rank 1's."""
+def test_each_process_gets_back_its_own_generators(monkeypatch, idx_dir):
+    """A DDP checkpoint holds every process's augmentation generator, in rank order; rank 1 restores rank 1's."""
     import train
-    from data import make_generators
-    from LeNet5 import LeNet5
+    from data import load_mnist, make_loaders
+    from idx import CUSTOM_FILES
     from recipes import Recipe
 
-    def state_for(rank: int) -> train.TrainState:
-        return train.TrainState(LeNet5(), Recipe(), 10, make_generators(0, rank, 2), World(rank, rank, 2))
-
     monkeypatch.setattr(train, "DistributedDataParallel", lambda model, **kwargs: model)  # no process group here
-    ranks = [state_for(0), state_for(1)]
-    for state in ranks:
-        torch.rand(5, generator=state.generators.augment)  # the two have drawn: their states differ
-    states = [r.generators.augment.get_state() for r in ranks]
-    monkeypatch.setattr(train, "gather", lambda obj, world: [obj, obj] if isinstance(obj, dict) else states)
-    saved = ranks[0].state_dict()
-    fresh = state_for(1)
-    fresh.load_state_dict(saved)
-    assert torch.equal(fresh.generators.augment.get_state(), states[1])
-    assert not torch.equal(fresh.generators.augment.get_state(), states[0])
+    data, recipe, cpu = load_mnist(idx_dir, None, CUSTOM_FILES, download=False), Recipe(batch_size=16), "cpu"
+    saved = train.TrainState({}, recipe, make_loaders(data, recipe, cpu), cpu).state_dict()  # a world of one's
+    per_rank = [torch.Generator().manual_seed(seed).get_state() for seed in (10, 11)]
+    saved["rng"] |= {"augment": per_rank, "torch": [torch.get_rng_state()] * 2}
+    rank_1 = World(1, 1, 2)
+    state = train.TrainState({}, recipe, make_loaders(data, recipe, cpu, rank_1), cpu, rank_1)
+    state.load_state_dict(saved)
+    assert torch.equal(state.generators.augment.get_state(), per_rank[1])
+    assert not torch.equal(state.generators.shuffle.get_state(), per_rank[1])  # the shared one is the shared one

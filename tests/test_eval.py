@@ -3,24 +3,25 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import SequentialSampler
 
-from data import TensorBatches, batch_loader
+from data import eval_loader
 from eval import classify, evaluate, format_report, write_report
+from LeNet5 import INPUT_NORMALIZATION
 
 
 class FixedPredictions(nn.Module):
-    """A 'model' whose i-th input image carries the class it should predict in its first pixel."""
+    """A 'model' whose i-th input digit carries the class it should predict in its first pixel (grey level 0-9)."""
 
     def forward(self, x):
-        return nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float() * 5.0
+        mean, std, pad = INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"], INPUT_NORMALIZATION["pad"]
+        grey = ((x[:, 0, pad, pad] * std + mean) * 255).round().long()  # undo the padding and normalization
+        return nn.functional.one_hot(grey, 10).float() * 5.0
 
 
 def loader_for(predictions: list[int], labels: list[int], batch_size: int = 3):
-    images = torch.zeros(len(labels), 1, 32, 32)
-    images[:, 0, 0, 0] = torch.tensor(predictions, dtype=torch.float32)
-    dataset = TensorBatches(images, torch.tensor(labels))
-    return batch_loader(dataset, SequentialSampler(dataset), batch_size)
+    digits = torch.zeros(len(labels), 28, 28, dtype=torch.uint8)
+    digits[:, 0, 0] = torch.tensor(predictions, dtype=torch.uint8)
+    return eval_loader(digits, torch.tensor(labels), batch_size=batch_size)
 
 
 LABELS = [0, 0, 1, 1, 1, 2, 3, 9, 9, 9]

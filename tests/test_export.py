@@ -6,16 +6,19 @@ import pytest
 import torch
 from conftest import assert_user_error
 
-from export import export, run_torchscript
+from export import run_torchscript
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt):
-    images = torch.randn(9, 1, 32, 32)
+def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt, cli):
     out = tmp_path / f"model.{fmt}"
-    check = export(weights, fmt, out, images, "9 random images")
-    assert check["argmax_identical"] and check["max_abs_logit_diff"] <= 1e-4
+    no_mnist = ["--data-dir", tmp_path / "no-mnist", "--no-download", "--verify-images", "9"]
+    done = cli("export", "--weights", weights, "--format", fmt, "--out", out, *no_mnist)
+    assert done.returncode == 0, done.stderr
+    assert "verifying on random images instead" in done.stdout and "argmax identical" in done.stdout
     sidecar = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    check = sidecar["verification"]
+    assert check["argmax_identical"] and check["max_abs_logit_diff"] <= 1e-4 and check["images"] == 9
     assert sidecar["input"]["shape"] == ["batch", 1, 32, 32] and sidecar["mean"] == 0.1307
     assert sidecar["test_accuracy"] == 0.5  # from the checkpoint's metrics
     assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable by others, like any file the user makes

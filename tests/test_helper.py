@@ -1,29 +1,18 @@
-import argparse
-import json
 import os
 import pickle
-import signal
 import stat
-import sys
 
 import pytest
 import torch
+from conftest import save_weights
 
 from helper import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    UserError,
-    _SurvivesClosedPipe,
     atomic_torch_save,
-    check_output_dir,
-    check_output_file,
-    interrupts_deferred,
     load_checkpoint,
     load_model,
-    number,
-    resolve_device,
     save_checkpoint,
-    save_model,
     training_state,
     write_json,
 )
@@ -32,7 +21,7 @@ from LeNet5 import INPUT_NORMALIZATION, LeNet5
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, tiny_model):
     path = tmp_path / "model.pt"
-    save_model(path, tiny_model, {"test_accuracy": 0.5})
+    save_weights(path, tiny_model, {"test_accuracy": 0.5})
     model, checkpoint = load_model(path)
     x = torch.randn(5, 1, 32, 32)
     assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in model.state_dict().items())
@@ -60,7 +49,7 @@ def test_weights_only_checkpoint_is_not_resumable(weights):
 
 
 def test_full_c3_config_is_rebuilt(tmp_path):
-    save_model(tmp_path / "full.pt", LeNet5(c3_table=False))
+    save_weights(tmp_path / "full.pt", LeNet5(c3_table=False))
     model, _ = load_model(tmp_path / "full.pt")
     assert model.config["c3_table"] is False
 
@@ -74,11 +63,11 @@ def with_nan(path):
     model = LeNet5()
     with torch.no_grad():
         model.f6.bias[3] = float("nan")
-    save_model(path, model)
+    save_weights(path, model)
 
 
 def rewritten(path, **changes):
-    save_model(path, LeNet5())
+    save_weights(path, LeNet5())
     checkpoint = torch.load(path, weights_only=True)
     torch.save({**checkpoint, **changes}, path)
 
@@ -161,107 +150,3 @@ def test_json_is_strict(tmp_path):
     with pytest.raises(ValueError):
         write_json({"accuracy": float("nan")}, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="--device cuda is not available on this machine"):
-            resolve_device("cuda")
-
-
-@pytest.mark.parametrize(
-    "kind, low, high, low_open, text, ok",
-    [
-        (int, 1, None, False, "1", True),
-        (int, 1, None, False, "0", False),
-        (int, 1, None, False, "-1", False),
-        (int, 1, None, False, "2.5", False),
-        (int, 1, 100, False, "101", False),
-        (int, 1, 100, False, "1" + "0" * 400, False),  # no OverflowError
-        (float, 0, None, True, "1e-3", True),
-        (float, 0, None, True, "0", False),
-        (float, 0, None, True, "nan", False),
-        (float, 0, None, True, "inf", False),
-        (float, 0, 0.999, False, "1", False),
-        (float, 0, None, False, "abc", False),
-    ],
-)
-def test_number_validates_range_and_finiteness(kind, low, high, low_open, text, ok):
-    parse = number(kind, low, high, low_open)
-    if ok:
-        assert parse(text) == kind(text)
-    else:
-        with pytest.raises(argparse.ArgumentTypeError, match="must be"):
-            parse(text)
-
-
-def test_output_checks(tmp_path):
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "folder").mkdir()
-    with pytest.raises(UserError, match="is a directory; give a file name"):
-        check_output_file(tmp_path / "folder", "--out")
-    with pytest.raises(UserError, match="is a file, not a folder"):
-        check_output_file(tmp_path / "file" / "x.pt", "--out")
-    with pytest.raises(UserError, match="cannot create"):
-        check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
-    check_output_file(tmp_path / "new" / "x.pt", "--out")
-    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
-    os.mkfifo(tmp_path / "fifo")
-    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
-        with pytest.raises(UserError, match="is not a regular file"):
-            check(tmp_path / "fifo")
-    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
-
-
-def test_a_symlinked_output_is_written_through(tmp_path):
-    (tmp_path / "target.json").write_text("{}")
-    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
-    write_json({"a": 1}, tmp_path / "link.json")
-    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text()) == {"a": 1}
-
-
-def test_closed_pipe_silences_output_instead_of_raising():
-    read_end, write_end = os.pipe()
-    stream = os.fdopen(write_end, "w", buffering=1)
-    os.close(read_end)  # the reader has gone
-    out = _SurvivesClosedPipe(stream)
-    out.write("first line\n")  # would raise BrokenPipeError on the raw stream
-    out.flush()
-    assert out.gone and out.write("more\n") == 5
-    stream.close()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_interrupts_are_held_until_the_block_ends():
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the block went on")
-    assert done == ["the block went on"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-@pytest.mark.parametrize(
-    "everywhere, rank, printed",
-    [(False, "1", "error: rank 1: bad\n"), (True, "1", ""), (True, "0", "error: bad\n"), (False, None, "error: bad\n")],
-)
-def test_user_errors_under_torchrun_are_said_once(monkeypatch, capsys, everywhere, rank, printed):
-    """Errors every process raises alike are reported by rank 0 alone; any other by the process it hit."""
-    from helper import run_cli
-
-    if rank is not None:
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
-
-    def fails(argv):
-        err = UserError("bad")
-        err.everywhere = everywhere
-        raise err
-
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(fails, [])
-    assert exit_.value.code == 2 and capsys.readouterr().err == printed

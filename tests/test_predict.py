@@ -36,7 +36,7 @@ def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, 
     bomb(tmp_path / "bomb.png")
     done = cli(
         "predict", good, tmp_path / "broken.png", tmp_path / "blank.png", tmp_path / "nope.png",
-        tmp_path / "bomb.png", good, "--weights", weights, "--json", "--topk", "2", "--show", tmp_path / "show.png",
+        tmp_path / "bomb.png", good, "--weights", weights, "--json", "--topk", "2", "--out", tmp_path / "show.png",
     )  # fmt: skip
     assert done.returncode == 1
     assert "4 of 6 images could not be classified" in done.stderr and "Traceback" not in done.stderr
@@ -52,9 +52,9 @@ def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--show", "{tmp}"], "--show {tmp} is a directory; give a file name"),
-        (["--show", "{tmp}/seven.png"], "would overwrite one of the inputs"),
-        (["--show", "{tmp}/figure.jpg"], "the figure is a PNG; give a name ending in .png"),
+        (["--out", "{tmp}"], "--out {tmp} is a directory; give a file name"),
+        (["--out", "{tmp}/seven.png"], "would overwrite one of the inputs"),
+        (["--out", "{tmp}/figure.jpg"], "the figure is a PNG; give a name ending in .png"),
         (["--topk", "0"], "argument --topk: must be an integer >= 1 and <= 10, got 0"),
         (["--weights", "{tmp}"], "is a directory; pass the checkpoint file"),
         (["--weights", "{tmp}/nan.pt"], "holds NaN or infinite weights"),

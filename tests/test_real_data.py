@@ -42,7 +42,7 @@ def independent_accuracy(model, images, labels) -> float:
 def test_committed_checkpoints_agree_with_an_independent_evaluation(mnist, name, at_least, recipe):
     path = PROJECT_DIR / "checkpoints" / name
     model, checkpoint = load_model(path)
-    result = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, 500, "cpu"), "cpu")
+    result = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, "cpu"), "cpu")
     assert result.accuracy >= at_least and checkpoint["train_state"]["recipe"]["name"] == recipe
     assert result.accuracy == pytest.approx(independent_accuracy(model, mnist.test_images, mnist.test_labels), abs=2e-4)
     saved = json.loads(path.with_suffix(".json").read_text())

@@ -1,8 +1,16 @@
+from cli import UserError
+
 import pytest
 
 from augment import Augmentation
-from helper import UserError
 from recipes import RECIPES, Recipe, augmentation_for, resolve_recipe
+
+
+def test_no_augment_turns_a_recipes_elastic_distortion_off_too():
+    recipe = resolve_recipe("best", {"augment": False})
+    assert recipe.epochs == 60 and not recipe.augment and recipe.elastic_alpha == 0
+    recipe = resolve_recipe("default", {"augment": False, "elastic_alpha": 0.0})
+    assert not recipe.augment and recipe.elastic_alpha == 0
 
 
 def test_recipes_resolve_and_flags_override():

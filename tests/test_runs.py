@@ -1,6 +1,7 @@
+from cli import UserError
+
 import pytest
 
-from helper import UserError
 from runs import run_timed, summarize
 
 

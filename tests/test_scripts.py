@@ -2,10 +2,11 @@
 
 import importlib.util
 
+from cli import run_cli
+
 import pytest
 from conftest import PROJECT_DIR, assert_user_error
 
-from helper import run_cli
 from runs import Run
 
 
@@ -43,8 +44,8 @@ def test_tune_never_scores_on_the_test_set(monkeypatch, capsys, tmp_path):
 
 def test_seeds_sets_the_outputs_itself(capsys, tmp_path):
     seeds = script("seeds")
-    done = finished(seeds.main, "--out-dir", str(tmp_path), "--out", "x.pt", capsys=capsys)
-    assert_user_error(done, "--out, --report-dir and --resume are set per seed")
+    done = finished(seeds.main, "--out-dir", str(tmp_path), "--report-dir", "r", capsys=capsys)
+    assert_user_error(done, "main.py's --out, --report-dir and --resume are set per seed")
     (tmp_path / "file").write_text("x")
     done = finished(seeds.main, "--out-dir", str(tmp_path / "file"), capsys=capsys)
     assert_user_error(done, "--out-dir " + str(tmp_path / "file") + " is a file, not a folder")

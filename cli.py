@@ -1,0 +1,275 @@
+"""The command-line contract every entry point shares: flags, errors, exit statuses, output paths, Ctrl-C.
+
+It imports neither torch nor the model, so that any module can raise a UserError cheaply, and so
+that importing it first (pyproject.toml's isort section puts it before the third-party imports)
+arms the start-up guard before torch takes its seconds to load.
+
+Exit statuses, the same for every entry point (and the README's table):
+      0  done
+      1  some inputs failed, the others were processed (predict.py: an unreadable image)
+      2  user error: one line on stderr says what is wrong and how to fix it
+    130  interrupted (Ctrl-C or SIGTERM); training saves a resumable checkpoint first
+"""
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py writes and the others read
+DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
+DEVICES = ("auto", "cpu", "cuda", "mps", "xpu")
+FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32: a larger value would overflow there
+
+
+def _exit_while_starting(signum: int, frame) -> None:
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _guard_start_up() -> None:
+    """A Ctrl-C while an entry point is still importing torch ends it with 130 and no traceback;
+    run_cli() puts the usual handler back once the entry point runs. Only when one of this
+    project's files is the program (not under pytest, not when imported as a library)."""
+    program = getattr(sys.modules.get("__main__"), "__file__", None)
+    if (
+        program
+        and PROJECT_DIR in Path(program).resolve().parents
+        and threading.current_thread() is threading.main_thread()
+    ):
+        signal.signal(signal.SIGINT, _exit_while_starting)
+
+
+_guard_start_up()
+
+
+class UserError(Exception):
+    """A mistake the user can fix (missing file, bad flag, wrong checkpoint): one line, exit 2."""
+
+    everywhere = False  # under torchrun: True when every process raises it alike (then rank 0 alone reports it)
+
+
+# --- the parser and the shared flags ------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring printed as written; a flag's default shown only when it says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        meaningless = action.default in (None, False, argparse.SUPPRESS) or action.option_strings == []
+        if "(default:" in text or meaningless or isinstance(action, argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with the project's conventions: meaningful defaults in --help, one-line errors (exit 2)."""
+
+    def __init__(self, description: str | None):
+        # allow_abbrev=False: `--res X` is not silently taken for --resume (or --out for --out-dir)
+        super().__init__(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+
+    def error(self, message: str):
+        # Under torchrun every process parses the same flags: rank 0 alone says what is wrong with them.
+        text = f"{self.prog}: error: {message} (see --help)\n"
+        self.exit(EXIT_USER_ERROR, text if os.environ.get("RANK", "0") == "0" else None)
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="where the model runs; auto: the accelerator torch finds, else the CPU",
+    )
+
+
+def add_weights_flag(
+    p: argparse.ArgumentParser, help: str = "the checkpoint to read (a .pt written by main.py)"
+) -> None:
+    p.add_argument("--weights", type=Path, default=DEFAULT_CHECKPOINT, help=help)
+
+
+def add_report_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and the figures"
+    )
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of text")
+
+
+LIMIT_HELP = "use only the first N images of each MNIST split the command reads (default: all)"
+
+
+# Plain ASCII decimal numbers only: Python's int() and float() would also take "1_000" and other
+# scripts' digits ("١٢"), while hex is refused; one rule is easier to say and to trust.
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def number(kind: type = int, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite int or float, written in plain decimal, in [low, high] ((low, high] with low_open)."""
+    noun = "an integer" if kind is int else "a finite number"
+    lower = "" if low is None else f"> {low}" if low_open else f">= {low}"
+    bounds = " and ".join(part for part in (lower, "" if high is None else f"<= {high}") if part)
+    syntax = _INTEGER if kind is int else _DECIMAL
+
+    def parse(text: str):
+        if not syntax.fullmatch(text.strip()):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, written in decimal digits, got {text!r}")
+        value = kind(text)
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if (kind is float and not math.isfinite(value)) or too_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text}")
+        if kind is float and abs(value) > FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(f"must be at most {FLOAT32_MAX:.4g} (float32's largest), got {text}")
+        return value
+
+    return parse
+
+
+# --- output paths, checked before any work --------------------------------------------------------
+
+
+def check_output_file(path: Path, flag: str, example: str = "lenet5.pt") -> None:
+    """Fail before any work when a file could not be written at `path` (a directory there, a device
+    or a pipe there, no folder)."""
+    path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
+    refuse_special_file(path, flag)
+    check_output_dir(path.parent, f"the folder of {flag}")
+
+
+def resolve_output(path: Path, flag: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop
+        raise UserError(f"{flag} {path}: cannot be resolved ({err}); give a plain file name") from None
+
+
+def refuse_special_file(path: Path, flag: str) -> None:
+    """A rename over a device node or a pipe (/dev/null, say) would replace it with a plain file."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
+
+
+def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = ()) -> None:
+    """Create `directory` now, so that an unusable one fails before a long run, not after it; the
+    `files` that will be written into it must not be devices or pipes there."""
+    directory = Path(directory)
+    for name in files:
+        refuse_special_file(resolve_output(directory / name, flag), flag)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag}: cannot create {directory}: {err.strerror or err}; choose another location") from None
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"{flag}: cannot write into {directory}: permission denied; choose another location")
+
+
+# --- running an entry point -----------------------------------------------------------------------
+
+
+class _SurvivesClosedPipe(io.TextIOBase):
+    """sys.stdout/stderr that drop their output once the reader has gone (`| head`, `| grep -m1`)
+    instead of raising: the run goes on and writes its files, so no finished work is lost."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):  # later flushes (also at exit) go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run an entry point under the exit-status contract: user errors become one line on stderr and
+    exit 2, no traceback; Ctrl-C and SIGTERM exit 130; a closed stdout only silences the output."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up guard
+    signal.signal(signal.SIGTERM, _terminate)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
+    rank = os.environ.get("RANK")  # set by torchrun
+    speaks = rank in (None, "0")
+    where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # which process of a job
+    try:
+        main(argv)
+    except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose
+        if speaks or not err.everywhere:
+            print(f"error: {'' if err.everywhere else where}{err}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:  # training saves its own state before this is reached
+        if speaks:
+            print("\ninterrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as err:
+        if type(err).__name__ != "OutOfMemoryError":  # torch's, named so that this module need not import torch
+            raise
+        print(f"error: {where}out of memory on the device; use a smaller --batch-size or --device cpu", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    finally:
+        sys.stdout.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM (`kill`, a scheduler's preemption, torchrun stopping its workers) stops like a Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (or SIGTERM) until the block is done, so that a save is never abandoned half-way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number_, handler in previous.items():
+            signal.signal(number_, handler)
+    if received:
+        raise KeyboardInterrupt

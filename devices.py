@@ -1,0 +1,29 @@
+"""Where the model runs and in what memory layout: the one place that chooses a device and places tensors."""
+
+from cli import UserError
+
+import torch
+from torch import nn
+
+# channels_last (NHWC) is the layout oneDNN's CPU convolutions work in natively, so the batches and
+# the model are kept in it rather than converted at every convolution.
+MEMORY_FORMAT = torch.channels_last
+
+
+def choose_device(name: str) -> torch.device:
+    """'auto': the accelerator torch finds (torch.accelerator: CUDA, MPS, XPU, ...), else the CPU.
+    An explicit choice that this machine lacks is a UserError."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if name == "auto":
+        return accelerator or torch.device("cpu")
+    if name != "cpu" and (accelerator is None or accelerator.type != name):
+        raise UserError(f"--device {name} is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+    return model.to(device, memory_format=MEMORY_FORMAT)
+
+
+def place_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    return images.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)

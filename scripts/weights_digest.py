@@ -1,0 +1,37 @@
+"""Print a short SHA-256 of each checkpoint's weights (names, dtypes, shapes and bytes), to show that
+two runs gave bitwise the same weights.
+
+    python scripts/weights_digest.py checkpoints/lenet5.pt runs/*/lenet5.pt
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from cli import CliParser, run_cli  # noqa: E402
+
+from helper import load_checkpoint  # noqa: E402
+
+
+def digest(path: Path) -> str:
+    weights = load_checkpoint(path)["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].contiguous()
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    p.add_argument("weights", type=Path, nargs="+", help="checkpoints to fingerprint")
+    for path in p.parse_args(argv).weights:
+        print(f"{digest(path)}  {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

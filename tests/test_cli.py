@@ -1,0 +1,169 @@
+"""cli.py: flag parsing, output checks, closed pipes, Ctrl-C and the exit-status contract."""
+
+import argparse
+import json
+import os
+import signal
+import stat
+import sys
+
+from cli import (
+    CliParser,
+    UserError,
+    _SurvivesClosedPipe,
+    add_device_flag,
+    add_json_flag,
+    add_weights_flag,
+    check_output_dir,
+    check_output_file,
+    interrupts_deferred,
+    number,
+    run_cli,
+)
+
+import pytest
+
+from helper import write_json
+
+
+@pytest.mark.parametrize(
+    "kind, low, high, low_open, text, ok",
+    [
+        (int, 1, None, False, "1", True),
+        (int, 1, None, False, "0", False),
+        (int, 1, None, False, "-1", False),
+        (int, 1, None, False, "2.5", False),
+        (int, 1, 100, False, "101", False),
+        (int, 1, 100, False, "1" + "0" * 400, False),  # no OverflowError
+        (float, 0, None, True, "1e-3", True),
+        (float, 0, None, True, "0", False),
+        (float, 0, None, True, "nan", False),
+        (float, 0, None, True, "inf", False),
+        (float, 0, 0.999, False, "1", False),
+        (float, 0, None, False, "abc", False),
+        (int, 1, None, False, "1_000", False),  # one rule: plain decimal digits, nothing else
+        (int, 1, None, False, "\u0661\u0662", False),  # Arabic-Indic digits
+        (int, 1, None, False, "0x10", False),
+        (float, 0, None, False, "1_0.5", False),
+        (float, 0, None, False, "+.5e1", True),
+        (int, 0, None, False, " 7 ", True),
+    ],
+)
+def test_number_validates_range_and_finiteness(kind, low, high, low_open, text, ok):
+    parse = number(kind, low, high, low_open)
+    if ok:
+        assert parse(text) == kind(text.strip())
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="must be"):
+            parse(text)
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="is a directory; give a file name"):
+        check_output_file(tmp_path / "folder", "--out")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "x.pt", "--out")
+    with pytest.raises(UserError, match="cannot create"):
+        check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
+    check_output_file(tmp_path / "new" / "x.pt", "--out")
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
+    os.mkfifo(tmp_path / "fifo")
+    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
+        with pytest.raises(UserError, match="is not a regular file"):
+            check(tmp_path / "fifo")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
+
+
+def test_a_symlinked_output_is_written_through(tmp_path):
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    write_json({"a": 1}, tmp_path / "link.json")
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text()) == {"a": 1}
+
+
+def test_closed_pipe_silences_output_instead_of_raising():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w", buffering=1)
+    os.close(read_end)  # the reader has gone
+    out = _SurvivesClosedPipe(stream)
+    out.write("first line\n")  # would raise BrokenPipeError on the raw stream
+    out.flush()
+    assert out.gone and out.write("more\n") == 5
+    stream.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_interrupts_are_held_until_the_block_ends():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the block went on")
+    assert done == ["the block went on"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    "everywhere, rank, printed",
+    [(False, "1", "error: rank 1: bad\n"), (True, "1", ""), (True, "0", "error: bad\n"), (False, None, "error: bad\n")],
+)
+def test_user_errors_under_torchrun_are_said_once(monkeypatch, capsys, everywhere, rank, printed):
+    """Errors every process raises alike are reported by rank 0 alone; any other by the process it hit."""
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+
+    def fails(argv):
+        err = UserError("bad")
+        err.everywhere = everywhere
+        raise err
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(fails, [])
+    assert exit_.value.code == 2 and capsys.readouterr().err == printed
+
+
+ENTRY_POINTS = ("main", "eval", "predict", "export", "bench", "app")
+
+
+def help_text(cli, module: str) -> str:
+    done = cli(module, "--help")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help_shows_only_meaningful_defaults(cli, module):
+    text = help_text(cli, module)
+    assert "(default: None)" not in text and "(default: False)" not in text and "==SUPPRESS==" not in text
+
+
+def shared_help(add_flag) -> str:
+    parser = CliParser(None)
+    add_flag(parser)
+    return " ".join(parser._actions[-1].help.split())
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_shared_flags_mean_the_same_everywhere(cli, module):
+    """--device, --weights, --json, --report-dir and --limit: one spelling and one help text wherever they appear."""
+    text = " ".join(help_text(cli, module).split())
+    assert "--device {auto,cpu,cuda,mps,xpu}" in text and shared_help(add_device_flag) in text  # every one runs a model
+    for flag, add_flag in (("--weights", add_weights_flag), ("--json", add_json_flag)):
+        assert flag not in text or shared_help(add_flag) in text or (module == "app" and flag == "--weights")
+    assert ("--report-dir" in text) == (module in ("main", "eval"))
+    assert ("--limit" in text) == (module in ("main", "eval"))
+    assert "--limit" not in text or "use only the first N images of each MNIST split the command reads" in text
+
+
+def test_exit_statuses_are_the_readme_table():
+    """The README's table and cli.py's constants say the same."""
+    import cli as contract
+
+    from conftest import PROJECT_DIR
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    for name in ("EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"):
+        assert f"| {getattr(contract, name)} |" in readme, name
