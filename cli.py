@@ -6,7 +6,8 @@ arms the start-up guard before torch takes its seconds to load.
 
 Exit statuses, the same for every entry point (and the README's table):
       0  done
-      1  some inputs failed, the others were processed (predict.py: an unreadable image)
+      1  some inputs failed, the others were processed (predict.py: an unreadable image); or, under
+         torchrun, another process of the job failed (the finished epochs are saved)
       2  user error: one line on stderr says what is wrong and how to fix it
     130  interrupted (Ctrl-C or SIGTERM); training saves a resumable checkpoint first
 """
@@ -40,10 +41,25 @@ def _exit_while_starting(signum: int, frame) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+def _one_line_while_starting(kind: type, error: BaseException, traceback) -> None:
+    """An entry point that cannot even load its libraries (torch under `ulimit -v`, a broken install)."""
+    if issubclass(kind, (ImportError, MemoryError, OSError)):
+        first = (str(error).strip().splitlines() or [kind.__name__])[0]
+        print(
+            f"error: cannot load the libraries this program needs ({kind.__name__}: {first}); is there enough "
+            "memory (`ulimit -v`), and was `pip install -r requirements.txt` run in this environment?",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_USER_ERROR)
+    sys.__excepthook__(kind, error, traceback)
+
+
 def _guard_start_up() -> None:
-    """A Ctrl-C while an entry point is still importing torch ends it with 130 and no traceback;
-    run_cli() puts the usual handler back once the entry point runs. Only when one of this
-    project's files is the program (not under pytest, not when imported as a library)."""
+    """While an entry point is still importing torch: a Ctrl-C ends it with 130, and a library that
+    cannot load is one line with 2, neither with a traceback; run_cli() puts the usual handlers back
+    once the entry point runs. Only when one of this project's files is the program (not under
+    pytest, not when imported as a library)."""
     program = getattr(sys.modules.get("__main__"), "__file__", None)
     if (
         program
@@ -51,6 +67,7 @@ def _guard_start_up() -> None:
         and threading.current_thread() is threading.main_thread()
     ):
         signal.signal(signal.SIGINT, _exit_while_starting)
+        sys.excepthook = _one_line_while_starting
 
 
 _guard_start_up()
@@ -227,12 +244,14 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     """Run an entry point under the exit-status contract: user errors become one line on stderr and
     exit 2, no traceback; Ctrl-C and SIGTERM exit 130; a closed stdout only silences the output."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up guard
+    sys.excepthook = sys.__excepthook__
     signal.signal(signal.SIGTERM, _terminate)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
-    rank = os.environ.get("RANK")  # set by torchrun
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # (torchrun sets it, with RANK and WORLD_SIZE, in each worker)
+    rank = os.environ.get("RANK") if torchrun else None
     speaks = rank in (None, "0")
-    where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # which process of a job
+    where = f"rank {rank}: " if torchrun and os.environ.get("WORLD_SIZE", "1") != "1" else ""  # which process
     try:
         main(argv)
     except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,16 +43,27 @@ ONE = World()  # plain `python main.py`: a world of one process
 
 
 def launched_by_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+    return "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it for every worker it starts
 
 
-def join(device: torch.device, timeout_s: float = 120) -> tuple[World, torch.device]:
+# A peer silent this long is taken for failed. LENET5_COLLECTIVE_TIMEOUT_S changes it (a slow network;
+# the tests, which stop a worker on purpose).
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("LENET5_COLLECTIVE_TIMEOUT_S", 120))
+
+
+def join(device: torch.device, timeout_s: float = COLLECTIVE_TIMEOUT_S) -> tuple[World, torch.device]:
     """Join torchrun's process group (gloo on the CPU, nccl on CUDA, one GPU per process); returns
     (world, the device this process uses). Outside torchrun: a world of one, the device unchanged.
 
     The timeout bounds every collective, so a process that dies cannot leave the others waiting forever.
     """
     if not launched_by_torchrun():
+        stray = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name in os.environ]
+        if stray:
+            raise UserError(
+                f"{' and '.join(stray)} {'is' if len(stray) == 1 else 'are'} set, but this process was not started "
+                "by torchrun: run `torchrun --nproc-per-node N main.py ...`, or unset them for one process"
+            )
         return ONE, device
     world = World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
     if device.type not in ("cpu", "cuda"):
@@ -77,6 +89,10 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
+        code = 130
+    for number in (signal.SIGINT, signal.SIGTERM):  # torchrun's SIGTERM may come now: the job is over
+        signal.signal(number, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -144,6 +160,20 @@ class StopFlag:
     def _note(self, signum: int, frame) -> None:
         self.noted = True
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Within the block, in any world, a SIGINT or SIGTERM is noted rather than raised: the block (the
+        end of an epoch: its record and its snapshot) always completes, and agreed() tells afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self._note) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
     def check(self, step: int) -> None:
         """Every STOP_CHECK_STEPS steps, raise KeyboardInterrupt on every process once any of them noted a signal."""
         if self.world.distributed and step % STOP_CHECK_STEPS == 0 and self.agreed():
@@ -152,17 +182,31 @@ class StopFlag:
     def agreed(self) -> bool:
         """True on every process as soon as any of them has noted a signal."""
         if not self.world.distributed:
-            return False
+            return self.noted
         flag = torch.tensor([int(self.noted)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 
-def peer_failed(err: BaseException, world: World) -> bool:
-    """Whether a collective failed because another process went away (gloo and NCCL say it thus)."""
+GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def peer_failure(err: BaseException, world: World) -> str | None:
+    """When a collective failed because another process went away or stopped answering (as gloo and
+    NCCL say it), which one and how, in words; otherwise None."""
+    if not (world.distributed and isinstance(err, RuntimeError)):
+        return None
     text = str(err)
-    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
-    return world.distributed and isinstance(err, RuntimeError) and any(g in text for g in gone)
+    who = f"rank {1 - world.rank}" if world.size == 2 else "another process of this job"
+    if any(phrase in text for phrase in GONE):
+        return f"{who} ended (killed, or failed on its own machine)"
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return f"{who} stopped answering (nothing from it within {COLLECTIVE_TIMEOUT_S:g} s)"
+    return None
+
+
+def peer_failed(err: BaseException, world: World) -> bool:
+    return peer_failure(err, world) is not None
 
 
 def agree(error: UserError | None, world: World) -> None:

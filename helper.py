@@ -1,6 +1,8 @@
 """Saving and loading weights: the checkpoint format (written atomically, read back and checked)."""
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import pickletools
@@ -18,7 +20,7 @@ import torch
 from devices import place_model
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
 
-CHECKPOINT_FORMAT = 2  # 2: train_state carries a data fingerprint and the full recipe
+CHECKPOINT_FORMAT = 3  # 2: train_state carries a data fingerprint and the full recipe; 3: and a digest
 
 
 class CheckpointError(UserError):
@@ -30,27 +32,56 @@ class CheckpointError(UserError):
 
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` (with the
-    usual permissions), otherwise it is deleted. Readers never see half a file."""
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path`. See atomic_outputs."""
+    with atomic_outputs(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
+    """Yield a temporary path beside each of `paths`. When the block succeeds, every one is synced to
+    the disk and only then do they replace their targets, one rename each (with the usual
+    permissions): a checkpoint and its .json are replaced together, or neither is. When anything
+    fails, the temporary files are deleted and the targets stay as they were; a disk that is full,
+    read-only or over a size limit is a UserError naming the file and the cause."""
+    targets = [_writable_target(path) for path in paths]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            temps.append(_new_temp_beside(target))
+        yield tuple(temps)
+        for tmp in temps:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+            _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+        for directory in {target.parent for target in targets}:
+            _sync(directory)
+    except BaseException as err:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            names = " and ".join(str(target) for target in targets)
+            raise UserError(
+                f"cannot write {names}: {err.strerror or err}; what was there before is unchanged"
+            ) from None
+        raise
+
+
+def _writable_target(path: Path) -> Path:
     path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory; choose a file name")
     refuse_special_file(path, "cannot write")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}; choose another location") from None
+    return path
+
+
+def _new_temp_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
-        os.replace(tmp, path)
-        _sync(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(tmp)
 
 
 def _sync(path: str | Path) -> None:
@@ -67,15 +98,29 @@ def _umask() -> int:
     return mask
 
 
+def _torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory first: a full disk then fails in Python's own write, with its errno,
+    instead of deep inside torch's writer ("basic_ios::clear: iostream error")."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    data = _torch_bytes(obj)
     with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(data)
+
+
+def _json_text(obj: Any) -> str:
+    """Strict JSON (NaN is not JSON: write None instead)."""
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Strict JSON (NaN is not JSON: write None instead), atomically."""
+    text = _json_text(obj)
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+        tmp.write_text(text)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -87,11 +132,14 @@ def save_checkpoint(
     training: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    metrics_json: Path | None = None,
 ) -> None:
     """Save LeNet5 weights with everything needed to rebuild, check and (optionally) resume them.
 
     training: a train.TrainState.state_dict() (resumable), or just {"model": weights, "epoch": n}.
-    Its weights are stored once, as the checkpoint's "state_dict"; the rest becomes "train_state".
+    Its weights are stored once, as the checkpoint's "state_dict"; the rest becomes "train_state",
+    sealed by a digest that Resume checks. metrics_json: also write the metrics there as JSON,
+    replaced together with the checkpoint.
     """
     rest = {k: v for k, v in training.items() if k != "model"}
     checkpoint = {
@@ -107,7 +155,39 @@ def save_checkpoint(
     }
     if set(rest) - {"epoch"}:
         checkpoint["train_state"] = rest
-    atomic_torch_save(checkpoint, path)
+        checkpoint["digest"] = state_digest(checkpoint)
+    contents = [_torch_bytes(checkpoint)] + ([_json_text(metrics or {}).encode()] if metrics_json else [])
+    with atomic_outputs(path, *([metrics_json] if metrics_json else [])) as temps:
+        for tmp, content in zip(temps, contents):
+            tmp.write_bytes(content)
+
+
+def state_digest(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 over what a resume depends on (weights, training state, model config, data fingerprint):
+    written at save time, compared on --resume, so a damaged or edited resume file is refused."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"<{tensor.dtype} {tuple(tensor.shape)}>".encode())
+            digest.update(tensor.numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                feed(key)
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed({key: checkpoint.get(key) for key in ("state_dict", "train_state", "config", "data")})
+    return digest.hexdigest()
 
 
 def training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +200,10 @@ def load_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file, e.g. {path / 'lenet5.pt'}")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint; train one with `python main.py`, or give the path of one")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device, a pipe or a socket); pass a checkpoint file")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
             warnings.simplefilter("ignore")

@@ -31,10 +31,10 @@ from data import Loaders, add_data_args, add_limit_flag, data_source, fingerprin
 from devices import choose_device
 from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, one_job
 from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
-from helper import save_checkpoint, write_json
+from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
 from recipes import RECIPES, SCHEDULES, Recipe, resolve_recipe
-from resume import Resume, continue_command, finished_path, resume_path, save_and_exit
+from resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
 from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
@@ -152,25 +152,23 @@ def main(argv: list[str] | None = None) -> None:
         print_architecture(state.model)
         if setup.resume:
             setup.resume.restore(state)
-        command = continue_command(argv, world)
+        interrupted = InterruptedRun(args.out, setup.config, setup.data, continue_command(argv, world), world)
         try:
             fit(state, setup.loaders, args.log_interval)
         except TrainingInterrupted as stop:
-            save_and_exit(
-                stop.state, setup.config, setup.data, args.out, f"after epoch {stop.state['epoch']}", command, world
-            )
+            interrupted.save_and_exit(stop.state, f"after epoch {stop.state['epoch']}", stop.failure)
         final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
         if world.is_main:
-            report(state, final, setup, args, command, started)
+            report(state, final, setup, args, interrupted, started)
 
 
-def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argparse.Namespace, command: str,
-           started: float) -> None:  # fmt: skip
+def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argparse.Namespace,
+           interrupted: InterruptedRun, started: float) -> None:  # fmt: skip
     """Evaluate the trained model on the test set, save it with its metrics, write the report and figures."""
     try:
         result = evaluate(state.model, setup.loaders.test, state.device)
     except KeyboardInterrupt:  # training is finished: keep it
-        save_and_exit(final, setup.config, setup.data, args.out, "with training finished", command, state.world)
+        interrupted.save_and_exit(final, "with training finished")
     with interrupts_deferred():
         paths = save_trained(args.out, final, setup, result, state.device, started)
         if setup.resume:
@@ -208,9 +206,7 @@ def save_trained(
         "epochs": epochs,
     }
     json_path = out.with_suffix(".json")
-    json_path.unlink(missing_ok=True)  # a crash between the two writes leaves no stale .json beside a new .pt
-    save_checkpoint(out, setup.config, training, metrics, setup.data)
-    write_json(metrics, json_path)
+    save_checkpoint(out, setup.config, training, metrics, setup.data, metrics_json=json_path)  # replaced together
     return [out, json_path]
 
 

@@ -58,6 +58,11 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
     if overrides.get("nesterov") and recipe.momentum == 0:
         raise UserError("--nesterov needs momentum: give --momentum above 0, or --no-nesterov")
+    if recipe.warmup_epochs > recipe.epochs:
+        raise UserError(
+            f"--warmup-epochs {recipe.warmup_epochs:g} is longer than the run's {recipe.epochs} epochs: the learning "
+            f"rate would never reach its peak; give at most {recipe.epochs}"
+        )
     return recipe
 
 

@@ -4,9 +4,11 @@
     python main.py --resume checkpoints/lenet5.resume.pt
 
 Resume.open() reads a resume file and checks, before any training, everything that decides
-whether it can continue here: the file itself, its recipe against the flags given and the number
-of processes; check_data() then compares the data's fingerprint, once the data is read. Every
-mismatch is one line (a UserError).
+whether it can continue here: the file is whole (the digest written with it), its recipe against
+the flags given and the number of processes; check_data() then compares the data's fingerprint,
+once the data is read, and restore() checks that the saved state is consistent with itself and
+with the model, optimizer, schedule and generators it is loaded into. Every mismatch is one line
+(a UserError) and leaves the file as it was.
 """
 
 import shlex
@@ -15,10 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import EXIT_INTERRUPTED, UserError, interrupts_deferred
+from cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError, interrupts_deferred
+
+import torch
 
 from distributed import World
-from helper import CheckpointError, load_checkpoint, save_checkpoint, training_state
+from helper import CheckpointError, load_checkpoint, save_checkpoint, state_digest, training_state
 from LeNet5 import LeNet5
 from recipes import Recipe, flag_text, recipe_from_saved
 from train import TrainState
@@ -53,6 +57,11 @@ class Resume:
         """flags: the recipe flags given on the command line (Recipe field names; "name" for --recipe,
         "full_c3" for --full-c3); a resume continues its own recipe, so none may differ from it."""
         checkpoint = load_checkpoint(path, resumable=True)
+        if checkpoint.get("digest") != state_digest(checkpoint):
+            raise CheckpointError(
+                f"{path}: its contents changed after it was saved (the digest written with it does not match): "
+                "damaged or edited, it cannot be resumed safely; train anew"
+            )
         recipe, config = _recorded(checkpoint, path)
         _refuse_other_flags(flags, recipe, config)
         processes = checkpoint["train_state"].get("world_size", 1)
@@ -73,7 +82,14 @@ class Resume:
             )
 
     def restore(self, state: TrainState) -> None:
-        """Load the saved state into a TrainState built from this recipe and config."""
+        """Load the saved state into a TrainState built from this recipe and config, once it is shown
+        consistent with it."""
+        try:
+            problem = _inconsistency(self.training, state)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
+            problem = f"its training state lacks a part this version needs ({err!r})"
+        if problem:
+            raise CheckpointError(f"{self.path}: {problem}; it cannot be resumed, train anew")
         try:
             state.load_state_dict(self.training)
         except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as err:
@@ -86,6 +102,58 @@ class Resume:
         """The finished checkpoint is safely written at `out`: the resume file's run is complete."""
         if self.path.name.endswith(".resume.pt") and self.path.resolve() != out.resolve():
             self.path.unlink(missing_ok=True)
+
+
+def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
+    """What is wrong with a saved TrainState.state_dict() for `state` (built from the same recipe), or None."""
+    epoch, history, steps = saved["epoch"], saved["history"], state.history.steps_per_epoch
+    if history["steps_per_epoch"] != steps:
+        return f"its epochs had {history['steps_per_epoch']} steps, these loaders give {steps}"
+    if [e["epoch"] for e in history["epochs"]] != list(range(1, epoch + 1)):
+        return f"its history records {len(history['epochs'])} epochs where it says {epoch} are done"
+    if len(history["step_losses"]) != epoch * steps:
+        return f"its history holds {len(history['step_losses'])} step losses for {epoch} epochs of {steps} steps"
+    if saved["scheduler"]["last_epoch"] != epoch * steps:
+        return f"its learning-rate schedule is at step {saved['scheduler']['last_epoch']}, not {epoch * steps}"
+    return _optimizer_inconsistency(saved["optimizer"], state) or _rng_inconsistency(saved["rng"], state)
+
+
+def _optimizer_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
+    parameters = list(state.model.parameters())
+    groups = saved["param_groups"]
+    if len(groups) != 1 or groups[0]["params"] != list(range(len(parameters))):
+        return f"its optimizer has {len(groups)} parameter group(s) that do not match the model's parameters"
+    for index, values in saved["state"].items():
+        if not (type(index) is int and 0 <= index < len(parameters)):
+            return f"its optimizer holds state for a parameter {index!r} the model does not have"
+        buffer = values.get("momentum_buffer")
+        if buffer is not None and tuple(buffer.shape) != tuple(parameters[index].shape):
+            return (
+                f"its optimizer's momentum for parameter {index} has shape {tuple(buffer.shape)}, not that parameter's"
+            )
+    recipe = state.recipe
+    settings = {"momentum": recipe.momentum, "weight_decay": recipe.weight_decay}
+    if any(groups[0][key] != value for key, value in settings.items()):
+        return "its optimizer's momentum or weight decay is not its recipe's"
+    return None
+
+
+def _rng_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
+    """Each saved generator state must be a state of its generator: one per process where each has its own."""
+    current = {
+        "torch": [torch.get_rng_state()] * state.world.size,
+        "shuffle": state.generators.shuffle.get_state(),  # the same in every process: saved once
+        "augment": [state.generators.augment.get_state()] * state.world.size,
+    }
+    for name, like in current.items():
+        values, like = (saved[name], like) if isinstance(like, list) else ([saved[name]], [like])
+        if len(values) != len(like):
+            return f"its {name} random states are for {len(values)} process(es), not {len(like)}"
+        if any(
+            not isinstance(v, torch.Tensor) or v.dtype != w.dtype or v.shape != w.shape for v, w in zip(values, like)
+        ):
+            return f"its {name} random generator state is damaged (not a {tuple(like[0].shape)} {like[0].dtype} tensor)"
+    return None
 
 
 def _recorded(checkpoint: dict[str, Any], path: Path) -> tuple[Recipe, dict[str, Any]]:
@@ -127,20 +195,36 @@ def continue_command(argv: list[str], world: World) -> str:
     return shlex.join([*launcher, *kept])
 
 
-def save_and_exit(
-    training: dict[str, Any],
-    config: dict[str, Any],
-    data: dict[str, Any],
-    out: Path,
-    when: str,
-    command: str,
-    world: World,
-) -> None:
-    """Ctrl-C: save the resumable state (rank 0), say how to continue, exit 130 (every process)."""
-    if world.is_main:
-        path = resume_path(out)
-        with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
-            save_checkpoint(path, config, training, data=data)
-            print(f"\ninterrupted: saved the state {when} to {path}")
-            print(f"continue with: {command} --resume {shlex.quote(str(path))}", flush=True)
-    sys.exit(EXIT_INTERRUPTED)
+@dataclass(frozen=True)
+class InterruptedRun:
+    """What a run needs to save itself when it is stopped: where, with what, and how to continue."""
+
+    out: Path  # the finished checkpoint's path; the resume file goes beside it
+    config: dict[str, Any]
+    data: dict[str, Any]
+    command: str  # continue_command(): `{command} --resume PATH` continues
+    world: World
+
+    def save_and_exit(self, training: dict[str, Any], when: str, failure: str | None = None) -> None:
+        """Rank 0 saves the resumable state and says how to continue; every process exits (130 after a
+        Ctrl-C or SIGTERM, 1 when another process failed: `failure` says which and how)."""
+        if self.world.is_main:
+            path = resume_path(self.out)
+            with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
+                self._save(path, training, when, failure)
+            continuing = f"continue with: {self.command} --resume {shlex.quote(str(path))}"
+            if failure:
+                print(f"error: {failure}; saved the state {when} to {path}; {continuing}", file=sys.stderr, flush=True)
+            else:
+                print(f"\ninterrupted: saved the state {when} to {path}\n{continuing}", flush=True)
+        sys.exit(EXIT_SOME_FAILED if failure else EXIT_INTERRUPTED)
+
+    def _save(self, path: Path, training: dict[str, Any], when: str, failure: str | None) -> None:
+        try:
+            save_checkpoint(path, self.config, training, data=self.data)
+        except UserError as err:
+            epochs = training["epoch"]
+            lost = f"the {epochs} finished epoch(s) of this run are lost" if epochs else "no epoch had finished"
+            older = f"; the {path.name} there is from an earlier run" if path.exists() else ""
+            stopped = failure or "interrupted"
+            raise UserError(f"{stopped}, and the state {when} could not be saved: {err}; {lost}{older}") from None

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import Loaders
 from devices import place_batch, place_model
-from distributed import ONE, StopFlag, World, gather, sum_over_ranks
+from distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
 from eval import predict
 from LeNet5 import LeNet5
 from recipes import Recipe
@@ -43,11 +43,12 @@ class TrainingDiverged(UserError):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: carries the TrainState.state_dict() of the last completed epoch, ready to save and resume."""
+    """Ctrl-C, SIGTERM or, under torchrun, a failed peer: carries the TrainState.state_dict() of the last
+    completed epoch, ready to save and resume; `failure` says which peer failed, if one did."""
 
-    def __init__(self, state: dict[str, Any]):
-        super().__init__(f"interrupted after epoch {state['epoch']}")
-        self.state = state
+    def __init__(self, state: dict[str, Any], failure: str | None = None):
+        super().__init__(failure or f"interrupted after epoch {state['epoch']}")
+        self.state, self.failure = state, failure
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: 
 def fit(state: TrainState, loaders: Loaders, log_interval: int = 200) -> History:
     """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
-    Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
+    Ctrl-C (or a failed peer under torchrun) raises TrainingInterrupted with the state at the last epoch
+    boundary, which this process holds without any collective.
     """
     boundary = state.state_dict()
     while state.epoch < state.recipe.epochs:
@@ -245,6 +247,11 @@ def fit(state: TrainState, loaders: Loaders, log_interval: int = 200) -> History
                 boundary = train_and_evaluate_epoch(state, loaders, log_interval)
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
+        except RuntimeError as err:  # a collective broke: another process died or went silent
+            failure = peer_failure(err, state.world)
+            if failure is None:
+                raise
+            raise TrainingInterrupted(boundary, f"{failure} during epoch {boundary['epoch'] + 1}") from None
     return state.history
 
 
@@ -252,14 +259,15 @@ def train_and_evaluate_epoch(state: TrainState, loaders: Loaders, log_interval: 
     """One epoch, its held-out accuracy and summary line; returns the state snapshot at its end."""
     r = train_one_epoch(state, loaders.train, log_interval)
     held_out = accuracy(state.model, loaders.held_out, state.device, state.world)
-    stats = EpochStats(state.epoch + 1, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
-                       loaders.held_out_split, held_out, time.time())  # fmt: skip
-    state.history.step_losses += r.step_losses
-    state.history.epochs.append(stats)
-    if state.world.is_main:
-        print(summary_line(stats, state.recipe.epochs), flush=True)
-    completed = state.state_dict()
-    if state.stop.agreed():  # under torchrun, a Ctrl-C during the evaluation or the snapshot: keep this epoch
+    with state.stop.holding():  # the epoch is done: a Ctrl-C from here on keeps it rather than falling back
+        stats = EpochStats(state.epoch + 1, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
+                           loaders.held_out_split, held_out, time.time())  # fmt: skip
+        state.history.step_losses += r.step_losses
+        state.history.epochs.append(stats)
+        if state.world.is_main:
+            print(summary_line(stats, state.recipe.epochs), flush=True)
+        completed = state.state_dict()
+    if state.stop.agreed():  # a Ctrl-C during the evaluation (torchrun) or the record (any world): keep this epoch
         raise TrainingInterrupted(completed)
     return completed
 

@@ -37,9 +37,7 @@ def test_zero_strength_is_the_identity():
     x = digits()
     still = Augmentation(degrees=0, scale=0, shift_px=0, elastic_alpha=0)
     assert torch.allclose(still(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
-    assert torch.equal(
-        elastic_field(x.shape, torch.Generator().manual_seed(0), 0.0, 4.0), torch.zeros(8, 32, 32, 2)
-    )
+    assert torch.equal(elastic_field(x.shape, torch.Generator().manual_seed(0), 0.0, 4.0), torch.zeros(8, 32, 32, 2))
 
 
 def test_elastic_field_is_smooth_and_scales_with_alpha():

@@ -112,6 +112,7 @@ def test_interrupts_are_held_until_the_block_ends():
 def test_user_errors_under_torchrun_are_said_once(monkeypatch, capsys, everywhere, rank, printed):
     """Errors every process raises alike are reported by rank 0 alone; any other by the process it hit."""
     if rank is not None:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT_DIR, write_idx_dir
+from conftest import PROJECT_DIR, assert_user_error, write_idx_dir
 
-import distributed
 from data import GlobalBatches
 from distributed import World, peer_failed
 
@@ -63,17 +62,24 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-# main.py with a Ctrl-C at a chosen step of one rank (a moment picked by a timer made tests flaky): SIGINT to
-# the rank's process group (its torchrun and its worker), as a terminal's Ctrl-C on that machine does.
+# main.py with a fault at a chosen step of one rank (a moment picked by a timer made tests flaky):
+# "ctrl-c": SIGINT to the rank's process group (its torchrun and its worker), as a terminal's Ctrl-C on that
+# machine does; "kill": SIGKILL to the worker alone; "hang": the worker stops answering (but still ends on SIGTERM).
 FAULTY_MAIN = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
 sys.path.insert(0, os.environ["PROJECT_DIR"])
 import train
 place, calls = train.place_batch, [0]
 def counting(*args):
     calls[0] += 1
     if calls[0] == int(os.environ["FAULT_AT_STEP"]) and os.environ["RANK"] == os.environ["FAULT_RANK"]:
-        os.killpg(os.getpgrp(), signal.SIGINT)
+        kind = os.environ.get("FAULT_KIND", "ctrl-c")
+        if kind == "ctrl-c":
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        elif kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            time.sleep(600)
     return place(*args)
 train.place_batch = counting
 sys.argv = [os.path.join(os.environ["PROJECT_DIR"], "main.py"), *sys.argv[1:]]
@@ -81,10 +87,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def faulty_main(tmp_path: Path, rank: int, step: int) -> tuple[Path, dict[str, str]]:
+def faulty_main(tmp_path: Path, rank: int, step: int, kind: str = "ctrl-c") -> tuple[Path, dict[str, str]]:
     script = tmp_path / "faulty_main.py"
     script.write_text(FAULTY_MAIN)
-    return script, {"PROJECT_DIR": str(PROJECT_DIR), "FAULT_RANK": str(rank), "FAULT_AT_STEP": str(step)}
+    env = {"PROJECT_DIR": str(PROJECT_DIR), "FAULT_RANK": str(rank), "FAULT_AT_STEP": str(step), "FAULT_KIND": kind}
+    return script, env
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +172,12 @@ def test_out_of_memory_is_one_line_from_the_rank_it_hit(cli, monkeypatch, tmp_pa
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
+    import main
+
     monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
-    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: False)  # no process group in this test
-    monkeypatch.setenv("RANK", "1")  # as torchrun sets them for the second of two processes
+    monkeypatch.setattr(main, "join", lambda device: (World(), device))  # no process group in this test
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as torchrun sets them for the second of two processes
+    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     data = write_idx_dir(tmp_path / "mnist")
     done = cli("main", "--data-dir", data, *FLAGS[:4], "--out", tmp_path / "lenet5.pt", "--report-dir", tmp_path)
@@ -232,3 +242,34 @@ def test_each_process_gets_back_its_own_generators(monkeypatch, idx_dir):
     state.load_state_dict(saved)
     assert torch.equal(state.generators.augment.get_state(), per_rank[1])
     assert not torch.equal(state.generators.shuffle.get_state(), per_rank[1])  # the shared one is the shared one
+
+
+@pytest.mark.parametrize(
+    "kind, said",
+    [("kill", "error: rank 1 ended (killed, or failed on its own machine) during epoch 2"),
+     ("hang", "error: rank 1 stopped answering (nothing from it within 5 s) during epoch 2")],
+)  # fmt: skip
+def test_a_dead_or_silent_peer_keeps_the_finished_epochs(tmp_path, kind, said):
+    """Rank 1 is killed, or hangs, in epoch 2: rank 0 saves epoch 1 from what it holds (no collective
+    needed), says in one line which rank failed and how to continue, and no worker prints a traceback."""
+    data = write_idx_dir(tmp_path / "mnist", n_train=640, n_test=50)  # 20 steps an epoch
+    out = tmp_path / "lenet5.pt"
+    flags = ["--data-dir", str(data), *FLAGS, "--out", str(out), "--report-dir", str(tmp_path / "r")]
+    script, env = faulty_main(tmp_path, rank=1, step=25, kind=kind)
+    done = torchrun("--standalone", "--nproc-per-node", "2", str(script), *flags,
+                    env={**env, "LENET5_COLLECTIVE_TIMEOUT_S": "5"})  # fmt: skip
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and ours[0].startswith(said), done.stderr[-3000:]
+    resume = out.with_name("lenet5.resume.pt")
+    assert f"saved the state after epoch 1 to {resume}; continue with: torchrun --nproc-per-node 2 main.py" in ours[0]
+    assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()
+    for project_file in ("main.py", "train.py", "distributed.py", "resume.py"):  # no traceback through our code
+        assert f'{PROJECT_DIR / project_file}", line' not in done.stderr, done.stderr[-3000:]
+    assert "KeyboardInterrupt" not in done.stderr
+
+
+def test_rank_variables_without_torchrun_are_one_line(cli, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    done = cli("main")
+    assert_user_error(done, "RANK and WORLD_SIZE are set, but this process was not started by torchrun")

@@ -274,3 +274,41 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_ctrl_c_while_importing_exits_quietly(script):
     done = run_script("-c", INTERRUPT_DURING_IMPORT, script)
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
+
+
+def limited(resource_name: str, size: int):
+    import resource
+
+    kind = getattr(resource, resource_name)
+    return lambda: resource.setrlimit(kind, (size, size))
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tmp_path):
+    """Files may grow to 100 kB (RLIMIT_FSIZE; a checkpoint is about 250 kB): one line naming the files and
+    the cause, and the previous lenet5.pt and lenet5.json are untouched, with no temporary file beside them."""
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "run" / "lenet5.pt"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous checkpoint")
+    out.with_suffix(".json").write_text('{"previous": true}')
+    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--out", str(out)]
+    command += ["--report-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, env=env,
+                          preexec_fn=limited("RLIMIT_FSIZE", 100_000))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot write {out} and {out.with_suffix('.json')}: File too large; what was there before is unchanged"
+    ]
+    assert (
+        out.read_bytes() == b"the previous checkpoint" and out.with_suffix(".json").read_text() == '{"previous": true}'
+    )
+    assert sorted(os.listdir(out.parent)) == ["lenet5.json", "lenet5.pt"]
+
+
+def test_too_little_memory_to_load_torch_is_one_line():
+    done = subprocess.run([sys.executable, "main.py", "--help"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                          timeout=120, preexec_fn=limited("RLIMIT_AS", 300_000_000))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: cannot load the libraries this program needs (")
+    assert len(done.stderr.strip().splitlines()) == 1

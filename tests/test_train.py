@@ -1,4 +1,6 @@
 import math
+import os
+import signal
 from dataclasses import replace
 
 import pytest
@@ -192,7 +194,6 @@ def test_a_stop_agreed_during_the_evaluation_keeps_that_epoch(idx_dir, monkeypat
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(train, "accuracy", signal_arrives_during)
-    monkeypatch.setattr(state.stop, "agreed", lambda: state.stop.noted)  # a world of one agrees with itself
     with pytest.raises(TrainingInterrupted) as stop:
         run_fit(state, loaders)
     assert stop.value.state["epoch"] == 1 and len(stop.value.state["history"]["epochs"]) == 1
@@ -224,3 +225,20 @@ def test_a_training_step_never_waits_for_the_host(idx_dir):
     state = TrainState({"c3_table": True}, recipe, loaders, cuda)
     result = train_one_epoch(state, SyncsForbidden(loaders.train), log_interval=10**9)
     assert len(result.step_losses) == len(loaders.train) and all(math.isfinite(v) for v in result.step_losses)
+
+
+def test_a_ctrl_c_while_the_epoch_is_recorded_keeps_that_epoch(idx_dir, monkeypatch):
+    """A real SIGINT inside the end-of-epoch snapshot: the run stops with that epoch, never the one before."""
+    state, loaders = setup(idx_dir, Recipe(epochs=3, batch_size=16))
+    snapshot, calls = TrainState.state_dict, []
+
+    def signalled_snapshot(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first is fit()'s starting point; the second, epoch 1's record
+            os.kill(os.getpid(), signal.SIGINT)
+        return snapshot(self)
+
+    monkeypatch.setattr(TrainState, "state_dict", signalled_snapshot)
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_fit(state, loaders)
+    assert stop.value.state["epoch"] == 1 and len(stop.value.state["history"]["epochs"]) == 1

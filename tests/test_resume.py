@@ -1,0 +1,143 @@
+"""resume.py: a resume file is whole or refused, checked before any training; saving one never loses
+what was there; a finished run removes it only once its checkpoint is safe."""
+
+import errno
+import os
+import pathlib
+import signal
+
+import pytest
+import torch
+from conftest import assert_user_error, write_idx_dir
+
+from helper import state_digest
+
+TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
+
+
+def interrupt_at_step(monkeypatch, step: int) -> None:
+    """A real SIGINT when training reaches `step` (counted over all epochs)."""
+    import train
+
+    place, calls = train.place_batch, []
+
+    def counting(*args):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return place(*args)
+
+    monkeypatch.setattr(train, "place_batch", counting)
+
+
+@pytest.fixture
+def interrupted(cli, tmp_path, monkeypatch):
+    """A 3-epoch run (6 steps an epoch) stopped by Ctrl-C in epoch 2: its resume file holds epoch 1."""
+    data = write_idx_dir(tmp_path / "mnist")
+    common = ["--data-dir", str(data), *TINY, "--epochs", "3", "--report-dir", str(tmp_path / "reports")]
+    out = tmp_path / "run" / "lenet5.pt"
+    with monkeypatch.context() as patched:
+        interrupt_at_step(patched, 9)
+        done = cli("main", *common, "--out", out)
+    assert done.returncode == 130 and "saved the state after epoch 1" in done.stdout, done.stderr
+    return common, out, out.with_name("lenet5.resume.pt")
+
+
+def sealed(checkpoint: dict) -> dict:
+    """The checkpoint with its digest made anew: damage that the code writing it could have done itself."""
+    return {**checkpoint, "digest": state_digest(checkpoint)}
+
+
+def momentum_swapped(state: dict) -> None:
+    buffers = state["optimizer"]["state"]
+    buffers[0], buffers[1] = buffers[1], buffers[0]
+
+
+DAMAGE = {
+    "five epochs in the history": (
+        lambda s: s["history"].update(epochs=s["history"]["epochs"] * 5),
+        "its history records 5 epochs where it says 1 are done",
+    ),
+    "an empty history": (lambda s: s["history"].update(epochs=[]), "its history records 0 epochs where it says 1"),
+    "the schedule far ahead": (
+        lambda s: s["scheduler"].update(last_epoch=10**9),
+        "its learning-rate schedule is at step 1000000000, not 6",
+    ),
+    "two momentum buffers swapped": (
+        momentum_swapped,
+        "its optimizer's momentum for parameter 0 has shape (6,)",
+    ),
+    "two parameter groups": (
+        lambda s: s["optimizer"]["param_groups"].append(dict(s["optimizer"]["param_groups"][0])),
+        "its optimizer has 2 parameter group(s)",
+    ),
+    "a 7-byte generator state": (
+        lambda s: s["rng"].update(torch=[torch.zeros(7, dtype=torch.uint8)]),
+        "its torch random generator state is damaged",
+    ),
+    "a step loss missing": (lambda s: s["history"]["step_losses"].pop(), "holds 5 step losses for 1 epochs of 6 steps"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_an_inconsistent_resume_file_is_refused_before_training(cli, interrupted, kind):
+    common, out, resume = interrupted
+    edit, message = DAMAGE[kind]
+    checkpoint = torch.load(resume, weights_only=True)
+    edit(checkpoint["train_state"])
+    torch.save(sealed(checkpoint), resume)
+    before = resume.read_bytes()
+    done = cli("main", *common, "--out", out, "--resume", resume)
+    assert_user_error(done, message)
+    assert "epoch 2/3" not in done.stdout and resume.read_bytes() == before and not out.exists()
+
+
+def test_a_resume_file_changed_after_saving_is_refused(cli, interrupted):
+    common, out, resume = interrupted
+    checkpoint = torch.load(resume, weights_only=True)
+    checkpoint["state_dict"]["c1.bias"] += 1e-3  # a flipped bit's worth of damage, the digest left as it was
+    torch.save(checkpoint, resume)
+    done = cli("main", *common, "--out", out, "--resume", resume)
+    assert_user_error(done, "its contents changed after it was saved (the digest written with it does not match)")
+
+
+def test_the_resume_file_stays_until_the_finished_checkpoint_is_safe(cli, interrupted, monkeypatch):
+    common, out, resume = interrupted
+    write_bytes = pathlib.Path.write_bytes
+
+    def disk_full_for_the_checkpoint(self, data):
+        if self.name.startswith(".lenet5.pt."):  # the finished checkpoint's temporary file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pathlib.Path, "write_bytes", disk_full_for_the_checkpoint)
+        done = cli("main", *common, "--out", out, "--resume", resume)
+    assert_user_error(done, f"cannot write {out} and {out.with_suffix('.json')}: No space left on device")
+    assert resume.exists() and not out.exists() and not out.with_suffix(".json").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lenet5.resume.pt"]  # no temporary file left
+    finished = cli("main", *common, "--out", out, "--resume", resume)
+    assert finished.returncode == 0 and not resume.exists() and out.exists()
+
+
+def test_a_resume_file_that_cannot_be_written_says_what_is_lost(cli, tmp_path, monkeypatch):
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "run" / "lenet5.pt"
+    out.parent.mkdir()
+    older = out.with_name("lenet5.resume.pt")
+    older.write_bytes(b"an earlier run's state")
+    write_bytes = pathlib.Path.write_bytes
+
+    def disk_full(self, data):
+        if self.name.startswith(".lenet5.resume.pt."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    with monkeypatch.context() as patched:
+        interrupt_at_step(patched, 15)  # in epoch 3: two epochs finished
+        patched.setattr(pathlib.Path, "write_bytes", disk_full)
+        done = cli("main", "--data-dir", data, *TINY, "--epochs", "3", "--out", out, "--report-dir", tmp_path / "r")
+    assert_user_error(done, "interrupted, and the state after epoch 2 could not be saved: cannot write")
+    assert "No space left on device" in done.stderr and "the 2 finished epoch(s) of this run are lost" in done.stderr
+    assert "the lenet5.resume.pt there is from an earlier run" in done.stderr
+    assert older.read_bytes() == b"an earlier run's state" and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
