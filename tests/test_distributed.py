@@ -78,7 +78,8 @@ def counting(*args):
             os.killpg(os.getpgrp(), signal.SIGINT)
         elif kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        else:
+        else:  # silent, as a hung process is, but ended by torchrun's SIGTERM as one would be
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(600)
     return place(*args)
 train.place_batch = counting
