@@ -7,10 +7,13 @@ read as well as the test set is. data.preprocess then pads and normalizes it as 
 """
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
 if TYPE_CHECKING:
@@ -19,15 +22,20 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MIN_CONTRAST = 32  # grey levels between ink and background below which we call the image blank
 MAX_PIXELS = 40_000_000  # a photo is at most a few tens of megapixels; more is a decompression bomb
+WORK_SIDE = 1024  # longer side an image is reduced to before any work: the digit ends up 20 px tall anyway
+THIN, MNIST_STROKE = 0.07, 0.10  # stroke width / digit height: below THIN, thickened to MNIST's thinnest
 
 
 class ImageProblem(Exception):
     """This image cannot be classified (unreadable, too large, no digit); the others still are."""
 
 
-def load_grayscale(path: Path) -> torch.Tensor:
-    """H x W float tensor in 0..255, upright (EXIF orientation applied); transparent pixels become a
-    background that contrasts with the ink."""
+def load_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """H x W float tensor in 0..255, upright (EXIF orientation applied), at most WORK_SIDE px on its
+    longer side; transparent pixels become a background that contrasts with the ink.
+
+    An image that would decode to more than max_pixels is refused unread; a JPEG is decoded at 1/2
+    to 1/8 of its size when that still leaves WORK_SIDE px, so a large photo costs little."""
     from PIL import Image, UnidentifiedImageError
 
     if not Path(path).is_file():
@@ -36,8 +44,11 @@ def load_grayscale(path: Path) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageProblem(f"too large: {image.width} x {image.height} pixels (limit {MAX_PIXELS:,})")
+                width, height = image.size
+                image.draft(None, (WORK_SIDE, WORK_SIDE))  # JPEG only; other formats ignore it
+                for limit, pixels in ((MAX_PIXELS, width * height), (max_pixels, image.width * image.height)):
+                    if pixels > limit:
+                        raise ImageProblem(f"too large: {width} x {height} pixels (limit {limit:,})")
                 image.seek(0)  # GIF and other animations: the first frame
                 grey = grey_from_image(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -55,6 +66,9 @@ def grey_from_image(image: "Image.Image") -> torch.Tensor:
     from PIL import ImageOps
 
     rgba = ImageOps.exif_transpose(image).convert("RGBA")  # phones store rotation as a tag
+    factor = -(-max(rgba.size) // WORK_SIDE)
+    if factor > 1:
+        rgba = rgba.reduce(factor)  # box averages: thin strokes stay, fainter
     return grey_from_rgba(TF.pil_to_tensor(rgba).float())
 
 
@@ -72,21 +86,151 @@ def grey_from_rgba(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_mnist_digit(grey: torch.Tensor) -> torch.Tensor:
-    """H x W grey image (0..255) -> uint8 28 x 28 MNIST-style digit: light ink on black, 20 px box, centred by mass."""
-    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if border.median() > 127:  # dark ink on light paper: MNIST digits are light on dark
-        grey, border = 255 - grey, 255 - border
-    ink = (grey - border.median()).clamp(min=0)  # remove the paper's grey level
+    """H x W grey image (0..255) -> uint8 28 x 28 MNIST-style digit: light ink on black, 20 px box, centred by mass.
+
+    A photo of a sheet of paper on a darker surround is read inside the sheet, its lighting evened out."""
+    sheet = find_sheet(grey)
+    if sheet is None:
+        ink = plain_ink(grey)
+    elif (ink := ink_on_sheet(grey, sheet)) is None:
+        raise ImageProblem("no digit found on the sheet of paper")
     if ink.max() < MIN_CONTRAST:
         raise ImageProblem("no digit found (the image is blank or has no contrast)")
-    ink = ink * (255 / ink.max())
-    rows, cols = (ink > 0.15 * 255).nonzero(as_tuple=True)  # faint noise does not stretch the box
-    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # crop to the ink's bounding box
+    ink = thicken(ink * (255 / ink.max()))
+    digit = ink[_ink_box(ink)]  # crop to the ink's bounding box
     height, width = digit.shape
     scale = 20 / max(height, width)
     size = [max(1, round(height * scale)), max(1, round(width * scale))]
     digit = TF.resize(digit[None], size, antialias=True)[0].clamp(0, 255)  # 20 px on the longer side
     return _centre_by_mass(digit)
+
+
+def plain_ink(grey: torch.Tensor) -> torch.Tensor:
+    """Light ink on black for an image whose border is its background: inverted when the border is light,
+    the background's grey level removed."""
+    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.median() > 127:  # dark ink on light paper: MNIST digits are light on dark
+        grey, border = 255 - grey, 255 - border
+    return (grey - border.median()).clamp(min=0)
+
+
+def _ink_box(ink: torch.Tensor) -> tuple[slice, slice]:
+    rows, cols = (ink > 0.15 * 255).nonzero(as_tuple=True)  # faint noise does not stretch the box
+    return slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+
+
+def _otsu(values: np.ndarray) -> float:
+    """The grey level that best splits `values` (0..255) into two classes (Otsu, 1979)."""
+    counts = np.bincount(values.clip(0, 255).astype(np.uint8).ravel(), minlength=256).astype(np.float64)
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * np.arange(256))
+    dark, light = weight, weight[-1] - weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] * dark - mass * weight[-1]) ** 2 / (dark * light)
+    return float(np.nanargmax(np.where(np.isfinite(between), between, np.nan)))
+
+
+@dataclass
+class Sheet:
+    mask: np.ndarray  # H x W, True on the sheet, its edge left out
+    tilt: float  # degrees its edges are turned from the frame's (within +-45)
+
+
+def find_sheet(grey: torch.Tensor) -> Sheet | None:
+    """The sheet of paper when the image is a photo of one on a darker surround, else None.
+
+    Judged on a copy of at most 200 px: the largest light region must be mostly surrounded by something
+    darker (not the frame), big, compact, and interrupted only by thin dark strokes. A light digit on
+    black fails the last two (its loops are wide holes, its strokes no compact region)."""
+    factor = max(1, -(-max(grey.shape) // 200))
+    small = torch.nn.functional.avg_pool2d(grey[None, None], factor, ceil_mode=True)[0, 0].numpy()
+    if np.ptp(small) < MIN_CONTRAST:  # blank: nothing to split
+        return None
+    light = small > _otsu(small)
+    frame = np.concatenate([light[0], light[-1], light[:, 0], light[:, -1]])
+    labels, count = ndimage.label(light)
+    if count == 0 or frame.mean() > 0.5:  # the light part reaches the frame all round: no surround
+        return None
+    paper = labels == 1 + np.argmax(ndimage.sum(light, labels, range(1, count + 1)))
+    whole = ndimage.binary_fill_holes(paper)
+    rows, cols = np.nonzero(whole)
+    box = (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+    holes = whole & ~light  # dark inside the sheet: ink (the inside of a loop is light paper again)
+    widest = ndimage.distance_transform_edt(holes).max() if holes.any() else 0.0
+    size = np.sqrt(whole.sum())
+    if not holes.any() or whole.sum() < 0.08 * whole.size or whole.sum() < 0.5 * box or holes.sum() > 0.2 * whole.sum():
+        return None
+    if widest > 0.1 * size:  # wide holes: the loops of a light digit, not pen strokes on paper
+        return None
+    inner = ndimage.binary_erosion(whole, iterations=max(1, round(0.02 * size)))  # the sheet's edge is no ink
+    full = np.kron(inner, np.ones((factor, factor), dtype=bool))[: grey.shape[0], : grey.shape[1]]
+    return Sheet(full, _tilt(rows, cols)) if full.any() else None
+
+
+def _tilt(rows: np.ndarray, cols: np.ndarray) -> float:
+    """The turn (degrees, counter-clockwise as seen) that puts the region's edges square to the frame:
+    the one whose bounding box is smallest."""
+    angles = np.deg2rad(np.arange(-45, 45))[:, None]
+    x = cols * np.cos(angles) - rows * np.sin(angles)
+    y = cols * np.sin(angles) + rows * np.cos(angles)
+    return float(np.rad2deg(angles[np.argmin(np.ptp(x, axis=1) * np.ptp(y, axis=1)), 0]))
+
+
+def ink_on_sheet(grey: torch.Tensor, sheet: Sheet) -> torch.Tensor | None:
+    """Dark ink on the sheet as light on black, turned square with the sheet (people write along its edges).
+
+    The paper's own brightness, which shadows and uneven light vary, is estimated around every pixel (a
+    closing wider than a stroke); the ink is what falls short of it, less the noise."""
+    rows, cols = np.nonzero(sheet.mask)
+    crop = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    inside = sheet.mask[crop]
+    pixels = grey.numpy()[crop].astype(np.float32)
+    pixels = np.where(inside, pixels, np.median(pixels[inside]))  # the desk takes the paper's level
+    pixels = ndimage.gaussian_filter(pixels, 1.0)
+    window = max(3, round(0.12 * np.sqrt(inside.sum())))
+    paper = ndimage.minimum_filter(ndimage.maximum_filter(pixels, window), window)  # keeps a shadow's edge sharp
+    shortfall = (paper - pixels) * inside
+    noise = 1.4826 * np.median(np.abs(shortfall[inside] - np.median(shortfall[inside])))
+    ink = _main_strokes((shortfall - np.median(shortfall[inside]) - 3 * noise).clip(min=0) * inside, inside)
+    if ink is None:
+        return None
+    upright = TF.rotate(torch.from_numpy(ink)[None], -sheet.tilt, TF.InterpolationMode.BILINEAR, expand=True)
+    return upright[0]
+
+
+def _main_strokes(ink: np.ndarray, inside: np.ndarray) -> np.ndarray | None:
+    """The ink that makes the digit: marks that lie along the sheet's edge (its shading, a shadow's edge) and
+    marks far smaller than the largest stroke (specks) are dropped."""
+    strokes, count = ndimage.label(ink > 0.15 * ink.max())
+    if count == 0:
+        return None
+    index = range(1, count + 1)
+    sizes = ndimage.sum(np.ones_like(ink), strokes, index)
+    edge = inside & ~ndimage.binary_erosion(inside, iterations=3)
+    along_edge = ndimage.sum(edge, strokes, index) > 0.3 * sizes
+    sizes = np.concatenate([[0], np.where(along_edge, 0, sizes)])
+    if sizes.max() == 0:
+        return None
+    keep = sizes >= 0.1 * sizes.max()
+    return ink * ndimage.binary_dilation(keep[strokes], iterations=2)  # with the faint rim of each stroke
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean width of the strokes in a binary mask: twice the area over the boundary (both sides of a stroke)."""
+    boundary = mask.sum() - ndimage.binary_erosion(mask).sum()
+    return 2 * float(mask.sum()) / max(int(boundary), 1)
+
+
+def thicken(ink: torch.Tensor) -> torch.Tensor:
+    """Strokes much thinner than MNIST's (a fine pen, a small brush) widened to MNIST's thinnest:
+    the network never saw a hairline digit."""
+    box = _ink_box(ink)
+    height = max(box[0].stop - box[0].start, box[1].stop - box[1].start)
+    width = stroke_width((ink[box] > 127.5).numpy())
+    if width >= THIN * height:
+        return ink
+    grow = round(MNIST_STROKE * height - width)
+    return torch.from_numpy(ndimage.maximum_filter(ink.numpy(), size=grow + 1))
 
 
 def _centre_by_mass(digit: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate everything the README shows: the committed checkpoints, their reports and figures, the
 # seed tables of the three recipes and of torchrun, the ablation runs, the example predictions and
-# the benchmark. About an hour on 2 cores; run nothing else meanwhile (the timings are in it).
+# the benchmark and the app's screenshot. About an hour on 2 cores; run nothing else meanwhile (the timings are in it).
 #   MNIST_DIR=../shared/mnist bash scripts/make_docs.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,9 @@ mkdir -p docs
 "$PY" eval.py --data-dir "$MNIST_DIR" --report-dir reports --index 0 > /dev/null
 cp reports/{loss,accuracy,confusion_matrix,misclassified,filters,feature_maps}.png docs/
 "$PY" predict.py examples/ --out docs/predictions.png | tee docs/predict_output.txt
+# The app's screenshot: the browser test takes it (needs Chromium; see the README's "Draw a digit").
+APP_SCREENSHOT=reports/app.png "$PY" -m pytest -n 0 -q tests/test_app.py -k drawing_with_the_mouse
+cp reports/app.png docs/app.png
 
 # Three seeds of each recipe, each a fresh `python main.py` process; one torchrun row for comparison.
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --out docs/seeds.json | tee docs/seeds_output.txt

@@ -1,9 +1,13 @@
+import importlib.util
+
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import PROJECT_DIR
+from PIL import Image, ImageDraw
 from test_predict import as_file, draw_seven
 
-from digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
+from digits import WORK_SIDE, ImageProblem, expand_paths, find_sheet, load_grayscale, stroke_width, to_mnist_digit
 
 
 def check_mnist_like(digit: torch.Tensor) -> None:
@@ -78,3 +82,59 @@ def test_expand_paths_reads_folders_in_name_order(tmp_path):
     (tmp_path / "sub.png").mkdir()  # a folder with an image-like name is not an image
     single = tmp_path / "notes.txt"
     assert expand_paths([tmp_path, single]) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.gif", single]
+
+
+# --- photos of paper, thin strokes, large files -----------------------------------------------------
+
+
+def paper_photos():
+    spec = importlib.util.spec_from_file_location("paper_photos", PROJECT_DIR / "scripts" / "paper_photos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_digit_on_a_sheet_on_a_desk_is_found_on_the_sheet(tmp_path, seed):
+    """A sheet on a darker desk, tilted, unevenly lit, noisy, JPEG: the 28x28 is the digit, not the page."""
+    seven = to_mnist_digit(load_grayscale(as_file(draw_seven(), tmp_path, "seven.png")))
+    photo = paper_photos().photo(seven.numpy(), np.random.default_rng(seed))
+    photo.save(tmp_path / "photo.jpg", quality=80)
+    read = to_mnist_digit(load_grayscale(tmp_path / "photo.jpg"))
+    check_mnist_like(read)
+    assert similarity(read, seven) > 0.8  # the whole sheet read as the digit scores about 0.3
+
+
+@pytest.mark.parametrize("loops", ["0", "8"])
+def test_a_light_digit_with_loops_on_black_is_not_taken_for_a_sheet(loops):
+    image = Image.new("L", (200, 200), 0)
+    draw = ImageDraw.Draw(image)
+    if loops == "0":
+        draw.ellipse([60, 30, 140, 170], outline=255, width=22)
+    else:
+        draw.ellipse([65, 25, 135, 95], outline=255, width=20)
+        draw.ellipse([60, 90, 140, 175], outline=255, width=20)
+    grey = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    assert find_sheet(grey) is None
+    check_mnist_like(to_mnist_digit(grey))
+
+
+def test_hairline_strokes_are_thickened_to_mnists_width(tmp_path):
+    hairline = draw_seven(size=(400, 400), box=(100, 60, 200))  # 14 px strokes on a 240 px digit: too thin
+    thick = to_mnist_digit(load_grayscale(as_file(hairline, tmp_path, "thin.png"))).numpy() > 127
+    assert stroke_width(thick) >= 2.0  # MNIST's thinnest strokes, about 2 px of 20
+
+
+def test_a_jpeg_is_decoded_reduced_and_a_larger_png_refused(tmp_path):
+    big = draw_seven(size=(6000, 4000), box=(2000, 500, 2400)).convert("L")
+    big.save(tmp_path / "big.jpg", quality=90)
+    big.save(tmp_path / "big.png")
+    assert max(load_grayscale(tmp_path / "big.jpg", max_pixels=8_000_000).shape) <= WORK_SIDE  # 24 MP, decoded at 6
+    with pytest.raises(ImageProblem, match=r"too large: 6000 x 4000 pixels \(limit 8,000,000\)"):
+        load_grayscale(tmp_path / "big.png", max_pixels=8_000_000)
+    assert max(load_grayscale(tmp_path / "big.png").shape) <= WORK_SIDE
