@@ -49,6 +49,7 @@ from helper import (
 )
 from LeNet5 import LeNet5, count_parameters, layer_table
 from recipes import RECIPES, SCHEDULES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
+from tensorboard_log import TensorBoardLog
 from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR, help="folder for metrics.json and figures")
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by Ctrl-C, with its own recipe and data")
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
+    tensorboard = "also log curves, weights and images for TensorBoard into a new run folder under DIR (default: off)"
+    p.add_argument("--tensorboard", type=Path, metavar="DIR", help=tensorboard)
     args = p.parse_args(argv)
     args.out = args.out or default_out(args.resume)
     return args
@@ -183,6 +186,8 @@ def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Set
     try:
         if world.is_main:
             check_outputs(args.out, args.report_dir)
+            if args.tensorboard:
+                check_output_dir(args.tensorboard, "--tensorboard")
         resumed = load_checkpoint(args.resume, resumable=True) if args.resume else None
         recipe, config = choose_recipe(args, resumed)
         mnist = data_source(args).open()
@@ -266,8 +271,11 @@ def train_and_report(
     sizes = len(setup.loaders.train.dataset), setup.recipe.val_size, len(setup.loaders.test.dataset)
     print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
     state = build_state(setup, world, device, args.resume)
+    tensorboard = TensorBoardLog.start(args.tensorboard if world.is_main else None, setup.recipe)
+    if tensorboard.enabled:
+        print(f"TensorBoard: logging into {tensorboard.run_dir}; view with `tensorboard --logdir {args.tensorboard}`")
     try:
-        fit(state, setup.loaders, device, args.log_interval)
+        fit(state, setup.loaders, device, args.log_interval, on_epoch=tensorboard.after_epoch)
     except TrainingInterrupted as stop:
         exit_saving(stop.state, setup, args.out, f"after epoch {stop.state['epoch']}", command, world)
     final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
@@ -284,6 +292,7 @@ def train_and_report(
     print(f"\n{format_report(result)}")
     paths += write_report(result, setup.loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
     paths += plot_history(state.history, args.report_dir)
+    paths += tensorboard.finish(setup.recipe, setup.config, result.accuracy, args.report_dir / "misclassified.png")
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in paths], sep="\n")
 
 

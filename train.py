@@ -9,6 +9,7 @@ back (``.item()``) only at log intervals and at the end of each epoch.
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -242,10 +243,12 @@ def fit(
     loaders: Loaders,
     device: torch.device,
     log_interval: int = 200,
+    on_epoch: Callable[[TrainState], None] | None = None,
 ) -> History:
     """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
-    Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary.
+    Ctrl-C raises TrainingInterrupted with the state at the last epoch boundary. on_epoch(state)
+    is called at every epoch's end, once its stats are in state.history (main.py: TensorBoard).
     """
     boundary, world = state.state_dict(), state.world
     for epoch in range(state.epoch + 1, state.recipe.epochs + 1):
@@ -263,6 +266,8 @@ def fit(
                 state.history.epochs.append(stats)
                 if world.is_main:
                     print(summary_line(stats, state.recipe.epochs), flush=True)
+                if on_epoch is not None:
+                    on_epoch(state)
                 completed = state.state_dict()
                 if stop.agreed():  # under torchrun, a Ctrl-C during the evaluation or the snapshot: keep this epoch
                     raise TrainingInterrupted(completed)
