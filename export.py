@@ -2,16 +2,21 @@
 
     python export.py --format onnx --out checkpoints/lenet5.onnx
     python export.py --format torchscript --out checkpoints/lenet5.torchscript.pt
+    python export.py --format safetensors --out checkpoints/lenet5.safetensors
+    python export.py --format hub --out checkpoints/lenet5-hub      # a Hugging Face Hub folder
 
 The exported model takes float32 N x 1 x 32 x 32 (any N) normalized as in training and
 returns N x 10 logits; the contract is written next to it as <out>.json. Every export is
 loaded back in its own runtime (onnxruntime, torch.jit.load) and must give the same
 argmax as PyTorch and logits within 1e-4 on real test images (synthetic ones without MNIST).
+safetensors and hub (weights_formats.py) carry the contract in the file and config.json instead,
+and are read back with safetensors: their logits must equal the checkpoint's exactly.
 """
 
 import argparse
 import copy
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from cli import (
 
 import torch
 
+import weights_formats
 from data import DataSource, add_data_args, data_source, preprocess
 from devices import choose_device
 from helper import atomic_output, load_model, write_json
@@ -154,14 +160,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_data_args(p)
     add_weights_flag(p)
     add_device_flag(p)
-    p.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="what to export to")
-    p.add_argument("--out", type=Path, help="output file (default: checkpoints/lenet5.onnx or .torchscript.pt)")
+    formats = sorted([*FORMATS, *weights_formats.FORMATS])
+    p.add_argument("--format", choices=formats, default="onnx", help="what to export to")
+    out = "output file, or folder for hub (default: checkpoints/lenet5.onnx, .torchscript.pt, .safetensors, -hub/)"
+    p.add_argument("--out", type=Path, help=out)
     p.add_argument("--verify-images", type=number(int, 2, 10_000), default=1000, help="test images to check it on")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.format in weights_formats.FORMATS:  # safetensors and hub: weights_formats.py
+        images = partial(verification_images, data_source(args), args.verify_images)
+        weights_formats.export_cli(args.weights, args.format, args.out, images, contract)
+        return
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}[args.format]
     out = args.out or DEFAULT_CHECKPOINT.with_name(f"lenet5{suffix}")
     check_output_file(out, "--out", example=f"lenet5{suffix}")

@@ -198,6 +198,10 @@ def training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def load_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
     """Read a checkpoint safely (weights_only=True: a pickle that would run code is refused) and check it."""
     path = Path(path)
+    from weights_formats import claims, read_checkpoint  # here: weights_formats imports this module
+
+    if claims(path):  # a .safetensors file or a hub folder
+        return read_checkpoint(path, resumable)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file, e.g. {path / 'lenet5.pt'}")
     if not path.exists():

@@ -35,6 +35,7 @@ from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
 from recipes import RECIPES, SCHEDULES, Recipe, resolve_recipe
 from resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
+from tensorboard_log import TensorBoardLog
 from train import History, TrainingInterrupted, TrainState, fit
 from visualize import plot_accuracy, plot_loss
 
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_report_dir_flag(p)
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by Ctrl-C, with its own recipe and data")
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
+    tensorboard = "also log curves, weights and images for TensorBoard into a new run folder under DIR"
+    p.add_argument("--tensorboard", type=Path, metavar="DIR", help=tensorboard)
     args = p.parse_args(argv)
     args.out = args.out or (finished_path(args.resume) if args.resume else DEFAULT_CHECKPOINT)
     return args
@@ -110,15 +113,18 @@ class Setup:
     loaders: Loaders
     data: dict[str, Any]  # the data's fingerprint and sizes, kept in the checkpoint
     resume: Resume | None  # the checked --resume file
+    interrupted: InterruptedRun  # how this run saves itself when it is stopped
 
 
-def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Setup:
+def prepare(args: argparse.Namespace, argv: list[str], world: World, device: torch.device) -> Setup:
     """Everything that can fail on one machine (paths, data, the resume file): all processes check in
     together, so that one failure ends the whole job with one line."""
     error = setup = None
     try:
         if world.is_main:
             check_outputs(args.out, args.report_dir)
+            if args.tensorboard:
+                check_output_dir(args.tensorboard, "--tensorboard")
         flags, resume = recipe_flags(args), None
         if args.resume:
             resume = Resume.open(args.resume, flags, world)
@@ -130,7 +136,8 @@ def prepare(args: argparse.Namespace, world: World, device: torch.device) -> Set
         data = {"fingerprint": fingerprint(mnist), "train": len(mnist.train_labels), "test": len(mnist.test_labels)}
         if resume:
             resume.check_data(data["fingerprint"])
-        setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, resume)
+        interrupted = InterruptedRun(args.out, config, data, continue_command(argv, world), world)
+        setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, resume, interrupted)
     except UserError as err:
         error = err
     agree(error, world)
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     world, device = join(choose_device(args.device))
     with one_job(world):
-        setup = prepare(args, world, device)
+        setup = prepare(args, argv, world, device)
         processes = f" x {world.size} processes" if world.distributed else ""
         print(f"device: {device}{processes}; recipe: {asdict(setup.recipe)}")
         sizes = len(setup.loaders.train.dataset), setup.recipe.val_size, len(setup.loaders.test.dataset)
@@ -152,23 +159,27 @@ def main(argv: list[str] | None = None) -> None:
         print_architecture(state.model)
         if setup.resume:
             setup.resume.restore(state)
-        interrupted = InterruptedRun(args.out, setup.config, setup.data, continue_command(argv, world), world)
+        tensorboard = TensorBoardLog.start(args.tensorboard if world.is_main else None, setup.recipe)
+        if tensorboard.enabled:
+            print(
+                f"TensorBoard: logging into {tensorboard.run_dir}; view with `tensorboard --logdir {args.tensorboard}`"
+            )
         try:
-            fit(state, setup.loaders, args.log_interval)
+            fit(state, setup.loaders, args.log_interval, on_epoch=tensorboard.after_epoch)
         except TrainingInterrupted as stop:
-            interrupted.save_and_exit(stop.state, f"after epoch {stop.state['epoch']}", stop.failure)
+            setup.interrupted.save_and_exit(stop.state, f"after epoch {stop.state['epoch']}", stop.failure)
         final = state.state_dict()  # every process takes part; from here on, rank 0 alone works
         if world.is_main:
-            report(state, final, setup, args, interrupted, started)
+            report(state, final, setup, args, tensorboard, started)
 
 
 def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argparse.Namespace,
-           interrupted: InterruptedRun, started: float) -> None:  # fmt: skip
+           tensorboard: TensorBoardLog, started: float) -> None:  # fmt: skip
     """Evaluate the trained model on the test set, save it with its metrics, write the report and figures."""
     try:
         result = evaluate(state.model, setup.loaders.test, state.device)
     except KeyboardInterrupt:  # training is finished: keep it
-        interrupted.save_and_exit(final, "with training finished")
+        setup.interrupted.save_and_exit(final, "with training finished")
     with interrupts_deferred():
         paths = save_trained(args.out, final, setup, result, state.device, started)
         if setup.resume:
@@ -176,6 +187,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argpars
     print(f"\n{format_report(result)}")
     paths += write_report(result, setup.loaders.test.dataset.images, args.report_dir, {"weights": str(args.out)})
     paths += plot_history(state.history, args.report_dir)
+    paths += tensorboard.finish(setup.recipe, setup.config, result.accuracy, args.report_dir / "misclassified.png")
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in paths], sep="\n")
 
 

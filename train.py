@@ -13,6 +13,7 @@ back (``.item()``) only at log intervals and at the end of each epoch.
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -234,17 +235,20 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: 
     return counts[0].item() / counts[1].item()
 
 
-def fit(state: TrainState, loaders: Loaders, log_interval: int = 200) -> History:
+def fit(
+    state: TrainState, loaders: Loaders, log_interval: int = 200, on_epoch: Callable[[TrainState], None] | None = None
+) -> History:
     """Train from state.epoch to state.recipe.epochs, one summary line per epoch; returns the history.
 
     Ctrl-C (or a failed peer under torchrun) raises TrainingInterrupted with the state at the last epoch
-    boundary, which this process holds without any collective.
+    boundary, which this process holds without any collective. on_epoch(state) is called at every
+    epoch's end, once its stats are in state.history (main.py: TensorBoard).
     """
     boundary = state.state_dict()
     while state.epoch < state.recipe.epochs:
         try:  # a Ctrl-C anywhere in here falls back to the last complete epoch
             with state.stop:
-                boundary = train_and_evaluate_epoch(state, loaders, log_interval)
+                boundary = train_and_evaluate_epoch(state, loaders, log_interval, on_epoch)
         except KeyboardInterrupt:
             raise TrainingInterrupted(boundary) from None
         except RuntimeError as err:  # a collective broke: another process died or went silent
@@ -255,7 +259,9 @@ def fit(state: TrainState, loaders: Loaders, log_interval: int = 200) -> History
     return state.history
 
 
-def train_and_evaluate_epoch(state: TrainState, loaders: Loaders, log_interval: int) -> dict[str, Any]:
+def train_and_evaluate_epoch(
+    state: TrainState, loaders: Loaders, log_interval: int, on_epoch: Callable[[TrainState], None] | None = None
+) -> dict[str, Any]:
     """One epoch, its held-out accuracy and summary line; returns the state snapshot at its end."""
     r = train_one_epoch(state, loaders.train, log_interval)
     held_out = accuracy(state.model, loaders.held_out, state.device, state.world)
@@ -266,6 +272,8 @@ def train_and_evaluate_epoch(state: TrainState, loaders: Loaders, log_interval: 
         state.history.epochs.append(stats)
         if state.world.is_main:
             print(summary_line(stats, state.recipe.epochs), flush=True)
+        if on_epoch is not None:
+            on_epoch(state)
         completed = state.state_dict()
     if state.stop.agreed():  # a Ctrl-C during the evaluation (torchrun) or the record (any world): keep this epoch
         raise TrainingInterrupted(completed)

@@ -52,3 +52,10 @@ done | tee docs/default_ablation_output.txt
 
 # Time to 99 % against the reference write-up's pipeline, alternating sides.
 "$PY" bench.py --data-dir "$MNIST_DIR" --profile --out docs/bench.json | tee docs/bench_output.txt
+
+# TensorBoard's Scalars page for the quick smoke run (its checkpoint and reports go to a temporary folder).
+tb=$(mktemp -d)
+"$PY" main.py --data-dir "$MNIST_DIR" --limit 2000 --epochs 1 --tensorboard "$tb/runs" --out "$tb/lenet5.pt" \
+  --report-dir "$tb/reports" > /dev/null
+"$PY" scripts/tensorboard_screenshot.py "$tb/runs" --out docs/tensorboard.png
+rm -rf "$tb"

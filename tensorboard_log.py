@@ -1,0 +1,147 @@
+"""Training curves for TensorBoard (`python main.py --tensorboard runs`, then `tensorboard --logdir runs`).
+
+Each run gets a folder of its own under the given one, named YYYYMMDD-HHMMSS_<recipe>-seed<N> so that
+runs sort by start time. In it:
+
+- scalars: the loss and learning rate of every step (train/), the mean loss and the train and
+  held-out accuracy of every epoch (epoch/), and the final test accuracy (final/);
+- histograms of every weight and bias, and an image of the six C1 kernels, at every epoch's end;
+- the misclassified grid that eval.write_report drew, at the end;
+- the recipe and the model config as hparams, beside the final metrics.
+
+Everything is read from what training keeps anyway (TrainState.history, at each epoch's end), so
+the loop gets no extra host synchronisation. A log made without a folder does nothing: that is
+what the other processes under torchrun, and runs without --tensorboard, get.
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recipes import Recipe
+from train import EpochStats, TrainState
+
+KERNEL_ZOOM = 8  # C1's kernels are 5x5 pixels: too small to see at TensorBoard's 1:1
+
+
+def run_name(recipe: Recipe, now: float | None = None) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{recipe.name}-seed{recipe.seed}"
+
+
+class TensorBoardLog:
+    def __init__(self, run_dir: Path | None):
+        self.run_dir = run_dir
+        self.writer = None
+        if run_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.steps_logged = self.epochs_logged = 0
+
+    @classmethod
+    def start(cls, root: Path | None, recipe: Recipe) -> "TensorBoardLog":
+        """A new run folder under `root` (None: a log that does nothing)."""
+        if root is None:
+            return cls(None)
+        run_dir = Path(root) / run_name(recipe)
+        for n in range(2, 1000):  # two runs started in the same second must not share a folder
+            if not run_dir.exists():
+                break
+            run_dir = Path(root) / f"{run_name(recipe)}-{n}"
+        return cls(run_dir)
+
+    @property
+    def enabled(self) -> bool:
+        return self.writer is not None
+
+    def log_steps(self, losses: Sequence[float], lrs: Sequence[float] | None, first_step: int) -> None:
+        """Per-step training loss (and learning rate), steps numbered from 1 over the whole run."""
+        if not self.enabled:
+            return
+        for i, loss in enumerate(losses):
+            self.writer.add_scalar("train/loss", loss, first_step + i)
+            if lrs is not None:
+                self.writer.add_scalar("train/learning_rate", lrs[i], first_step + i)
+
+    def log_epoch(self, stats: EpochStats, model: nn.Module | None = None) -> None:
+        """The epoch's mean loss and accuracies; with the model, its weight histograms and C1 kernels."""
+        if not self.enabled:
+            return
+        self.writer.add_scalar("epoch/train_loss", stats.train_loss, stats.epoch)
+        self.writer.add_scalar("epoch/train_accuracy", stats.train_accuracy, stats.epoch)
+        self.writer.add_scalar(f"epoch/{stats.eval_split}_accuracy", stats.eval_accuracy, stats.epoch)
+        if model is not None:
+            for name, value in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", value.detach().float().cpu(), stats.epoch)
+            self.writer.add_image("c1_kernels", c1_kernel_grid(model), stats.epoch)
+
+    def after_epoch(self, state: TrainState) -> None:
+        """For train.fit's on_epoch: whatever the history holds that is not logged yet (after a
+        --resume, the epochs before it too), then this epoch's weights; written to disk at once."""
+        if not self.enabled:
+            return
+        history, lr_at = state.history, scheduled_lr(state.scheduler)
+        new_losses = history.step_losses[self.steps_logged :]
+        first = self.steps_logged + 1
+        lrs = None if lr_at is None else [lr_at(step) for step in range(first, first + len(new_losses))]
+        self.log_steps(new_losses, lrs, first)
+        for stats in history.epochs[self.epochs_logged :]:
+            self.log_epoch(stats, state.model if stats is history.epochs[-1] else None)
+        self.steps_logged, self.epochs_logged = len(history.step_losses), len(history.epochs)
+        self.writer.flush()
+
+    def finish(
+        self, recipe: Recipe, config: dict[str, Any], test_accuracy: float, misclassified_png: Path | None = None
+    ) -> list[Path]:
+        """The final metrics, the hparams and the misclassified grid; closes the files. Returns the run folder."""
+        if not self.enabled:
+            return []
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {"final/test_accuracy": test_accuracy}
+        if misclassified_png is not None and misclassified_png.is_file():
+            self.writer.add_image("misclassified", read_png(misclassified_png), dataformats="HWC")
+        params = {**asdict(recipe), **config}
+        # add_hparams would write them through a second writer, into a sub-folder: a run of its own in TensorBoard
+        for summary in hparams({k: _hparam(v) for k, v in params.items()}, metrics):
+            self.writer._get_file_writer().add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+        self.writer.close()
+        return [self.run_dir]
+
+
+def scheduled_lr(scheduler: Any) -> Callable[[int], float] | None:
+    """The learning rate of each step (from 1) of a LambdaLR, from its own factor: no optimizer state is read."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
+    return lambda step: base * factor(step - 1)  # step n runs after n - 1 scheduler steps
+
+
+def c1_kernel_grid(model: nn.Module) -> torch.Tensor:
+    """C1's kernels side by side, 3 x H x W in 0..1: grey is 0, white positive, black negative."""
+    from torchvision.utils import make_grid
+
+    kernels = model.c1.weight.detach().float().cpu().contiguous()  # 6 x 1 x 5 x 5
+    scaled = 0.5 + 0.5 * kernels / kernels.abs().max().clamp_min(1e-12)
+    zoomed = torch.nn.functional.interpolate(scaled, scale_factor=KERNEL_ZOOM, mode="nearest")
+    return make_grid(zoomed, nrow=len(kernels), padding=2, pad_value=1.0)
+
+
+def read_png(path: Path) -> Any:
+    """H x W x 3 uint8 (numpy), as add_image takes it with dataformats="HWC"."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _hparam(value: Any) -> bool | int | float | str:
+    return value if isinstance(value, bool | int | float | str) else str(value)

@@ -1,0 +1,193 @@
+"""safetensors and Hugging Face Hub exports: written by export.py, read back by every --weights, refused
+in one line when damaged or foreign."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROJECT_DIR, assert_user_error, run_script, synthetic_digits
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import weights_formats
+from data import DataSource, preprocess
+from export import contract
+from helper import load_model
+from LeNet5 import LeNet5
+
+COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # only read
+
+
+@pytest.fixture(scope="module")
+def test_images() -> torch.Tensor:
+    """1,000 real MNIST test images when MNIST_DIR is set, synthetic digits otherwise."""
+    directory = os.environ.get("MNIST_DIR")
+    if directory and Path(directory).is_dir():
+        digits = DataSource(Path(directory), cache_dir=None, download=False).open().test_images[:1000]
+    else:
+        digits = synthetic_digits(1000, seed=3)[0]
+    return preprocess(digits)
+
+
+@pytest.fixture
+def source(weights) -> Path:
+    """The committed trained checkpoint, else the fixture's untrained one."""
+    return COMMITTED if COMMITTED.is_file() else weights
+
+
+def exported(source: Path, fmt: str, out: Path, images: torch.Tensor) -> Path:
+    weights_formats.export(source, fmt, out, images, contract)
+    return out
+
+
+def logits(path: Path, images: torch.Tensor) -> torch.Tensor:
+    model, _ = load_model(path)
+    with torch.inference_mode():
+        return model(images)
+
+
+def test_safetensors_gives_the_same_logits_as_the_pt(tmp_path, source, test_images):
+    out = exported(source, "safetensors", tmp_path / "lenet5.safetensors", test_images)
+    assert torch.equal(logits(out, test_images), logits(source, test_images))
+    with safe_open(str(out), framework="pt") as file:
+        metadata = file.metadata()
+    original = torch.load(source, map_location="cpu", weights_only=True)
+    assert json.loads(metadata["config"])["c3_table"] == original["config"].get("c3_table", True)
+    assert json.loads(metadata["preprocessing"])["mean"] == 0.1307
+    assert json.loads(metadata["metrics"])["test_accuracy"] == original["metrics"]["test_accuracy"]
+    assert not list(tmp_path.glob(".*"))  # no temporary file left beside it
+
+
+def test_hub_folder_loads_back_with_the_same_weights(tmp_path, source, test_images, monkeypatch):
+    folder = exported(source, "hub", tmp_path / "lenet5-hub", test_images)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(weights_formats.HUB_FILES)
+    original = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = load_model(folder)[0].state_dict()
+    assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in original)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import PyTorchModelHubMixin
+
+    class HubLeNet5(LeNet5, PyTorchModelHubMixin):
+        pass
+
+    by_hub = HubLeNet5.from_pretrained(folder).state_dict()  # the card's "anywhere else" recipe
+    assert all(torch.equal(by_hub[k], original[k]) for k in original)
+    card = (folder / "README.md").read_text()
+    for section in ("## Results", "| 9 |", "## Training recipe", "## Preprocessing", "## Intended use", "hf upload"):
+        assert section in card
+
+
+def test_hub_export_replaces_an_earlier_one_but_not_other_files(tmp_path, weights, cli):
+    folder = tmp_path / "hub"
+    for _ in range(2):
+        done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--data-dir", tmp_path,
+                   "--no-download", "--verify-images", "4")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    (folder / "notes.txt").write_text("mine")
+    done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--no-download")
+    assert_user_error(done, "holds other files than a hub export's (notes.txt)")
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_eval_reports_alike_for_pt_safetensors_and_hub(tmp_path, weights, cli, idx_dir):
+    images = preprocess(synthetic_digits(8, seed=5)[0])
+    paths = [weights, exported(weights, "safetensors", tmp_path / "m.safetensors", images)]
+    paths.append(exported(weights, "hub", tmp_path / "hub", images))
+    reports = []
+    for path in paths:
+        done = cli(
+            "eval",
+            "--weights",
+            path,
+            "--data-dir",
+            idx_dir,
+            "--allow-custom-data",
+            "--no-download",
+            "--report-dir",
+            tmp_path / "r",
+        )
+        assert done.returncode == 0, done.stderr
+        reports.append(done.stdout.split("wrote:")[0])
+    assert reports[0] == reports[1] == reports[2]
+
+
+def damage(tmp_path: Path, good: Path, kind: str) -> Path:
+    """A file or folder that must be refused, made from a good export."""
+    bad = tmp_path / f"{kind}.safetensors"
+    tensors = load_file(good)
+    with safe_open(str(good), framework="pt") as file:
+        metadata = file.metadata()
+    if kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "random":
+        bad.write_bytes(bytes(torch.randint(0, 256, (5000,), generator=torch.Generator()).tolist()))
+    elif kind == "a .pt renamed":
+        bad.write_bytes(COMMITTED.read_bytes() if COMMITTED.is_file() else b"PK\x03\x04")
+    elif kind == "foreign":
+        save_file({"bert.embeddings.weight": torch.zeros(3, 4)}, bad)
+    elif kind == "wrong shape":
+        save_file({**tensors, "c5.weight": torch.zeros(120, 300)}, bad, metadata=metadata)
+    elif kind == "nan":
+        save_file({**tensors, "f6.bias": torch.full((84,), float("nan"))}, bad, metadata=metadata)
+    elif kind == "bad json":
+        save_file(tensors, bad, metadata={**metadata, "metrics": "{not json"})
+    else:  # hub folders
+        bad = tmp_path / kind.replace(" ", "_")
+        bad.mkdir()
+        if kind != "hub without weights":
+            (bad / "model.safetensors").write_bytes(good.read_bytes())
+        if kind != "hub without config":
+            (bad / "config.json").write_text('{"num_classes": 10,' if kind == "hub bad config" else "{}")
+    return bad
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated", "not a readable safetensors file: damaged, truncated or of another kind"),
+        ("random", "not a readable safetensors file"),
+        ("a .pt renamed", "not a readable safetensors file"),
+        ("foreign", "a safetensors file without this project's LeNet5 metadata"),
+        ("wrong shape", "its tensors do not fit LeNet5 (c5.weight is (120, 300), LeNet5's is (120, 400))"),
+        ("nan", "holds NaN or infinite weights (f6.bias)"),
+        ("bad json", "metadata 'metrics' is not valid JSON"),
+        ("hub without config", "a hub folder needs config.json"),
+        ("hub without weights", "a hub folder needs model.safetensors"),
+        ("hub bad config", "config.json: the file is not valid JSON"),
+    ],
+)
+def test_damaged_or_foreign_exports_are_one_line(tmp_path, weights, cli, kind, message):
+    images = preprocess(synthetic_digits(4, seed=5)[0])
+    good = exported(weights, "safetensors", tmp_path / "good.safetensors", images)
+    bad = damage(tmp_path, good, kind)
+    assert_user_error(cli("predict", PROJECT_DIR / "examples", "--weights", bad), message)
+
+
+def test_a_damaged_safetensors_is_one_line_from_a_real_process(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    done = run_script("eval.py", "--weights", str(bad), "--report-dir", str(tmp_path / "reports"))
+    assert_user_error(done, f"{bad}: not a readable safetensors file")
+
+
+def test_an_export_cannot_be_resumed(tmp_path, weights, cli, idx_dir):
+    out = exported(weights, "safetensors", tmp_path / "m.safetensors", preprocess(synthetic_digits(4, seed=5)[0]))
+    done = cli("main", "--resume", out, "--data-dir", idx_dir, "--no-download", "--report-dir", tmp_path / "r")
+    assert_user_error(done, "an export holds the weights only, no training state to resume from")
+
+
+@pytest.mark.parametrize(
+    "fmt, out, message",
+    [
+        ("safetensors", "lenet5.pt", "a safetensors export is named *.safetensors"),
+        ("hub", "model.pt", "is the checkpoint being exported"),
+        ("hub", "file.txt", "is a file; a hub export is a folder"),
+    ],
+)
+def test_export_refuses_a_wrong_out(tmp_path, weights, cli, fmt, out, message):
+    (tmp_path / "file.txt").write_text("x")
+    done = cli("export", "--weights", weights, "--format", fmt, "--out", tmp_path / out, "--no-download")
+    assert_user_error(done, message)
