@@ -9,6 +9,9 @@ trial trains with the same --seed, so trials differ by their values alone.
 The study lives in a database (--storage; a SQLite file by default). Workers that run the same command,
 on one machine or, with a database server, on several, share one study: together they finish --trials
 trials (completed or pruned; a trial stopped by Ctrl-C or a crash is not counted, and runs again).
+Workers on one machine take turns to start trials, so they start exactly that many; on several machines
+two workers that ask at the same instant may start one more.
+The summary's command is the best trial's recipe for `python main.py`, without the hold-out.
 
     python scripts/tune.py --space fast --trials 30 --data-dir ../shared/mnist --out docs/tune.json
     python scripts/tune.py --space my_space.json --storage postgresql://user@host/optuna   # on each machine
@@ -91,7 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--study-name", help="the study in --storage (default: the space's name)")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="any database URL Optuna accepts")
     p.add_argument("--pruner", choices=["median", "none"], default="median", help="stop trials below the median")
-    p.add_argument("--prune-below", type=number(float, 0, 1), help="also stop a trial below this val accuracy")
+    p.add_argument(
+        "--prune-below",
+        type=number(float, 0, 1),
+        help="also stop a trial whose val accuracy after an epoch is below this fraction",
+    )
     p.add_argument("--val-size", type=number(int, 1), default=10_000, help="training images held out to score on")
     p.add_argument("--seed", type=number(int, 0), default=0, help="every trial's main.py --seed")
     p.add_argument("--limit", type=number(int, 1), help="main.py --limit: only the first N images (quick tries)")
@@ -374,7 +381,7 @@ def train(trial: Trial, recipe: list[str], common: list[str], folder: Path) -> f
                 raise optuna.TrialPruned()
     if run.returncode != 0:
         reason = run.reason()
-        if re.search(r"the loss (became|exploded)", reason):  # these values train badly: hopeless, not broken
+        if diverged(reason):  # these values train badly: hopeless, not broken
             trial.set_user_attr("stopped", reason)
             raise optuna.TrialPruned()
         raise UserError(f"trial {trial.number}: `python main.py` failed (exit {run.returncode}): {reason}")
@@ -384,9 +391,14 @@ def train(trial: Trial, recipe: list[str], common: list[str], folder: Path) -> f
     return epochs[-1]["eval_accuracy"]
 
 
+def diverged(reason: str) -> bool:
+    """Whether main.py's error line is train.TrainingDiverged's."""
+    return re.search(r"\bthe loss (became|exploded)", reason) is not None
+
+
 class Training:
     """`python main.py FLAGS` in a child process, its output copied into FOLDER/train.log as it comes;
-    leaving the block stops it the way Ctrl-C does (it saves its state and exits)."""
+    leaving the block early stops it the way Ctrl-C does (it saves its state and exits)."""
 
     def __init__(self, flags: list[str], folder: Path):
         self.command = [sys.executable, str(MAIN), *flags]

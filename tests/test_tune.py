@@ -14,7 +14,7 @@ import pytest
 from conftest import PROJECT_DIR, Finished, assert_user_error, write_idx_dir
 
 from helper import run_cli
-from train import EpochStats, summary_line
+from train import EpochStats, TrainingDiverged, check_loss, summary_line
 
 _spec = importlib.util.spec_from_file_location("tune", PROJECT_DIR / "scripts" / "tune.py")
 tune = importlib.util.module_from_spec(_spec)
@@ -62,36 +62,31 @@ def run_tune(capsys, *argv: str) -> Finished:
     return Finished(code, out.out, out.err)
 
 
-def test_two_workers_finish_the_asked_trials_together_and_prune_the_hopeless(study_dir, capsys):
-    # --prune-below 0.9: no untrained network reaches it, so every trial is stopped after its first epoch
+def test_a_study_goes_on_across_runs_and_two_workers_finish_the_asked_trials(study_dir, capsys):
+    # One run completes a trial: its score is main.py's last val accuracy.
+    first = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1", "--pruner", "none"))
+    assert first.returncode == 0, first
+    metrics = json.loads((study_dir / "runs" / "space" / "trial-0" / "lenet5.json").read_text())
+    assert metrics["epochs"][-1]["eval_split"] == "val"
+    assert stored(study_dir)[0].value == metrics["epochs"][-1]["eval_accuracy"]
+    # Two workers then take the same study to 3 trials. --prune-below 0.9: no untrained network
+    # reaches it, so each of their trials is stopped after its first epoch.
     args = flags(study_dir, UNTRAINED, "--trials", "3", "--pruner", "none", "--prune-below", "0.9")
     other = worker(*args, "--out", str(study_dir / "summary1.json"))
     here = run_tune(capsys, *args, "--out", str(study_dir / "summary0.json"))  # this process is the second worker
     out, err = other.communicate(timeout=300)
     assert (here.returncode, other.returncode) == (0, 0), (here, err)
     trials = stored(study_dir)
-    assert [t.number for t in trials] == [0, 1, 2]
-    assert all(t.state == optuna.trial.TrialState.PRUNED for t in trials), [t.state for t in trials]
-    assert all(list(t.intermediate_values) == [1] for t in trials)  # epoch 2 was never reported
-    assert all(t.user_attrs["stopped"] == "pruned after epoch 1" for t in trials)
-    for t in trials:
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]
+    for t in trials[1:]:
+        assert list(t.intermediate_values) == [1] and t.user_attrs["stopped"] == "pruned after epoch 1"
         log = (study_dir / "runs" / "space" / f"trial-{t.number}" / "train.log").read_text()
-        assert "epoch 1/2" in log and "Traceback" not in log, log  # (stopped cleanly: no traceback)
+        assert "epoch 1/2" in log and "Traceback" not in log, log  # stopped cleanly, as by Ctrl-C
     for i in range(2):
-        summary = json.loads((study_dir / f"summary{i}.json").read_text())
-        assert summary["best"] is None and summary["study"] == "space"
-
-
-def test_a_completed_trial_scores_main_pys_last_val_accuracy(study_dir, capsys):
-    done = run_tune(capsys, *flags(study_dir, {"epochs": 1}, "--trials", "1", "--out", str(study_dir / "s.json")))
-    assert done.returncode == 0, done
-    metrics = json.loads((study_dir / "runs" / "space" / "trial-0" / "lenet5.json").read_text())
-    summary = json.loads((study_dir / "s.json").read_text())
-    assert summary["best"]["val_accuracy"] == metrics["epochs"][-1]["eval_accuracy"]
-    assert metrics["epochs"][-1]["eval_split"] == "val"
-    assert summary["best"]["command"] == "python main.py --epochs 1 --seed 0"
-    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"]
-    assert "best: trial 0" in done.stdout
+        best = json.loads((study_dir / f"summary{i}.json").read_text())["best"]
+        assert best["number"] == 0 and best["val_accuracy"] == trials[0].value
+        assert best["command"].startswith("python main.py --epochs 2 --lr ") and best["command"].endswith(" --seed 0")
+    assert "best: trial 0" in here.stdout
 
 
 def test_ctrl_c_stops_the_study_with_its_storage_intact(study_dir, capsys):
@@ -160,3 +155,11 @@ def test_the_epoch_line_is_read_as_main_py_prints_it():
     line = summary_line(EpochStats(3, 0.1, 0.97, 2.0, 100.0, "val", 0.9812, 0.0), 4)
     match = tune.EPOCH_LINE.match(line)
     assert match and (int(match[1]), match[2], float(match[3])) == (3, "val", 98.12), line
+
+
+def test_a_diverged_loss_is_told_from_main_pys_error_line():
+    for loss in (float("nan"), 1e6):
+        with pytest.raises(TrainingDiverged) as err:
+            check_loss(loss, 1, 5)
+        assert tune.diverged(f"error: {err.value}"), err.value
+    assert not tune.diverged("error: --data-dir x: no MNIST files there")
