@@ -163,3 +163,20 @@ def test_a_diverged_loss_is_told_from_main_pys_error_line():
             check_loss(loss, 1, 5)
         assert tune.diverged(f"error: {err.value}"), err.value
     assert not tune.diverged("error: --data-dir x: no MNIST files there")
+
+
+def test_the_median_pruner_judges_from_the_second_epoch_and_a_floor_from_the_first():
+    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner("median", None))
+    for _ in range(5):  # the median pruner's startup trials
+        trial = study.ask()
+        trial.report(0.9, 1)
+        trial.report(0.9, 2)
+        study.tell(trial, 0.9)
+    trial = study.ask()
+    trial.report(0.1, 1)
+    assert not trial.should_prune()
+    trial.report(0.1, 2)
+    assert trial.should_prune()
+    floor = optuna.create_study(direction="maximize", pruner=tune.make_pruner("none", 0.5)).ask()
+    floor.report(0.4, 1)
+    assert floor.should_prune()
