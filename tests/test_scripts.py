@@ -7,8 +7,6 @@ from cli import run_cli
 import pytest
 from conftest import PROJECT_DIR, assert_user_error
 
-from runs import Run
-
 
 def script(name: str):
     spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "scripts" / f"{name}.py")
@@ -22,24 +20,6 @@ def finished(main, *argv: str, capsys):
         run_cli(main, list(argv))
     out = capsys.readouterr()
     return type("Finished", (), {"returncode": exit_.value.code, "stdout": out.out, "stderr": out.err})
-
-
-def test_tune_never_scores_on_the_test_set(monkeypatch, capsys, tmp_path):
-    tune = script("tune")
-    seen = []
-
-    def fake_run(flags, out_dir):
-        seen.append(flags)
-        last = len(flags) - 1 - flags[::-1].index("--val-size")  # argparse: the last one counts
-        split = "test" if flags[last + 1] == "0" else "val"
-        return Run(0.99, 1, 0.99, None, None, split, 0.98, 0.98, 1.0, 1.0, 1.0)
-
-    monkeypatch.setattr(tune, "run_main", fake_run)
-    run_cli(tune.main, ["--candidates", "--val-size 0 --epochs 2", "--out-dir", str(tmp_path)])  # its own wins
-    assert seen[0][-2:] == ["--val-size", "10000"] and "98.00%" in capsys.readouterr().out
-    monkeypatch.setattr(tune, "run_main", lambda flags, out_dir: Run(0.99, 1, 0.99, None, None, "test", *[1.0] * 5))
-    done = finished(tune.main, "--candidates", "--epochs 2", "--out-dir", str(tmp_path), capsys=capsys)
-    assert_user_error(done, "'--epochs 2' was scored on test, not on the validation images")
 
 
 def test_seeds_sets_the_outputs_itself(capsys, tmp_path):
@@ -65,8 +45,3 @@ def test_step_cost_checks_its_flags(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     done = finished(step_cost.main, "--batch-size", "63", capsys=capsys)
     assert done.returncode == 2 and "must split evenly over 2 processes" in done.stderr
-
-
-def test_tune_refuses_a_candidate_it_cannot_split(capsys, tmp_path):
-    done = finished(script("tune").main, "--candidates", '--epochs 2 "', "--out-dir", str(tmp_path), capsys=capsys)
-    assert done.returncode == 2 and "No closing quotation" in done.stderr and not list(tmp_path.iterdir())

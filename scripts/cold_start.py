@@ -1,0 +1,145 @@
+"""Where the seconds of a cold start go: `python main.py FLAGS` in a fresh process, phase by phase.
+
+    MNIST_DIR=../shared/mnist python scripts/cold_start.py --runs 3 -- --limit 10000 --epochs 1
+
+Each run is a fresh `python -X importtime` process that imports main.py and calls its main() with
+timers around its phases (main.py itself is unchanged); the process's start and exit are timed from
+outside. The first run in a checkout without data/processed also builds the data cache.
+The largest imports (cumulative, as -X importtime reports them) follow the phases; those made
+inside a phase (sklearn, matplotlib) are part of that phase's time too.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+# main.py's phases: (module, function, label); the module's global is replaced by a timed wrapper
+PHASES = [
+    ("main", "prepare", "data: read, check, loaders"),
+    ("main", "build_state", "model build"),
+    ("train", "train_one_epoch", "training"),
+    ("train", "accuracy", "per-epoch evaluation"),
+    ("main", "evaluate", "final evaluation (test set)"),
+    ("main", "save_trained", "checkpoint and its .json"),
+    ("main", "format_report", "text report"),
+    ("main", "write_report", "report: metrics.json, 2 figures"),
+    ("main", "plot_history", "loss and accuracy figures"),
+]
+TOP_IMPORTS = 6
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        child(Path(argv[1]), argv[2:])
+        return
+    runs, flags = parse(argv)
+    results = [measure(flags) for _ in range(runs)]
+    print(f"`python main.py {' '.join(flags)}` (+ --out/--report-dir in a temporary folder), {runs} fresh processes")
+    print(f"on {machine()}")
+    print(
+        f"{'seconds':<40}"
+        + "".join(f"{f'run {i + 1}':>8}" for i in range(runs))
+        + f"{'median':>8}  (of runs 2-{runs}: run 1 may build the data cache)" * (runs > 1)
+    )
+    for label in results[0]["phases"]:
+        values = [r["phases"][label] for r in results]
+        print(
+            f"{label:<40}" + "".join(f"{v:8.2f}" for v in values) + f"{statistics.median(values[1:]):8.2f}" * (runs > 1)
+        )
+    print(f"\nlargest imports (cumulative seconds, -X importtime, run {runs}):")
+    for name, seconds in results[-1]["imports"][:TOP_IMPORTS]:
+        print(f"  {name:<38}{seconds:8.2f}")
+
+
+def machine() -> str:
+    """The CPU's name and core count, Python's and torch's versions."""
+    cpuinfo = Path("/proc/cpuinfo")  # Linux
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or "unknown CPU"
+    torch_version = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
+    return f"{os.cpu_count()}-core {cpu}, Python {platform.python_version()}, torch {torch_version}"
+
+
+def parse(argv: list[str]) -> tuple[int, list[str]]:
+    ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    runs = int(ours[ours.index("--runs") + 1]) if "--runs" in ours else 3
+    return runs, flags
+
+
+def measure(flags: list[str]) -> dict:
+    """One fresh process: its phases, from Popen to exit, and its largest imports."""
+    with tempfile.TemporaryDirectory() as tmp:
+        times = Path(tmp) / "times.json"
+        outputs = ["--out", f"{tmp}/lenet5.pt", "--report-dir", f"{tmp}/reports"]
+        command = [sys.executable, "-X", "importtime", __file__, "--child", str(times), *flags, *outputs]
+        load, launched = os.getloadavg()[0], time.time()  # other work on the machine slows every phase
+        done = subprocess.run(command, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ended = time.time()
+        if done.returncode != 0:
+            sys.exit(f"error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
+        child_times = json.loads(times.read_text())
+    phases = {"interpreter start": child_times.pop("started") - launched}
+    phases.update(child_times.pop("phases"))
+    phases["process exit"] = ended - child_times.pop("finished")
+    phases["total (Popen to exit)"] = ended - launched
+    phases["load average at launch (not seconds)"] = load
+    return {"phases": phases, "imports": top_imports(done.stderr)}
+
+
+def top_imports(stderr: str) -> list[tuple[str, float]]:
+    """Top-level imports (the ones -X importtime does not indent), largest cumulative time first."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cumulative, name = line.split("|")
+            if name.startswith(" ") and not name.startswith("  "):
+                found.append((name.strip(), int(cumulative) / 1e6))
+    return sorted(found, key=lambda item: -item[1])
+
+
+def child(times: Path, flags: list[str]) -> None:
+    started = time.time()
+    spent: dict[str, float] = {}
+    import_started = time.perf_counter()
+    import main as main_module
+    import train
+    from helper import run_cli
+
+    spent["imports (main.py and what it imports)"] = time.perf_counter() - import_started
+    modules = {"main": main_module, "train": train}
+    for module, name, label in PHASES:
+        setattr(modules[module], name, timed(getattr(modules[module], name), label, spent))
+    run_started = time.perf_counter()
+    try:
+        run_cli(main_module.main, flags)
+    finally:
+        total = time.perf_counter() - run_started
+        spent["other (flags, device, printing)"] = total - sum(v for k, v in spent.items() if not k.startswith("imp"))
+        times.write_text(json.dumps({"started": started, "phases": spent, "finished": time.time()}))
+
+
+def timed(function, label: str, spent: dict[str, float]):
+    def wrapper(*args, **kwargs):
+        begun = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - begun
+
+    return wrapper
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
