@@ -277,6 +277,14 @@ def _terminate(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
+def ignore_further_stops() -> None:
+    """The process is on its way out (saving what it has, then exiting): Ctrl-C and SIGTERM no longer
+    cut that short. Only the main thread can set signal handlers."""
+    if threading.current_thread() is threading.main_thread():
+        for number_ in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number_, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold a Ctrl-C (or SIGTERM) until the block is done, so that a save is never abandoned half-way."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from cli import UserError
+from cli import UserError, ignore_further_stops
 
 import torch
 import torch.distributed as dist
@@ -91,8 +91,7 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
         code = 130
-    for number in (signal.SIGINT, signal.SIGTERM):  # torchrun's SIGTERM may come now: the job is over
-        signal.signal(number, signal.SIG_IGN)
+    ignore_further_stops()  # torchrun's SIGTERM may come now: the job is over
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError, interrupts_deferred
+from cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError, ignore_further_stops
 
 import torch
 
@@ -208,10 +208,10 @@ class InterruptedRun:
     def save_and_exit(self, training: dict[str, Any], when: str, failure: str | None = None) -> None:
         """Rank 0 saves the resumable state and says how to continue; every process exits (130 after a
         Ctrl-C or SIGTERM, 1 when another process failed: `failure` says which and how)."""
+        ignore_further_stops()  # the run is ending: a second Ctrl-C, or torchrun's SIGTERM after a peer died, waits
         if self.world.is_main:
             path = resume_path(self.out)
-            with interrupts_deferred():  # a second Ctrl-C (or torchrun's SIGTERM) waits for this
-                self._save(path, training, when, failure)
+            self._save(path, training, when, failure)
             continuing = f"continue with: {self.command} --resume {shlex.quote(str(path))}"
             if failure:
                 print(f"error: {failure}; saved the state {when} to {path}; {continuing}", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@ in-process (fast) or as real processes (when the process itself is under test), 
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -78,11 +79,15 @@ def cli(capsys, monkeypatch):
     def run(module: str, *args: str) -> Finished:
         entry = importlib.import_module(module)
         capsys.readouterr()
+        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
             run_cli(entry.main, [str(a) for a in args])
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        finally:  # as the process would end here: the next test starts with this one's handlers
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
         out = capsys.readouterr()
         return Finished(code, out.out, out.err)
 
