@@ -207,17 +207,18 @@ def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = ()) ->
 
 
 class _SurvivesClosedPipe(io.TextIOBase):
-    """sys.stdout/stderr that drop their output once the reader has gone (`| head`, `| grep -m1`)
-    instead of raising: the run goes on and writes its files, so no finished work is lost."""
+    """sys.stdout/stderr that drop their output once it cannot be written (the reader has gone:
+    `| head`, `| grep -m1`; a full device: `> /dev/full`; no stream at all: `>&-`) instead of raising:
+    the run goes on and writes its files, so no finished work is lost."""
 
     def __init__(self, stream):
-        self.stream, self.gone = stream, False
+        self.stream, self.gone = stream, stream is None
 
     def write(self, text: str) -> int:
         if not self.gone:
             try:
                 self.stream.write(text)
-            except BrokenPipeError:
+            except OSError:
                 self._reader_gone()
         return len(text)
 
@@ -225,7 +226,7 @@ class _SurvivesClosedPipe(io.TextIOBase):
         if not self.gone:
             try:
                 self.stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self._reader_gone()
 
     def _reader_gone(self) -> None:

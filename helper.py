@@ -229,6 +229,8 @@ def _check_contents(path: Path, checkpoint: Any) -> None:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no state_dict/config); retrain it")
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: its state_dict holds something other than tensors; retrain it")
+    if type(checkpoint.get("format", 1)) is not int:
+        raise CheckpointError(f"{path}: its format {checkpoint['format']!r} is not a version number; retrain it")
     if checkpoint.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: written by a newer version of this project (format {checkpoint['format']})")
     if checkpoint.get("normalization", INPUT_NORMALIZATION) != INPUT_NORMALIZATION:

@@ -168,3 +168,14 @@ def test_exit_statuses_are_the_readme_table():
     readme = (PROJECT_DIR / "README.md").read_text()
     for name in ("EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"):
         assert f"| {getattr(contract, name)} |" in readme, name
+
+
+def test_a_full_or_missing_stdout_silences_output_instead_of_raising():
+    with open("/dev/full", "w", buffering=1) as full:  # every write: ENOSPC
+        out = _SurvivesClosedPipe(full)
+        out.write("a line\n")
+        out.flush()
+        assert out.gone
+    missing = _SurvivesClosedPipe(None)  # `python eval.py >&-`: Python has no sys.stdout at all
+    assert missing.gone and missing.write("x\n") == 2
+    missing.flush()

@@ -84,11 +84,12 @@ def rewritten(path, **changes):
         (lambda p: torch.save({"state_dict": {"w": 1}, "config": {}}, p), "holds something other than tensors"),
         (with_nan, "holds NaN or infinite weights (f6.bias)"),
         (lambda p: rewritten(p, format=CHECKPOINT_FORMAT + 1), "written by a newer version"),
+        (lambda p: rewritten(p, format="3"), "its format '3' is not a version number"),
         (lambda p: rewritten(p, normalization={"pad": 2, "mean": 0.5, "std": 0.5}), "trained on inputs normalized"),
         (lambda p: p.write_text("hello, a text file"), "of another kind (the bytes are not a torch.save file)"),
     ],
     ids=["missing", "directory", "code-pickle", "code-pickle-2", "code-in-zip", "foreign", "no-tensors", "nan",
-         "newer", "normalization", "text"],
+         "newer", "format-str", "normalization", "text"],
 )  # fmt: skip
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle, not ours
 def test_bad_checkpoints_give_one_clear_error(tmp_path, make, message):
