@@ -33,7 +33,7 @@ from distributed import World, agree, exit_skipping_teardown, join, launched_by_
 from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
 from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
-from recipes import RECIPES, SCHEDULES, Recipe, resolve_recipe
+from recipes import OPTIMIZERS, RECIPES, SCHEDULES, Recipe, resolve_recipe
 from resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
 from tensorboard_log import TensorBoardLog
 from train import History, TrainingInterrupted, TrainState, fit
@@ -70,17 +70,21 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
         g.add_argument(name, default=argparse.SUPPRESS, help=help + shown, **kwargs)
 
     flag("--epochs", "passes over the training set", type=number(int, 1, 10_000))
-    flag("--batch-size", "training images per SGD step", type=number(int, 1))
-    flag("--lr", "SGD learning rate, the schedule's peak", type=number(float, 0, low_open=True))
-    flag("--momentum", "SGD momentum", type=number(float, 0, 0.999))
-    flag("--nesterov", "Nesterov momentum", action=argparse.BooleanOptionalAction)
-    flag("--weight-decay", "L2 penalty", type=number(float, 0))
+    flag("--batch-size", "training images per optimizer step", type=number(int, 1))
+    flag("--optimizer", "torch.optim.SGD, Adam or AdamW", choices=OPTIMIZERS)
+    flag("--lr", "learning rate, the schedule's peak", type=number(float, 0, low_open=True))
+    flag("--momentum", "SGD momentum, or Adam's beta1", type=number(float, 0, 0.999))
+    flag("--beta2", "Adam's second-moment decay", type=number(float, 0, 0.9999))
+    flag("--nesterov", "Nesterov momentum (SGD)", action=argparse.BooleanOptionalAction)
+    flag("--weight-decay", "L2 penalty (AdamW: decoupled weight decay)", type=number(float, 0))
     flag("--schedule", "per-step learning-rate schedule", choices=SCHEDULES)
     flag("--warmup-epochs", "linear learning-rate ramp from 0 at the start", type=number(float, 0, 100))
     flag("--augment", "random rotation, scale and shift of training images", action=argparse.BooleanOptionalAction)
     flag("--elastic-alpha", "with --augment: elastic distortion strength, pixels (0: off)", type=number(float, 0, 100))
     flag("--elastic-sigma", "smoothness of the elastic field, pixels", type=number(float, 0.5, 8))
     flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))
+    ema = "evaluate and save a moving average of the weights with this decay per step (0: off)"
+    flag("--ema-decay", ema, type=number(float, 0, 0.9999))
     flag("--seed", "seed for weights, shuffling and augmentation", type=number(int, 0, 2**63 - 1))
     flag("--val-size", "training images held out for validation (0: test accuracy per epoch)", type=number(int, 0))
     add_limit_flag(g, default=argparse.SUPPRESS)
@@ -177,7 +181,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, args: argpars
            tensorboard: TensorBoardLog, started: float) -> None:  # fmt: skip
     """Evaluate the trained model on the test set, save it with its metrics, write the report and figures."""
     try:
-        result = evaluate(state.model, setup.loaders.test, state.device)
+        result = evaluate(state.eval_model, setup.loaders.test, state.device)
     except KeyboardInterrupt:  # training is finished: keep it
         setup.interrupted.save_and_exit(final, "with training finished")
     with interrupts_deferred():

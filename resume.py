@@ -115,6 +115,10 @@ def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
         return f"its history holds {len(history['step_losses'])} step losses for {epoch} epochs of {steps} steps"
     if saved["scheduler"]["last_epoch"] != epoch * steps:
         return f"its learning-rate schedule is at step {saved['scheduler']['last_epoch']}, not {epoch * steps}"
+    if (state.average is not None) != ("average" in saved):
+        return "its weight average does not match its recipe's --ema-decay"
+    if state.average is not None and saved["average"]["updates"] != epoch * steps:  # one update per step
+        return f"its weight average has {saved['average']['updates']!r} updates, not {epoch * steps}"
     return _optimizer_inconsistency(saved["optimizer"], state) or _rng_inconsistency(saved["rng"], state)
 
 
@@ -126,15 +130,13 @@ def _optimizer_inconsistency(saved: dict[str, Any], state: TrainState) -> str | 
     for index, values in saved["state"].items():
         if not (type(index) is int and 0 <= index < len(parameters)):
             return f"its optimizer holds state for a parameter {index!r} the model does not have"
-        buffer = values.get("momentum_buffer")
-        if buffer is not None and tuple(buffer.shape) != tuple(parameters[index].shape):
-            return (
-                f"its optimizer's momentum for parameter {index} has shape {tuple(buffer.shape)}, not that parameter's"
-            )
-    recipe = state.recipe
-    settings = {"momentum": recipe.momentum, "weight_decay": recipe.weight_decay}
-    if any(groups[0][key] != value for key, value in settings.items()):
-        return "its optimizer's momentum or weight decay is not its recipe's"
+        for name, buffer in values.items():  # SGD's momentum_buffer; Adam's exp_avg, exp_avg_sq (and a step count)
+            if name != "step" and tuple(getattr(buffer, "shape", ())) != tuple(parameters[index].shape):
+                return f"its optimizer's {name} for parameter {index} does not have that parameter's shape"
+    expected = state.optimizer.param_groups[0]  # built from the same recipe: the settings must be the same
+    settings = ("momentum", "nesterov", "betas", "weight_decay", "decoupled_weight_decay")
+    if any(groups[0].get(key) != expected.get(key) for key in settings):
+        return "its optimizer's kind, momentum or weight decay is not its recipe's"
     return None
 
 

@@ -91,7 +91,7 @@ class TensorBoardLog:
         lrs = None if lr_at is None else [lr_at(step) for step in range(first, first + len(new_losses))]
         self.log_steps(new_losses, lrs, first)
         for stats in history.epochs[self.epochs_logged :]:
-            self.log_epoch(stats, state.model if stats is history.epochs[-1] else None)
+            self.log_epoch(stats, state.eval_model if stats is history.epochs[-1] else None)
         self.steps_logged, self.epochs_logged = len(history.step_losses), len(history.epochs)
         self.writer.flush()
 

@@ -1,4 +1,4 @@
-"""The training loop: SGD on cross-entropy, one epoch at a time, and the training state it updates.
+"""The training loop: SGD (or Adam) on cross-entropy, one epoch at a time, and the training state it updates.
 
 Read train_one_epoch() top to bottom: that is all of training. TrainState holds what the next
 step depends on (model, optimizer, schedule, random generators, history) and saves and restores
@@ -80,14 +80,33 @@ class History:
         self.epochs = [EpochStats(**e) for e in state["epochs"]]
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0,
-        weight_decay=recipe.weight_decay,
-    )
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        nesterov = recipe.nesterov and recipe.momentum > 0
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,
+                               weight_decay=recipe.weight_decay)  # fmt: skip
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    return adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, recipe.beta2),
+                weight_decay=recipe.weight_decay)  # fmt: skip
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every step; with a short
+    warm-up (decay (1 + t) / (10 + t) until it reaches `decay`) so early weights fade fast.
+
+    Not torch.optim.swa_utils.AveragedModel: its update reads a device counter on the host
+    (`if n_averaged == 0`), a sync per step on a GPU; here the step count lives on the host.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)  # as swa_utils
 
 
 def make_scheduler(
@@ -110,7 +129,7 @@ def make_scheduler(
 
 
 class TrainState:
-    """Model, optimizer, scheduler, random generators, recipe and history: everything the next step
+    """Model, its weight average, optimizer, scheduler, random generators, recipe and history: all the next step
     depends on, behind PyTorch's Stateful pair state_dict() / load_state_dict().
 
     Under torchrun, `network` is the model wrapped in DistributedDataParallel (it averages the
@@ -123,6 +142,7 @@ class TrainState:
         self.model = place_model(LeNet5(**config), device)
         self.recipe, self.device, self.world = recipe, device, world
         self.generators = loaders.generators
+        self.average = WeightAverage(self.model, recipe.ema_decay) if recipe.ema_decay > 0 else None  # (before DDP)
         # forward_sync_buffers=False: the only buffer, C3's connection mask, is a constant (and a
         # channels_last 16x6x1x1 tensor, which the per-step buffer broadcast refuses).
         self.network = (
@@ -132,6 +152,11 @@ class TrainState:
         self.scheduler = make_scheduler(self.optimizer, recipe, len(loaders.train))
         self.history = History(len(loaders.train))
         self.stop = StopFlag(world)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that is evaluated and saved: the weight average when the recipe keeps one."""
+        return self.average.model if self.average else self.model
 
     @property
     def epoch(self) -> int:
@@ -149,7 +174,7 @@ class TrainState:
         if torch.cuda.is_available():
             rng["cuda"] = gather(torch.cuda.get_rng_state(), self.world)
         state = {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),  # the weights a checkpoint is used with
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng,
@@ -158,11 +183,18 @@ class TrainState:
             "epoch": self.epoch,
             "history": self.history.state_dict(),
         }
+        if self.average:  # the trained weights go on from here; the average is what is used
+            state["average"] = {"trained_model": self.model.state_dict(), "updates": self.average.updates}
         return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The inverse of state_dict(). resume.Resume checks a saved state before it comes here."""
-        self.model.load_state_dict(state["model"])
+        if self.average:
+            self.average.model.load_state_dict(state["model"])
+            self.average.updates = state["average"]["updates"]
+            self.model.load_state_dict(state["average"]["trained_model"])
+        else:
+            self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         rank, rng = self.world.rank, state["rng"]
@@ -202,6 +234,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 2
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if state.average:
+            state.average.update(state.model)
         state.stop.check(step)  # under torchrun: a Ctrl-C stops every process at the same step
         step_losses.append(loss.detach())
         correct += (logits.detach().argmax(1) == labels).sum()
@@ -264,7 +298,7 @@ def train_and_evaluate_epoch(
 ) -> dict[str, Any]:
     """One epoch, its held-out accuracy and summary line; returns the state snapshot at its end."""
     r = train_one_epoch(state, loaders.train, log_interval)
-    held_out = accuracy(state.model, loaders.held_out, state.device, state.world)
+    held_out = accuracy(state.eval_model, loaders.held_out, state.device, state.world)
     with state.stop.holding():  # the epoch is done: a Ctrl-C from here on keeps it rather than falling back
         stats = EpochStats(state.epoch + 1, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
                            loaders.held_out_split, held_out, time.time())  # fmt: skip

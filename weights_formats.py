@@ -28,6 +28,7 @@ import torch
 from devices import place_model
 from helper import CheckpointError, _check_contents, _umask, atomic_output, load_model
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
+from recipes import ADDED_FIELDS
 
 FORMATS = ("safetensors", "hub")
 SUFFIX = ".safetensors"
@@ -168,6 +169,8 @@ def portable_fields(checkpoint: dict[str, Any], preprocessing: dict[str, Any]) -
     """What travels with the weights: model config, preprocessing contract, metrics, recipe, data, epoch."""
     train_state = checkpoint.get("train_state", {})
     recipe = train_state.get("recipe", checkpoint.get("metrics", {}).get("recipe"))
+    if isinstance(recipe, dict):  # a recipe from before a field existed was trained as its default says
+        recipe = {**ADDED_FIELDS, **recipe}
     fields = {
         "config": {**_constructor_defaults(), **checkpoint["config"]},  # every argument, for readers elsewhere
         "normalization": dict(checkpoint.get("normalization", INPUT_NORMALIZATION)),
@@ -278,10 +281,11 @@ def _card_recipe(recipe: dict[str, Any] | None) -> str:
     if not recipe:
         return "## Training recipe\n\nNot recorded in the checkpoint this was exported from."
     rows = [f"| {name} | {value} |" for name, value in recipe.items()]
-    return "\n".join(
-        ["## Training recipe", "", "SGD on cross-entropy, the learning rate set per step.", "", "| setting | value |"]
-        + ["|---|---|", *rows]
-    )
+    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(recipe.get("optimizer"), "SGD")
+    how = f"{optimizer} on cross-entropy, the learning rate set per step."
+    if recipe.get("ema_decay"):
+        how += f" The weights are an exponential moving average of the trained ones (decay {recipe['ema_decay']})."
+    return "\n".join(["## Training recipe", "", how, "", "| setting | value |", "|---|---|", *rows])
 
 
 def _card_preprocessing(preprocessing: dict[str, Any]) -> str:

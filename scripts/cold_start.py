@@ -25,7 +25,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 # main.py's phases: (module, function, label); the module's global is replaced by a timed wrapper
 PHASES = [
     ("main", "prepare", "data: read, check, loaders"),
-    ("main", "build_state", "model build"),
+    ("main", "TrainState", "model build"),
     ("train", "train_one_epoch", "training"),
     ("train", "accuracy", "per-epoch evaluation"),
     ("main", "evaluate", "final evaluation (test set)"),
@@ -113,9 +113,10 @@ def child(times: Path, flags: list[str]) -> None:
     started = time.time()
     spent: dict[str, float] = {}
     import_started = time.perf_counter()
+    from cli import run_cli
+
     import main as main_module
     import train
-    from helper import run_cli
 
     spent["imports (main.py and what it imports)"] = time.perf_counter() - import_started
     modules = {"main": main_module, "train": train}

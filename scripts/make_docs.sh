@@ -43,6 +43,14 @@ cp runs/best/seed0/lenet5.json checkpoints/lenet5-best.json
 "$PY" scripts/seeds.py --data-dir "$MNIST_DIR" --seeds 0 --recipe best --epochs 10 --out-dir runs/ablation-short \
   | tee -a docs/ablation_output.txt
 
+# What a moving average of the weights would add to best, on the validation hold-out (one run scores every decay).
+{
+  echo "$ python scripts/weight_average.py --recipe best --decays 0.99 0.998 0.999 0.9995"
+  "$PY" scripts/weight_average.py --data-dir "$MNIST_DIR" --recipe best --decays 0.99 0.998 0.999 0.9995
+  echo "$ python scripts/weight_average.py --recipe best --epochs 100 --decays 0.999 0.9995 0.9998"
+  "$PY" scripts/weight_average.py --data-dir "$MNIST_DIR" --recipe best --epochs 100 --decays 0.999 0.9995 0.9998
+} | tee docs/weight_average_output.txt
+
 # What each part of the default recipe adds (seed 0; the default row is seed 0 above).
 for flags in "--momentum 0 --no-nesterov --schedule constant --no-augment" "--no-augment"; do
   echo "$ python scripts/seeds.py --data-dir ../shared/mnist --seeds 0 $flags"

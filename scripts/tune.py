@@ -22,7 +22,8 @@ The summary's command is the best trial's recipe for `python main.py`, without t
     {"choices": ["linear", "cosine"]}           one of these
     0.95                                        this value in every trial
 The values it does not name are the default recipe's. A trial that draws "augment": false leaves out
-the elastic values, and one that draws momentum 0 leaves out nesterov (main.py refuses those pairs).
+the elastic values, one that draws momentum 0 or an Adam optimizer leaves out nesterov, and one that
+draws SGD leaves out beta2 (main.py refuses those pairs).
 """
 
 import argparse
@@ -69,13 +70,17 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialStat
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?\b(val|test) acc ([0-9.]+)%")
 
 SPACES: dict[str, dict[str, Any]] = {
-    "fast": {  # a few epochs: the most accuracy for little computation
-        "epochs": {"low": 2, "high": 5},
-        "batch_size": {"choices": [32, 64, 128]},
-        "lr": {"low": 0.003, "high": 0.1, "log": True},
-        "momentum": {"low": 0.8, "high": 0.99},
-        "schedule": {"choices": ["linear", "cosine", "constant"]},
+    "fast": {  # three epochs, any optimizer: the most accuracy for little computation
+        "epochs": 3,
+        "optimizer": {"choices": ["sgd", "adam"]},
+        "batch_size": {"choices": [64, 128, 256]},
+        "lr": {"low": 0.003, "high": 0.05, "log": True},
+        "momentum": {"low": 0.6, "high": 0.98},
+        "beta2": {"choices": [0.9, 0.99, 0.999]},
+        "schedule": {"choices": ["linear", "cosine"]},
         "warmup_epochs": {"low": 0.0, "high": 0.5},
+        "label_smoothing": {"low": 0.0, "high": 0.15},
+        "ema_decay": {"choices": [0.0, 0.99, 0.995, 0.998]},
         "augment": {"choices": [True, False]},
     },
     "best": {  # long runs on distorted digits: the most accuracy
@@ -214,10 +219,13 @@ def check_range(name: str, entry: dict[str, Any]) -> list[Any]:
 def draw(trial: Trial, space: dict[str, Any]) -> dict[str, Any]:
     """This trial's values: the space's fixed ones, and Optuna's suggestions for the others."""
     values: dict[str, Any] = {}
-    for name in sorted(space, key=lambda n: n not in ("augment", "momentum")):  # those decide what follows
+    for name in sorted(space, key=lambda n: n not in ("augment", "momentum", "optimizer")):  # they decide the rest
         if name.startswith("elastic_") and values.get("augment") is False:
             continue
-        if name == "nesterov" and values.get("momentum") == 0:
+        sgd = values.get("optimizer", "sgd") == "sgd"
+        if name == "nesterov" and (values.get("momentum") == 0 or not sgd):
+            continue
+        if name == "beta2" and sgd:
             continue
         values[name] = suggest(trial, name, space[name])
     return values

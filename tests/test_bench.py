@@ -9,7 +9,7 @@ from runs import Run
 def test_bench_quick_runs_end_to_end(tmp_path, cli):
     out = tmp_path / "bench.json"
     # Random synthetic labels: about 10 % accuracy, so a 5 % target is reached and every path is taken.
-    done = cli("bench", "--quick", "--rounds", "1", "--target", "0.05", "--out", out)
+    done = cli("bench", "--quick", "--rounds", "1", "--target", "0.05", "--best-target", "0.06", "--out", out)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["data"] == "synthetic (--quick)" and set(result["sides"]) == {"baseline", "fast"}
@@ -20,6 +20,11 @@ def test_bench_quick_runs_end_to_end(tmp_path, cli):
         assert f"{side:<9}{run['seconds_to_target']:>12.1f}" in done.stdout
     assert f"{result['sides']['fast']['times_sooner_than_baseline']:.1f}x" in done.stdout  # the report shows the JSON's
     assert f"{result['throughput_ratio']:.2f}x" in done.stdout
+    best = result["best"]  # the secondary line: the best recipe, timed to its own target
+    assert best["target"] == 0.06 and [r["epochs"] for r in best["runs"]] == [1]
+    reached = best["runs"][0]["seconds_to_target"]
+    said = f"{reached:.1f} s (epoch 1" if reached else "not reached (epoch None"
+    assert f"best recipe to 6.0%: {said}" in done.stdout
     assert result["hardware"]["flops_per_training_image"] > 2e6  # ~2.26 MFLOP: forward + backward of LeNet-5
     assert result["inference_images_per_second"] > 0
 

@@ -17,7 +17,9 @@ from distributed import World, peer_failed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # No augmentation: one process and two then see the very same global batches and do the same SGD maths.
+# A weight average: what is evaluated and saved is the average, which every process keeps alike.
 FLAGS = ["--allow-custom-data", "--no-download", "--batch-size", "32", "--epochs", "3", "--no-augment"]
+FLAGS += ["--ema-decay", "0.9"]
 
 
 def free_port() -> int:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,11 +34,19 @@ def test_mask_is_lecuns_table():
     assert [tuple(sorted(t)) for t in C3_TABLE] == [tuple(r.nonzero().flatten().tolist()) for r in mask]
 
 
-def test_masked_weights_stay_exactly_zero_through_training():
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_masked_weights_stay_exactly_zero_through_training(optimizer):
     torch.manual_seed(0)
     model = LeNet5()
     unconnected = c3_connection_mask().expand_as(model.c3.weight) == 0
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    optimizer = OPTIMIZERS[optimizer](model.parameters())
     for _ in range(5):
         loss = F.cross_entropy(model(torch.randn(16, 1, 32, 32)), torch.randint(0, 10, (16,)))
         optimizer.zero_grad()

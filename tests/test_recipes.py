@@ -1,9 +1,11 @@
+from dataclasses import asdict
+
 from cli import UserError
 
 import pytest
 
 from augment import Augmentation
-from recipes import RECIPES, Recipe, augmentation_for, resolve_recipe
+from recipes import ADDED_FIELDS, RECIPES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
 
 
 def test_no_augment_turns_a_recipes_elastic_distortion_off_too():
@@ -30,3 +32,26 @@ def test_augmentation_follows_the_recipe():
     assert augmentation_for(Recipe(augment=False, elastic_alpha=34.0)) is None
     assert augmentation_for(Recipe()) == Augmentation()  # the default: affine only
     assert augmentation_for(resolve_recipe("best", {})).elastic_alpha == RECIPES["best"][1]["elastic_alpha"]
+
+
+def test_adam_takes_no_nesterov_and_records_none():
+    recipe = resolve_recipe("default", {"optimizer": "adam"})
+    assert recipe.optimizer == "adam" and recipe.nesterov is False  # the recorded recipe says what was trained
+    with pytest.raises(UserError, match="--nesterov is SGD's"):
+        resolve_recipe("default", {"optimizer": "adamw", "nesterov": True})
+    with pytest.raises(UserError, match="--beta2 is Adam's: drop it, or add --optimizer adam"):
+        resolve_recipe("default", {"beta2": 0.9})
+    with pytest.raises(UserError, match="--optimizer 'rmsprop' is not one of sgd, adam, adamw"):
+        resolve_recipe("default", {"optimizer": "rmsprop"})
+
+
+def test_a_recipe_saved_before_the_optimizer_and_average_fields_reads_as_it_was_trained():
+    saved = asdict(Recipe(epochs=3))
+    for name in ADDED_FIELDS:
+        del saved[name]
+    recipe = recipe_from_saved(saved)
+    assert recipe == Recipe(epochs=3) and (recipe.optimizer, recipe.ema_decay) == ("sgd", 0.0)
+    with pytest.raises(ValueError, match="cannot train with"):
+        recipe_from_saved({**saved, "ema_decay": 1.0})  # an average that never moves
+    with pytest.raises(ValueError, match="cannot train with"):
+        recipe_from_saved({**saved, "optimizer": "lbfgs"})

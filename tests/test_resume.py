@@ -1,6 +1,7 @@
 """resume.py: a resume file is whole or refused, checked before any training; saving one never loses
 what was there; a finished run removes it only once its checkpoint is safe."""
 
+import copy
 import errno
 import os
 import pathlib
@@ -65,7 +66,7 @@ DAMAGE = {
     ),
     "two momentum buffers swapped": (
         momentum_swapped,
-        "its optimizer's momentum for parameter 0 has shape (6,)",
+        "its optimizer's momentum_buffer for parameter 0 does not have that parameter's shape",
     ),
     "two parameter groups": (
         lambda s: s["optimizer"]["param_groups"].append(dict(s["optimizer"]["param_groups"][0])),
@@ -141,3 +142,28 @@ def test_a_resume_file_that_cannot_be_written_says_what_is_lost(cli, tmp_path, m
     assert "No space left on device" in done.stderr and "the 2 finished epoch(s) of this run are lost" in done.stderr
     assert "the lenet5.resume.pt there is from an earlier run" in done.stderr
     assert older.read_bytes() == b"an earlier run's state" and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
+
+
+def test_adam_and_a_weight_average_resume_only_when_whole(cli, tmp_path, monkeypatch):
+    """The Adam moments and the average's update count are checked like SGD's momentum and the schedule."""
+    data = write_idx_dir(tmp_path / "mnist")
+    common = ["--data-dir", str(data), *TINY, "--epochs", "3", "--report-dir", str(tmp_path / "reports")]
+    common += ["--optimizer", "adam", "--ema-decay", "0.9"]
+    out = tmp_path / "run" / "lenet5.pt"
+    with monkeypatch.context() as patched:
+        interrupt_at_step(patched, 9)
+        assert cli("main", *common, "--out", out).returncode == 130
+    resume = out.with_name("lenet5.resume.pt")
+    saved = torch.load(resume, weights_only=True)
+    for edit, message in [
+        (lambda s: s["average"].update(updates=7), "its weight average has 7 updates, not 6"),
+        (momentum_swapped, "its optimizer's exp_avg for parameter 0 does not have that parameter's shape"),
+        (lambda s: s.pop("average"), "its weight average does not match its recipe's --ema-decay"),
+    ]:
+        damaged = copy.deepcopy(saved)
+        edit(damaged["train_state"])
+        torch.save(sealed(damaged), resume)
+        assert_user_error(cli("main", *common, "--out", out, "--resume", resume), message)
+    torch.save(saved, resume)
+    assert cli("main", *common, "--out", out, "--resume", resume).returncode == 0
+    assert torch.load(out, weights_only=True)["train_state"]["average"]["updates"] == 18  # 3 epochs of 6 steps

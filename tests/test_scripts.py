@@ -1,6 +1,7 @@
 """The scripts that make the README's tables: their guards (the measurements themselves are in docs/)."""
 
 import importlib.util
+import json
 
 from cli import run_cli
 
@@ -45,3 +46,16 @@ def test_step_cost_checks_its_flags(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     done = finished(step_cost.main, "--batch-size", "63", capsys=capsys)
     assert done.returncode == 2 and "must split evenly over 2 processes" in done.stderr
+
+
+def test_weight_average_scores_every_decay_on_the_hold_out_only(capsys, idx_dir, tmp_path):
+    average = script("weight_average")
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--batch-size", "16"]
+    out = tmp_path / "average.json"
+    average.main([*data, "--val-size", "32", "--epochs", "2", "--decays", "0.5", "0.9", "--out", str(out)])
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["epochs"]
+    assert [sorted(r) for r in rows] == [["ema 0.5", "ema 0.9", "epoch", "trained"]] * 2
+    assert all(0 <= r[key] <= 1 for r in rows for key in ("trained", "ema 0.5", "ema 0.9"))
+    assert f"    2 {100 * rows[1]['trained']:>7.2f}% {100 * rows[1]['ema 0.5']:>10.2f}%" in printed  # as written
+    assert_user_error(finished(average.main, *data, "--val-size", "0", capsys=capsys), "would score on the test set")

@@ -18,6 +18,7 @@ from train import (
     TrainingDiverged,
     TrainingInterrupted,
     TrainState,
+    accuracy,
     check_loss,
     fit,
     make_optimizer,
@@ -129,11 +130,16 @@ class InterruptAt:
             yield batch
 
 
-def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir):
-    recipe = Recipe(epochs=3, batch_size=16, seed=1)
+ADAM_WITH_AVERAGE = Recipe(epochs=3, batch_size=16, seed=1, optimizer="adam", lr=0.003, momentum=0.8, ema_decay=0.9)
+
+
+@pytest.mark.parametrize(
+    "recipe", [Recipe(epochs=3, batch_size=16, seed=1), ADAM_WITH_AVERAGE], ids=["sgd", "adam-ema"]
+)
+def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir, recipe):
     state, loaders = setup(idx_dir, recipe)
     run_fit(state, loaders)
-    expected = state.model.state_dict()
+    expected = {**state.model.state_dict(), **{f"average.{k}": v for k, v in state.eval_model.state_dict().items()}}
 
     state, loaders = setup(idx_dir, recipe)
     with pytest.raises(TrainingInterrupted) as stop:
@@ -144,7 +150,40 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir):
     state, loaders = setup(idx_dir, recipe)
     state.load_state_dict(saved)
     run_fit(state, loaders)
-    assert all(torch.equal(expected[k], state.model.state_dict()[k]) for k in expected)
+    resumed = {**state.model.state_dict(), **{f"average.{k}": v for k, v in state.eval_model.state_dict().items()}}
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_the_weight_average_matches_torchs_averaged_model_and_is_what_is_evaluated_and_saved(idx_dir):
+    """An independent reference: swa_utils.AveragedModel, given the same warm-up decay, on the same steps."""
+    from torch.optim.swa_utils import AveragedModel
+
+    state, loaders = setup(idx_dir, replace(ADAM_WITH_AVERAGE, epochs=1))
+    reference = AveragedModel(
+        state.model, avg_fn=lambda avg, now, n: torch.lerp(avg, now, 1 - min(0.9, (1 + n) / (10 + n)))
+    )
+    reference.update_parameters(state.model)  # (its first update copies: the average starts at the initial weights)
+    step = state.optimizer.step
+
+    def step_then_average(*args, **kwargs):
+        step(*args, **kwargs)
+        reference.update_parameters(state.model)
+
+    state.optimizer.step = step_then_average
+    run_fit(state, loaders)
+    assert state.average.updates == len(loaders.train) > 10  # (past the warm-up)
+    for mine, theirs in zip(state.eval_model.parameters(), reference.module.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    saved = state.state_dict()
+    assert all(torch.equal(saved["model"][k], v) for k, v in state.eval_model.state_dict().items())
+    assert not torch.equal(saved["model"]["c1.weight"], state.model.c1.weight)  # not the last step's weights
+    assert state.history.epochs[0].eval_accuracy == accuracy(state.eval_model, loaders.held_out, CPU)
+
+
+def test_adam_takes_its_betas_from_momentum_and_beta2_and_adamw_decouples_weight_decay():
+    adam = make_optimizer(LeNet5(), Recipe(optimizer="adam", momentum=0.7, beta2=0.9, weight_decay=0.1))
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.7, 0.9)
+    assert isinstance(make_optimizer(LeNet5(), Recipe(optimizer="adamw")), torch.optim.AdamW)
 
 
 def test_state_dict_is_a_snapshot(idx_dir):

@@ -15,6 +15,7 @@ import optuna
 import pytest
 from conftest import PROJECT_DIR, Finished, assert_user_error, write_idx_dir
 
+from recipes import resolve_recipe
 from train import EpochStats, TrainingDiverged, check_loss, summary_line
 
 _spec = importlib.util.spec_from_file_location("tune", PROJECT_DIR / "scripts" / "tune.py")
@@ -181,3 +182,15 @@ def test_the_median_pruner_judges_from_the_second_epoch_and_a_floor_from_the_fir
     floor = optuna.create_study(direction="maximize", pruner=tune.make_pruner("none", 0.5)).ask()
     floor.report(0.4, 1)
     assert floor.should_prune()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_drawn_recipe_never_pairs_flags_main_py_refuses(optimizer):
+    space = {
+        "optimizer": {"choices": ["sgd", "adam"]},
+        "nesterov": {"choices": [True]},
+        "beta2": {"low": 0.9, "high": 0.99},
+    }
+    values = tune.draw(optuna.trial.FixedTrial({"optimizer": optimizer, "nesterov": True, "beta2": 0.95}), space)
+    assert ("nesterov" in values) == (optimizer == "sgd") and ("beta2" in values) == (optimizer != "sgd")
+    assert resolve_recipe("default", values).optimizer == optimizer  # main.py's checks accept the pair
