@@ -80,10 +80,12 @@ def join(device: torch.device, timeout_s: float = COLLECTIVE_TIMEOUT_S) -> tuple
 
 
 def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
-    """Under torchrun: run the entry point, then end the process with its exit status at once,
-    skipping the interpreter's teardown, where gloo's threads may still hold objects whose
+    """Run the entry point, then end the process with its exit status at once, skipping the
+    interpreter's teardown: freeing torch and the other modules one by one is a wait the user sees
+    after the last line, for nothing, and under torchrun gloo's threads may still hold objects whose
     destruction aborts the process (SIGABRT: "terminate called without an active exception") in a
-    job that ended well or with a clean one-line error. Every file is written and synced by then."""
+    job that ended well or with a clean one-line error. Every file is written and synced by then;
+    an unexpected exception still ends the usual way, with its traceback."""
     try:
         run()
         code = 0
@@ -92,8 +94,9 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
     except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
         code = 130
     ignore_further_stops()  # torchrun's SIGTERM may come now: the job is over
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or a full disk: that output is lost already
+            stream.flush()
     os._exit(code)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from data import Loaders, add_data_args, add_limit_flag, data_source, fingerprint, make_loaders
 from devices import choose_device
-from distributed import World, agree, exit_skipping_teardown, join, launched_by_torchrun, one_job
+from distributed import World, agree, exit_skipping_teardown, join, one_job
 from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
 from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
@@ -241,6 +241,4 @@ def plot_history(history: History, report_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    if launched_by_torchrun():
-        exit_skipping_teardown(lambda: run_cli(main))
-    run_cli(main)
+    exit_skipping_teardown(lambda: run_cli(main))

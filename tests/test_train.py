@@ -158,26 +158,25 @@ def test_the_weight_average_matches_torchs_averaged_model_and_is_what_is_evaluat
     """An independent reference: swa_utils.AveragedModel, given the same warm-up decay, on the same steps."""
     from torch.optim.swa_utils import AveragedModel
 
-    state, loaders = setup(idx_dir, replace(ADAM_WITH_AVERAGE, epochs=1))
-    reference = AveragedModel(
-        state.model, avg_fn=lambda avg, now, n: torch.lerp(avg, now, 1 - min(0.9, (1 + n) / (10 + n)))
-    )
+    state, loaders = setup(idx_dir, replace(ADAM_WITH_AVERAGE, ema_decay=0.5))  # 3 epochs of 6 steps
+    decay = lambda n: min(0.5, (1 + n) / (10 + n))  # noqa: E731
+    reference = AveragedModel(state.model, avg_fn=lambda avg, now, n: torch.lerp(avg, now, 1 - decay(n)))
     reference.update_parameters(state.model)  # (its first update copies: the average starts at the initial weights)
-    step = state.optimizer.step
+    update = state.average.update
 
-    def step_then_average(*args, **kwargs):
-        step(*args, **kwargs)
-        reference.update_parameters(state.model)
+    def both(model):  # called after every optimizer step
+        update(model)
+        reference.update_parameters(model)
 
-    state.optimizer.step = step_then_average
+    state.average.update = both
     run_fit(state, loaders)
-    assert state.average.updates == len(loaders.train) > 10  # (past the warm-up)
+    assert state.average.updates == 3 * len(loaders.train) and decay(state.average.updates) == 0.5  # past the warm-up
     for mine, theirs in zip(state.eval_model.parameters(), reference.module.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     saved = state.state_dict()
     assert all(torch.equal(saved["model"][k], v) for k, v in state.eval_model.state_dict().items())
     assert not torch.equal(saved["model"]["c1.weight"], state.model.c1.weight)  # not the last step's weights
-    assert state.history.epochs[0].eval_accuracy == accuracy(state.eval_model, loaders.held_out, CPU)
+    assert state.history.epochs[-1].eval_accuracy == accuracy(state.eval_model, loaders.held_out, CPU)
 
 
 def test_adam_takes_its_betas_from_momentum_and_beta2_and_adamw_decouples_weight_decay():
