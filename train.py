@@ -86,8 +86,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,
                                weight_decay=recipe.weight_decay)  # fmt: skip
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    # fused: one kernel for all parameters (CPU, CUDA, MPS, XPU); the default foreach step costs more than SGD's
     return adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, recipe.beta2),
-                weight_decay=recipe.weight_decay)  # fmt: skip
+                weight_decay=recipe.weight_decay, fused=True)  # fmt: skip
 
 
 class WeightAverage:

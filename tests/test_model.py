@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from LeNet5 import C3_TABLE, LeNet5, c3_connection_mask, count_parameters, layer_table
+from recipes import Recipe
+from train import make_optimizer
 
 
 def test_forward_shape_and_finite(tiny_model):
@@ -34,10 +36,10 @@ def test_mask_is_lecuns_table():
     assert [tuple(sorted(t)) for t in C3_TABLE] == [tuple(r.nonzero().flatten().tolist()) for r in mask]
 
 
-OPTIMIZERS = {
-    "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3),
-    "adam": lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3),
-    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1),
+OPTIMIZERS = {  # as train.py builds them (Adam's is the fused kernel)
+    "sgd": Recipe(lr=0.1, momentum=0.9, weight_decay=1e-3),
+    "adam": Recipe(optimizer="adam", lr=0.01, weight_decay=1e-3),
+    "adamw": Recipe(optimizer="adamw", lr=0.01, weight_decay=0.1),
 }
 
 
@@ -46,7 +48,7 @@ def test_masked_weights_stay_exactly_zero_through_training(optimizer):
     torch.manual_seed(0)
     model = LeNet5()
     unconnected = c3_connection_mask().expand_as(model.c3.weight) == 0
-    optimizer = OPTIMIZERS[optimizer](model.parameters())
+    optimizer = make_optimizer(model, OPTIMIZERS[optimizer])
     for _ in range(5):
         loss = F.cross_entropy(model(torch.randn(16, 1, 32, 32)), torch.randint(0, 10, (16,)))
         optimizer.zero_grad()
