@@ -8,7 +8,7 @@ data loading count) to the end of the first epoch whose test accuracy reaches --
   SGD lr 0.01 momentum 0.9 constant, batch 64, a .item() per step), capped at 20 epochs;
 - fast: `python main.py --recipe fast`;
 - default: `python main.py`.
-They alternate (A B C A B C ...) so that drift of the machine hits all alike. A secondary line times
+They alternate (A B C A C B ...) so that drift of the machine hits all alike. A secondary line times
 `python main.py --recipe best` the same way to --best-target (99.5 %), --best-rounds times, after
 the three sides (minutes per run, so it is not alternated). Other secondary numbers:
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
@@ -67,12 +67,19 @@ def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick
     return run_main(flags, out_dir, target)
 
 
+def round_order(sides: list[str], round_number: int) -> list[str]:
+    """The baseline first, then the package's sides, reversed every other round: the side that starts
+    right after the baseline's minutes of full load (which slowed the next process here) takes turns."""
+    first, rest = sides[0], sides[1:]
+    return [first, *(rest if round_number % 2 else rest[::-1])]
+
+
 def time_to_accuracy(data_flags: list[str], device_flags: list[str], rounds: int, target: float, quick: bool):
     """rounds x (baseline, fast, default), alternating; returns every run of every side."""
     runs: dict[str, list[Run]] = {side: [] for side in (QUICK_SIDES if quick else SIDES)}
     with tempfile.TemporaryDirectory() as tmp:
         for round_number in range(1, rounds + 1):
-            for side in runs:
+            for side in round_order(list(runs), round_number):
                 flags = data_flags + (device_flags if side != "baseline" else [])
                 run = launch(side, flags, Path(tmp) / f"{side}{round_number}", target, quick)
                 runs[side].append(run)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench import summarize_sides
+from bench import round_order, summarize_sides
 from runs import Run
 
 
@@ -43,3 +43,8 @@ def test_a_baseline_that_never_reaches_the_target_gives_a_lower_bound():
     assert reached["fast"]["times_sooner_than_baseline"] == 9 and not reached["fast"]["times_sooner_is_lower_bound"]
     assert reached["default"]["seconds_to_target"] is None  # one of its runs never got there
     assert reached["default"]["times_sooner_than_baseline"] is None
+
+
+def test_the_side_after_the_baseline_takes_turns():
+    orders = [round_order(["baseline", "fast", "default"], n) for n in (1, 2, 3)]
+    assert orders == [["baseline", "fast", "default"], ["baseline", "default", "fast"], ["baseline", "fast", "default"]]

@@ -59,3 +59,14 @@ def test_weight_average_scores_every_decay_on_the_hold_out_only(capsys, idx_dir,
     assert all(0 <= r[key] <= 1 for r in rows for key in ("trained", "ema 0.5", "ema 0.9"))
     assert f"    2 {100 * rows[1]['trained']:>7.2f}% {100 * rows[1]['ema 0.5']:>10.2f}%" in printed  # as written
     assert_user_error(finished(average.main, *data, "--val-size", "0", capsys=capsys), "would score on the test set")
+
+
+def test_update_cost_times_every_part_of_a_step(capsys):
+    script("update_cost").main(["--repeats", "1"])
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [row[:40].strip() for row in rows] == [
+        "SGD step (default recipe)", "Adam step, fused (train.py)", "Adam step, foreach (torch's default)",
+        "weight average update", "loss + backward", "loss + backward, label smoothing",
+        "forward + backward, batch of 64",
+    ]  # fmt: skip
+    assert all(float(row[40:]) > 0 for row in rows)

@@ -1,0 +1,72 @@
+"""What each part of a training step costs on this machine: the optimizer's update (SGD as the default
+recipe builds it, Adam as train.make_optimizer builds it and in PyTorch's default foreach kernel), the
+weight average's update, the loss with and without label smoothing, against one forward and backward
+pass of a batch of 64. Microseconds per call, the median of --repeats timings.
+
+    python scripts/update_cost.py
+"""
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from cli import CliParser, number, run_cli  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from devices import place_batch, place_model  # noqa: E402
+from LeNet5 import LeNet5  # noqa: E402
+from recipes import resolve_recipe  # noqa: E402
+from train import WeightAverage, make_optimizer  # noqa: E402
+
+
+def microseconds(call: Callable[[], object], calls: int, repeats: int) -> float:
+    for _ in range(max(10, calls // 10)):  # warm-up
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    p.add_argument("--repeats", type=number(int, 1, 100), default=5, help="timings per part (the median is shown)")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = place_model(LeNet5(), "cpu")
+    images, labels = place_batch(torch.randn(64, 1, 32, 32), "cpu"), torch.randint(0, 10, (64,))
+    F.cross_entropy(model(images), labels).backward()  # gradients for the optimizers to use
+    fast = resolve_recipe("fast", {})
+    adam_foreach = torch.optim.Adam(model.parameters(), lr=1e-12, betas=(fast.momentum, fast.beta2))
+    logits = model(images).detach().requires_grad_()
+    average = WeightAverage(model, fast.ema_decay)
+
+    def forward_backward() -> None:
+        F.cross_entropy(model(images), labels).backward()
+
+    parts = {  # (lr 1e-12: the weights barely move, so every call does the same work)
+        "SGD step (default recipe)": make_optimizer(model, resolve_recipe("default", {"lr": 1e-12})).step,
+        "Adam step, fused (train.py)": make_optimizer(model, resolve_recipe("fast", {"lr": 1e-12})).step,
+        "Adam step, foreach (torch's default)": adam_foreach.step,
+        "weight average update": lambda: average.update(model),
+        "loss + backward": lambda: F.cross_entropy(logits, labels).backward(),
+        "loss + backward, label smoothing": lambda: F.cross_entropy(logits, labels, label_smoothing=0.07).backward(),
+    }
+    print(f"{'per call, median of ' + str(args.repeats):<40} {'us':>8}")
+    for name, call in parts.items():
+        print(f"{name:<40} {microseconds(call, 1000, args.repeats):>8.1f}", flush=True)
+    print(f"{'forward + backward, batch of 64':<40} {microseconds(forward_backward, 100, args.repeats):>8.1f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
