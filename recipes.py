@@ -48,18 +48,9 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         {"epochs": 60, "elastic_alpha": 34.0, "elastic_sigma": 6.0},
     ),
     "fast": (
-        "the shortest run found to end at >= 99 % test accuracy: Adam, label smoothing, a weight average; 4 epochs",
-        {
-            "epochs": 4,
-            "optimizer": "adam",
-            "lr": 0.006,
-            "momentum": 0.88,
-            "beta2": 0.99,
-            "warmup_epochs": 0.15,
-            "label_smoothing": 0.07,
-            "ema_decay": 0.99,
-        },
-    ),  # fmt: skip
+        "the shortest run found to end at >= 99 % test accuracy: 4 epochs, Nesterov momentum 0.98",
+        {"epochs": 4, "momentum": 0.98},
+    ),
 }
 
 
