@@ -69,7 +69,7 @@ def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick
 
 def round_order(sides: list[str], round_number: int) -> list[str]:
     """The baseline first, then the package's sides, reversed every other round: the side that starts
-    right after the baseline's minutes of full load (which slowed the next process here) takes turns."""
+    right after the baseline's minutes of full load takes turns, so that neither always inherits it."""
     first, rest = sides[0], sides[1:]
     return [first, *(rest if round_number % 2 else rest[::-1])]
 
