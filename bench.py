@@ -44,7 +44,7 @@ from runs import Run, run_main, run_timed
 from train import TrainState, train_one_epoch
 
 SIDES = ("baseline", "fast", "default")
-QUICK_SIDES = ("baseline", "fast")  # --quick checks the machinery (fast trains with Adam; the best line with SGD)
+QUICK_SIDES = ("baseline", "fast")  # --quick checks the machinery; the default side runs the same code as fast
 BASELINE_EPOCHS = 20
 BEST_TARGET = 0.995
 
@@ -83,13 +83,18 @@ def time_to_accuracy(data_flags: list[str], device_flags: list[str], rounds: int
                 flags = data_flags + (device_flags if side != "baseline" else [])
                 run = launch(side, flags, Path(tmp) / f"{side}{round_number}", target, quick)
                 runs[side].append(run)
-                reached = f"{run.seconds_to_target:.1f} s" if run.seconds_to_target else "not reached"
-                print(
-                    f"round {round_number}: {side:<8} {100 * target:.1f}% {reached} (epoch {run.epoch_reached}), "
-                    f"final {100 * run.final_test_accuracy:.2f}%, {run.images_per_second:,.0f} img/s",
-                    flush=True,
-                )
+                say(f"round {round_number}: {side:<8}", run, target)
     return runs
+
+
+def say(label: str, run: Run, target: float) -> None:
+    """One run's progress line, as it finishes."""
+    reached = f"{run.seconds_to_target:.1f} s" if run.seconds_to_target else "not reached"
+    print(
+        f"{label} {100 * target:.1f}% {reached} (epoch {run.epoch_reached}), "
+        f"final {100 * run.final_test_accuracy:.2f}%, {run.images_per_second:,.0f} img/s",
+        flush=True,
+    )
 
 
 def time_best(data_flags: list[str], device_flags: list[str], rounds: int, target: float, quick: bool) -> list[Run]:
@@ -100,19 +105,19 @@ def time_best(data_flags: list[str], device_flags: list[str], rounds: int, targe
             flags = [*data_flags, *device_flags, "--recipe", "best"] + (["--epochs", "1"] if quick else [])
             run = run_main(flags, Path(tmp) / f"best{round_number}", target)
             runs.append(run)
-            reached = f"{run.seconds_to_target:.1f} s" if run.seconds_to_target else "not reached"
-            print(f"best {round_number}: {100 * target:.1f}% {reached} (epoch {run.epoch_reached}), "
-                  f"final {100 * run.final_test_accuracy:.2f}%", flush=True)  # fmt: skip
+            say(f"best {round_number}:", run, target)
     return runs
 
 
-def summarize_best(runs: list[Run], target: float) -> dict[str, Any]:
+def summarize_runs(runs: list[Run]) -> dict[str, Any]:
+    """The medians of one side's runs (the time to the target only if every run reached it), and the runs."""
     reached = [r.seconds_to_target for r in runs if r.seconds_to_target is not None]
     return {
-        "target": target,
-        "seconds_to_target": statistics.median(reached) if reached and len(reached) == len(runs) else None,
+        "seconds_to_target": statistics.median(reached) if len(reached) == len(runs) else None,
         "epoch_reached": [r.epoch_reached for r in runs],
         "final_test_accuracy": [r.final_test_accuracy for r in runs],
+        "best_test_accuracy": max(r.best_eval_accuracy for r in runs),
+        "images_per_second": statistics.median(r.images_per_second for r in runs),
         "wall_seconds": statistics.median(r.wall_seconds for r in runs),
         "runs": [asdict(r) for r in runs],
     }
@@ -120,18 +125,7 @@ def summarize_best(runs: list[Run], target: float) -> dict[str, Any]:
 
 def summarize_sides(runs: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
     """Medians per side, and how many times sooner than the baseline each side reached the target."""
-    summary = {}
-    for side, side_runs in runs.items():
-        reached = [r.seconds_to_target for r in side_runs if r.seconds_to_target is not None]
-        summary[side] = {
-            "seconds_to_target": statistics.median(reached) if len(reached) == len(side_runs) else None,
-            "epoch_reached": [r.epoch_reached for r in side_runs],
-            "final_test_accuracy": [r.final_test_accuracy for r in side_runs],
-            "best_test_accuracy": max(r.best_eval_accuracy for r in side_runs),
-            "images_per_second": statistics.median(r.images_per_second for r in side_runs),
-            "wall_seconds": statistics.median(r.wall_seconds for r in side_runs),
-            "runs": [asdict(r) for r in side_runs],
-        }
+    summary = {side: summarize_runs(side_runs) for side, side_runs in runs.items()}
     base = summary["baseline"]["seconds_to_target"]
     for side in set(summary) - {"baseline"}:
         mine = summary[side]["seconds_to_target"]
@@ -294,7 +288,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(device), "data": kind, "target": args.target}
     result["date"] = time.strftime("%Y-%m-%d")
     result["sides"] = summarize_sides(runs)
-    result["best"] = summarize_best(best, args.best_target) if best else None
+    result["best"] = {"target": args.best_target, **summarize_runs(best)} if best else None
     package_rate = result["sides"]["default" if "default" in result["sides"] else "fast"]["images_per_second"]
     result["throughput_ratio"] = package_rate / result["sides"]["baseline"]["images_per_second"]
     result["inference_images_per_second"] = inference_speed(data, device)

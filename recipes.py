@@ -39,6 +39,12 @@ class Recipe:
 # Fields added after checkpoints were first saved, with the values that reproduce how those were trained.
 ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0}
 
+
+def with_added_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe's values, with the fields added since it was saved at the values it was trained with."""
+    return {**ADDED_FIELDS, **values}
+
+
 # name: (one line for --help, the values that differ from Recipe's defaults). How they were chosen,
 # with the measurements, is in the README ("Three recipes, three seeds each"); scripts/tune.py holds the method.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -92,7 +98,7 @@ def recipe_from_saved(values: Any) -> Recipe:
     kind (a file from another version, or edited by hand), rather than training on a guess."""
     names = {f.name for f in fields(Recipe)}
     if isinstance(values, dict):
-        values = {**{k: v for k, v in ADDED_FIELDS.items() if k not in values}, **values}
+        values = with_added_fields(values)
     if not isinstance(values, dict) or set(values) != names:
         raise ValueError(f"its recipe has not this version's fields ({', '.join(sorted(names))})")
     wrong = [f.name for f in fields(Recipe) if not _fits(values[f.name], f.default)]

@@ -101,13 +101,14 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float):
         self.model = copy.deepcopy(model).requires_grad_(False)
+        self.parameters = list(self.model.parameters())
         self.decay, self.updates = decay, 0
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)  # as swa_utils
+        torch._foreach_lerp_(self.parameters, list(model.parameters()), 1 - decay)  # as swa_utils' EMA does
 
 
 def make_scheduler(

@@ -28,7 +28,7 @@ import torch
 from devices import place_model
 from helper import CheckpointError, _check_contents, _umask, atomic_output, load_model
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
-from recipes import ADDED_FIELDS
+from recipes import with_added_fields
 
 FORMATS = ("safetensors", "hub")
 SUFFIX = ".safetensors"
@@ -169,8 +169,8 @@ def portable_fields(checkpoint: dict[str, Any], preprocessing: dict[str, Any]) -
     """What travels with the weights: model config, preprocessing contract, metrics, recipe, data, epoch."""
     train_state = checkpoint.get("train_state", {})
     recipe = train_state.get("recipe", checkpoint.get("metrics", {}).get("recipe"))
-    if isinstance(recipe, dict):  # a recipe from before a field existed was trained as its default says
-        recipe = {**ADDED_FIELDS, **recipe}
+    if isinstance(recipe, dict):
+        recipe = with_added_fields(recipe)
     fields = {
         "config": {**_constructor_defaults(), **checkpoint["config"]},  # every argument, for readers elsewhere
         "normalization": dict(checkpoint.get("normalization", INPUT_NORMALIZATION)),

@@ -2,24 +2,23 @@
 recipe builds it, Adam as train.make_optimizer builds it and in PyTorch's default foreach kernel), the
 weight average's update, the loss with and without label smoothing, against one forward and backward
 pass of a batch of 64. Microseconds per call, the median of --repeats timings. The Adam values are
-the candidate for `fast` that docs/tune_fast_output.txt ends with.
+the Adam candidate for `fast` in docs/tune_fast_output.txt (trial 14's, rounded).
 
     python scripts/update_cost.py
 """
 
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
+sys.path.insert(0, str(PROJECT_DIR / "scripts"))
 
 from cli import CliParser, number, run_cli  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from step_cost import ms_per_call  # noqa: E402
 
 from devices import place_batch, place_model  # noqa: E402
 from LeNet5 import LeNet5  # noqa: E402
@@ -27,18 +26,6 @@ from recipes import resolve_recipe  # noqa: E402
 from train import WeightAverage, make_optimizer  # noqa: E402
 
 ADAM = {"optimizer": "adam", "momentum": 0.88, "beta2": 0.99, "lr": 1e-12}  # (lr: the weights barely move)
-
-
-def microseconds(call: Callable[[], object], calls: int, repeats: int) -> float:
-    for _ in range(max(10, calls // 10)):  # warm-up
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"{'per call, median of ' + str(args.repeats):<40} {'us':>8}")
     for name, call in parts.items():
-        print(f"{name:<40} {microseconds(call, 1000, args.repeats):>8.1f}", flush=True)
-    print(f"{'forward + backward, batch of 64':<40} {microseconds(forward_backward, 100, args.repeats):>8.1f}")
+        print(f"{name:<40} {1e3 * ms_per_call(call, 1000, repeats=args.repeats):>8.1f}", flush=True)
+    whole = 1e3 * ms_per_call(forward_backward, 100, repeats=args.repeats)
+    print(f"{'forward + backward, batch of 64':<40} {whole:>8.1f}")
 
 
 if __name__ == "__main__":
