@@ -56,7 +56,7 @@ def _one_line_while_starting(kind: type, error: BaseException, traceback) -> Non
 
 
 def _guard_start_up() -> None:
-    """While an entry point is still importing torch: a Ctrl-C ends it with 130, and a library that
+    """While an entry point is still importing torch: a Ctrl-C or SIGTERM ends it with 130, and a library that
     cannot load is one line with 2, neither with a traceback; run_cli() puts the usual handlers back
     once the entry point runs. Only when one of this project's files is the program (not under
     pytest, not when imported as a library)."""
@@ -67,6 +67,7 @@ def _guard_start_up() -> None:
         and threading.current_thread() is threading.main_thread()
     ):
         signal.signal(signal.SIGINT, _exit_while_starting)
+        signal.signal(signal.SIGTERM, _exit_while_starting)  # (run_cli() installs _terminate, which saves first)
         sys.excepthook = _one_line_while_starting
 
 

@@ -15,6 +15,7 @@ and are read back with safetensors: their logits must equal the checkpoint's exa
 
 import argparse
 import copy
+import io
 import warnings
 from functools import partial
 from pathlib import Path
@@ -81,9 +82,12 @@ _quiet_jit = warnings.catch_warnings
 
 
 def export_torchscript(model: torch.nn.Module, path: Path) -> None:
+    buffer = io.BytesIO()
     with _quiet_jit():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(model), str(path))
+        torch.jit.save(torch.jit.script(model), buffer)
+    # Python's write: a full disk is an OSError (one line), where torch.jit.save's C++ writer aborts the process.
+    path.write_bytes(buffer.getvalue())
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,11 @@ import torch
 from devices import place_model
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
 
+try:
+    import fcntl  # POSIX: a folder is locked while a pair of files is replaced in it
+except ImportError:  # Windows
+    fcntl = None
+
 CHECKPOINT_FORMAT = 3  # 2: train_state carries a data fingerprint and the full recipe; 3: and a digest
 
 
@@ -53,8 +58,9 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         for tmp in temps:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
             _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
+        with _one_writer_at_a_time({target.parent for target in targets} if len(targets) > 1 else set()):
+            for tmp, target in zip(temps, targets):
+                os.replace(tmp, target)
         for directory in {target.parent for target in targets}:
             _sync(directory)
     except BaseException as err:
@@ -67,6 +73,20 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
                 f"cannot write {names}: {err.strerror or err}; what was there before is unchanged"
             ) from None
         raise
+
+
+@contextlib.contextmanager
+def _one_writer_at_a_time(directories: set[Path]) -> Iterator[None]:
+    """Two processes replacing the same pair at once could leave one's checkpoint beside the other's
+    .json: an exclusive flock on each folder makes one writer's renames a block (on POSIX; where
+    folders cannot be locked, as on Windows or some network file systems, the renames go unlocked)."""
+    with contextlib.ExitStack() as held:
+        for directory in sorted(directories) if fcntl is not None else []:
+            with contextlib.suppress(OSError):  # a folder that cannot be opened or locked
+                fd = os.open(directory, os.O_RDONLY)
+                held.callback(os.close, fd)  # closing the descriptor releases its lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
 
 
 def _writable_target(path: Path) -> Path:

@@ -7,8 +7,10 @@ then each dimension) followed by the uint8 values; MNIST ships four of them, gzi
 import gzip
 import hashlib
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cli import UserError
 
@@ -39,24 +41,18 @@ MNIST_FILES = {
 CUSTOM_FILES = {key: IdxFile(f.name, f.magic, None, None) for key, f in MNIST_FILES.items()}
 
 
+# More than this is a damaged header or a decompression bomb, not a data set (2.7 million 28x28 images).
+MAX_IDX_BYTES = 2**31
+
+
 def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
     """Parse and verify one IDX file (gzip-compressed or not); DataError says what is wrong."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
+            raw, dims = _read_as_header_says(file, path, spec)
+    except (OSError, EOFError, zlib.error) as err:  # (gzip.BadGzipFile is an OSError)
         raise DataError(f"{path}: cannot be read or decompressed ({err}); replace it with a fresh copy") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: truncated ({len(raw)} bytes): not an IDX file")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != spec.magic:
-        raise DataError(f"{path}: bad magic number {magic}, expected {spec.magic}: not an MNIST {_kind(spec)} file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected_bytes = header + math.prod(dims)
-    if len(raw) != expected_bytes:
-        what = "truncated" if len(raw) < expected_bytes else "has trailing bytes"
-        raise DataError(f"{path}: {what}: {len(raw):,} bytes, its header {dims} needs {expected_bytes:,}")
+    header = 4 + 4 * len(dims)
     if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
         raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
     if dims[0] == 0:
@@ -71,6 +67,30 @@ def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
             raise DataError(f"{path}: label {int(values.max())} is out of range 0..9")
         return values.long()
     return values
+
+
+def _read_as_header_says(file: BinaryIO, path: Path, spec: IdxFile) -> tuple[bytes, list[int]]:
+    """The file's bytes and dimensions, reading no more than the header promises (and one byte to
+    see whether more follow): a small .gz that inflates to gigabytes is refused, not decompressed."""
+    raw = file.read(4)
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated ({len(raw)} bytes): not an IDX file")
+    if (magic := int.from_bytes(raw, "big")) != spec.magic:
+        raise DataError(f"{path}: bad magic number {magic}, expected {spec.magic}: not an MNIST {_kind(spec)} file")
+    ndim = raw[3]
+    raw += file.read(4 * ndim)
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated ({len(raw)} bytes): its header is incomplete")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = len(raw) + math.prod(dims)
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: its header {dims} claims {expected:,} bytes, more than an MNIST-like file holds")
+    raw += file.read(expected - len(raw) + 1)
+    if len(raw) < expected:
+        raise DataError(f"{path}: truncated: {len(raw):,} bytes, its header {dims} needs {expected:,}")
+    if len(raw) > expected:
+        raise DataError(f"{path}: has trailing bytes after the {expected:,} its header {dims} needs")
+    return raw, dims
 
 
 def _kind(spec: IdxFile) -> str:

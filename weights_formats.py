@@ -116,8 +116,9 @@ def _read_text(path: Path) -> str:
 def _parse_json(path: Path, text: str, what: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: {what} is not valid JSON ({err}); export it again") from None
+    except (json.JSONDecodeError, RecursionError) as err:  # (RecursionError: nested thousands deep)
+        reason = err if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({reason}); export it again") from None
 
 
 def _check_version(path: Path, version: Any) -> None:
@@ -184,7 +185,7 @@ def portable_fields(checkpoint: dict[str, Any], preprocessing: dict[str, Any]) -
 
 
 def write_safetensors(checkpoint: dict[str, Any], path: Path, preprocessing: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # safetensors stores the standard layout: channels_last conv weights become plain contiguous ones
     tensors = {name: value.detach().cpu().contiguous() for name, value in checkpoint["state_dict"].items()}
@@ -196,7 +197,9 @@ def write_safetensors(checkpoint: dict[str, Any], path: Path, preprocessing: dic
         "torch_version": str(torch.__version__),
         **{name: _json(value) for name, value in fields.items()},
     }
-    save_file(tensors, str(path), metadata=metadata)
+    # Serialized in memory, then written by Python: a full disk is an OSError that atomic_output turns into
+    # one line, where the Rust writer's SafetensorError would be a traceback.
+    path.write_bytes(save(tensors, metadata=metadata))
 
 
 def write_hub(checkpoint: dict[str, Any], folder: Path, preprocessing: dict[str, Any], name: str) -> None:
@@ -447,10 +450,12 @@ def atomic_folder(path: Path) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, old)  # (an empty folder is replaced by a rename)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not path.exists():
             os.replace(old, path)
+        if isinstance(err, UserError):  # (a full disk): name the folder asked for, not the temporary one
+            raise UserError(str(err).replace(str(tmp), str(path))) from None
         raise
     finally:
         if old is not None and old.exists():

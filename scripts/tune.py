@@ -179,7 +179,7 @@ def load_space(given: str) -> dict[str, Any]:
             raise UserError(f"--space {given!r} is neither a preset ({', '.join(SPACES)}) nor a .json file")
         try:
             space = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise UserError(f"--space {given}: not readable as JSON ({err})") from None
     if not isinstance(space, dict) or not space:
         raise UserError(f"--space {given}: give an object that maps recipe flags to ranges, choices or values")

@@ -94,13 +94,22 @@ def cli(capsys, monkeypatch):
     return run
 
 
-def run_script(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command line in a fresh Python process from the project folder."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+def run_script(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, preexec_fn=None
+) -> subprocess.CompletedProcess:
+    """Run a command line in a fresh Python process from the project folder (preexec_fn: e.g. limited())."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "200", **(env or {})}
     env.pop("MNIST_DIR", None)
-    return subprocess.run(
-        [sys.executable, *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=preexec_fn)  # fmt: skip
+
+
+def limited(resource_name: str, size: int):
+    """A preexec_fn that caps one resource of the child process: limited("RLIMIT_FSIZE", 100_000)."""
+    import resource
+
+    kind = getattr(resource, resource_name)
+    return lambda: resource.setrlimit(kind, (size, size))
 
 
 def assert_user_error(done: Finished, message: str) -> None:

@@ -4,7 +4,7 @@ import stat
 import onnxruntime
 import pytest
 import torch
-from conftest import assert_user_error
+from conftest import assert_user_error, limited, run_script
 
 from export import run_torchscript
 
@@ -53,3 +53,20 @@ def test_export_cli_user_errors(cli, tmp_path, weights, args, message):
     done = cli("export", "--weights", weights, "--data-dir", tmp_path, "--no-download", *args)
     assert_user_error(done, message.format(tmp=tmp_path))
     assert not list(tmp_path.glob("*.onnx*"))
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "m.torchscript.pt"), ("hub", "hub")])
+def test_a_full_disk_keeps_the_previous_export(tmp_path, weights, fmt, name):
+    """Files may grow to 100 kB (RLIMIT_FSIZE; the weights alone are 240 kB): one line naming what was asked
+    for, and the previous export is untouched, with no temporary file or folder beside it. (TorchScript's
+    own C++ writer aborted the process here; safetensors' Rust writer raised a traceback.)"""
+    out = tmp_path / name
+    previous = out / "config.json" if fmt == "hub" else out
+    previous.parent.mkdir(exist_ok=True)
+    previous.write_text('{"previous": true}')
+    args = ["export.py", "--weights", weights, "--format", fmt, "--out", out, "--verify-images", "4"]
+    args += ["--data-dir", tmp_path / "no-mnist", "--no-download"]
+    done = run_script(*map(str, args), preexec_fn=limited("RLIMIT_FSIZE", 100_000))
+    assert_user_error(done, f"cannot write {out}")
+    assert ".tmp" not in done.stderr and previous.read_text() == '{"previous": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", name])

@@ -9,6 +9,7 @@ from conftest import save_weights
 from helper import (
     CHECKPOINT_FORMAT,
     CheckpointError,
+    atomic_outputs,
     atomic_torch_save,
     load_checkpoint,
     load_model,
@@ -151,3 +152,29 @@ def test_json_is_strict(tmp_path):
     with pytest.raises(ValueError):
         write_json({"accuracy": float("nan")}, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_two_writers_of_one_pair_never_mix_their_files(tmp_path):
+    """Two writers replacing the same checkpoint and .json at the same moment: afterwards both files are
+    one writer's, every time (their renames took turns with the other's before the lock)."""
+    import threading
+
+    pair = tmp_path / "lenet5.pt", tmp_path / "lenet5.json"
+    rounds, start, mixed = 150, threading.Barrier(2), []
+
+    def writer(name: str) -> None:
+        for round_ in range(rounds):
+            start.wait()
+            with atomic_outputs(*pair) as temps:
+                for tmp in temps:
+                    tmp.write_text(f"{name} {round_}")
+            if start.wait() == 0:  # both are done: one of them looks
+                contents = {path.read_text() for path in pair}
+                mixed.extend([contents] if len(contents) > 1 else [])
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mixed == [] and sorted(os.listdir(tmp_path)) == ["lenet5.json", "lenet5.pt"]

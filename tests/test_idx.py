@@ -58,3 +58,25 @@ def test_read_idx_rejects_broken_gzip(tmp_path):
     good = gzip.compress(idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC))
     with pytest.raises(DataError, match="cannot be read or decompressed"):
         read_idx(write(tmp_path, good[: len(good) // 2], "f.gz"), IMAGES)
+
+
+def test_a_decompression_bomb_is_refused_without_inflating_it(tmp_path):
+    """A few kB of .gz that inflate to 64 MB past a 3-image header: refused after reading what the header promises."""
+    import tracemalloc
+
+    bomb = gzip.compress(idx_bytes(torch.zeros(3, 28, 28), IMAGE_MAGIC) + bytes(64 * 2**20), compresslevel=9)
+    path = write(tmp_path, bomb, "bomb.gz")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="has trailing bytes after the 2,368 its header"):
+            read_idx(path, IMAGES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(bomb) < 100_000 and peak < 4 * 2**20
+
+
+def test_a_header_that_claims_gigabytes_is_refused(tmp_path):
+    header = IMAGE_MAGIC.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (10**7, 28, 28))
+    with pytest.raises(DataError, match=r"claims 7,840,000,016 bytes"):
+        read_idx(write(tmp_path, gzip.compress(header + bytes(100)), "huge.gz"), IMAGES)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import N_TEST, PROJECT_DIR, assert_user_error, run_script, write_idx_dir
+from conftest import N_TEST, PROJECT_DIR, assert_user_error, limited, run_script, write_idx_dir
 
 from helper import state_digest
 
@@ -259,13 +259,15 @@ def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     assert torch.load(out, weights_only=True)["epoch"] == 2 and out.with_suffix(".json").exists()
 
 
-# Sends the SIGINT while `import torch` is running, as a Ctrl-C right after pressing Enter would.
+# Sends the signal while `import torch` is running, as a Ctrl-C right after pressing Enter (or a
+# scheduler's SIGTERM as the job starts) would.
 INTERRUPT_DURING_IMPORT = """
 import importlib.abc, os, runpy, signal, sys
+SIGNAL = getattr(signal, sys.argv[2])
 class Interrupt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), SIGNAL)
 sys.meta_path.insert(0, Interrupt())
 sys.argv = [sys.argv[1], "--help"]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -273,16 +275,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.parametrize("script", ["main.py", "eval.py", "predict.py", "export.py", "bench.py", "app.py"])
-def test_ctrl_c_while_importing_exits_quietly(script):
-    done = run_script("-c", INTERRUPT_DURING_IMPORT, script)
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_importing_exits_quietly(script, signal_name):
+    done = run_script("-c", INTERRUPT_DURING_IMPORT, script, signal_name)
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
-
-
-def limited(resource_name: str, size: int):
-    import resource
-
-    kind = getattr(resource, resource_name)
-    return lambda: resource.setrlimit(kind, (size, size))
 
 
 def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tmp_path):

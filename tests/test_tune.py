@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cli import run_cli
+from cli import UserError, run_cli
 
 import optuna
 import pytest
@@ -194,3 +194,9 @@ def test_a_drawn_recipe_never_pairs_flags_main_py_refuses(optimizer):
     values = tune.draw(optuna.trial.FixedTrial({"optimizer": optimizer, "nesterov": True, "beta2": 0.95}), space)
     assert ("nesterov" in values) == (optimizer == "sgd") and ("beta2" in values) == (optimizer != "sgd")
     assert resolve_recipe("default", values).optimizer == optimizer  # main.py's checks accept the pair
+
+
+def test_a_space_file_nested_too_deeply_is_one_line(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="not readable as JSON"):
+        tune.load_space(str(tmp_path / "deep.json"))

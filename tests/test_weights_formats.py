@@ -134,13 +134,17 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         save_file({**tensors, "f6.bias": torch.full((84,), float("nan"))}, bad, metadata=metadata)
     elif kind == "bad json":
         save_file(tensors, bad, metadata={**metadata, "metrics": "{not json"})
+    elif kind == "deep json":
+        save_file(tensors, bad, metadata={**metadata, "metrics": "[" * 100_000 + "]" * 100_000})
     else:  # hub folders
         bad = tmp_path / kind.replace(" ", "_")
         bad.mkdir()
         if kind != "hub without weights":
             (bad / "model.safetensors").write_bytes(good.read_bytes())
         if kind != "hub without config":
-            (bad / "config.json").write_text('{"num_classes": 10,' if kind == "hub bad config" else "{}")
+            deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+            config = {"hub bad config": '{"num_classes": 10,', "hub deep config": deep}
+            (bad / "config.json").write_text(config.get(kind, "{}"))
     return bad
 
 
@@ -157,6 +161,8 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         ("hub without config", "a hub folder needs config.json"),
         ("hub without weights", "a hub folder needs model.safetensors"),
         ("hub bad config", "config.json: the file is not valid JSON"),
+        ("deep json", "metadata 'metrics' is not valid JSON (nested too deeply)"),
+        ("hub deep config", "config.json: the file is not valid JSON (nested too deeply)"),
     ],
 )
 def test_damaged_or_foreign_exports_are_one_line(tmp_path, weights, cli, kind, message):
