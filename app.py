@@ -39,13 +39,21 @@ BRUSH = 16  # brush radius in canvas pixels: strokes about as thick, relative to
 PAGE_MAX_PIXELS = 16_000_000  # an upload decoding to more is refused unread (a JPEG decodes at 1/2 to 1/8 size)
 # Gradio shows a small image at its own size (28 px): fill the box instead, pixel for pixel, not smoothed;
 # keep the square pictures below their floating labels; keep the canvas and its tools inside a phone's width.
+# On a phone (the Sketchpad's brush palette floats over its left edge): draw to the right of the palette, in a
+# box no taller than the square needs, on a page with narrow margins (outside the part of the page that
+# Gradio lets `css` style, hence `head`). tests/test_app.py checks this layout in Chromium.
 CSS = """
 #digit img { image-rendering: pixelated; object-fit: contain; }
 .picture .image-frame { padding-top: 32px; box-sizing: border-box; }
 #canvas { max-width: 100%; }
 #legend { display: flex; align-items: center; gap: 6px; font-size: 0.85em; }
 #legend .bar { width: 160px; height: 12px; border: 1px solid #888; }
+@media (max-width: 480px) {
+  #canvas { height: 370px !important; }
+  #canvas .pixi-target, #canvas .pixi-target-crop { left: 48px; width: calc(100% - 48px); }
+}
 """
+PHONE_HEAD = "<style>@media (max-width: 480px) { .gradio-container .main.app { padding: 8px; } }</style>"
 # The Sketchpad opens, and returns after "clear", with no tool chosen ("select the draw tool to start"):
 # whenever that hint shows, choose the brush for the visitor (a click before the canvas is ready is lost,
 # so keep checking rather than clicking once).
@@ -273,7 +281,7 @@ def build(models: dict[str, nn.Module]):
         with gr.Row():
             with gr.Column(min_width=320):
                 canvas = gr.Sketchpad(
-                    label="draw here (mouse or touch)",
+                    label="draw a digit here",
                     type="pil",
                     image_mode="RGBA",
                     format="png",
@@ -308,7 +316,8 @@ def serve(models: dict[str, nn.Module], host: str, port: int, share: bool = Fals
     """Start the page in a background thread and return the Gradio app (its address: .local_url; .close() stops it)."""
     demo = build(models)
     try:
-        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, css=CSS)
+        style = {"css": CSS, "head": PHONE_HEAD}
+        demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, **style)
     except OSError as err:  # the port was taken between claim_port and now
         demo.close(verbose=False)
         raise UserError(f"cannot serve on {host} port {port}: {err}; pass --port N or stop the other server") from None

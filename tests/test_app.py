@@ -282,11 +282,9 @@ def open_page(driver, url: str, size: tuple[int, int]):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.set_window_size(*size)
-    outer = driver.execute_script(
-        "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]"
-    )
-    driver.set_window_size(size[0] + outer[0], size[1] + outer[1])  # the viewport itself at `size`
+    # The viewport itself at `size` (headless Chromium's windows are at least 500 px wide), as a phone when narrow
+    metrics = {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": size[0] < 500}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     driver.get(url)
     wait = WebDriverWait(driver, 30, poll_frequency=0.1)
     canvas = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#canvas canvas"))[0]
@@ -408,15 +406,18 @@ def test_drawing_by_touch_on_a_phone(served, browser):
     canvas = open_page(browser, served.local_url, PHONE)
     draw(browser, canvas, SEVEN, touch=True)
     assert "reads 7" in wait_for_status(browser, "reads 7")
-    under = browser.execute_script(
-        "const c = document.querySelector('#canvas').getBoundingClientRect();"
-        "const p = document.querySelector('#prediction').getBoundingClientRect();"
-        "const u = document.querySelector('#upload').getBoundingClientRect();"
-        "return [c.bottom <= p.top, p.top < u.top, c.right <= innerWidth]"
+    box = "s => document.querySelector(s).getBoundingClientRect()"
+    layout = browser.execute_script(
+        f"const box = {box}; const c = box('#canvas'), p = box('#prediction'), u = box('#upload');"
+        "const label = box('#canvas label'), tools = box('#canvas .top-panel');"
+        "const palette = box('#canvas .toolbar-wrap'), drawing = box('#canvas .pixi-target');"
+        "return [innerWidth, c.bottom <= p.top, p.top < u.top, c.right <= innerWidth, label.right <= tools.left,"
+        "        palette.right <= drawing.left]"
     )
-    assert under == [True, True, True]  # the prediction directly under the canvas, the upload after it
+    # 390 px wide; the prediction directly under the canvas, the upload after it; the canvas's label clear of
+    # its zoom and undo buttons, and its brush palette beside the drawing area rather than on the square
+    assert layout == [PHONE[0], True, True, True, True, True]
     assert console_errors(browser) == []
-    browser.set_window_size(*DESKTOP)
 
 
 def stroke_to_prediction_seconds(driver, canvas) -> float:
