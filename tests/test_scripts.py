@@ -70,3 +70,18 @@ def test_update_cost_times_every_part_of_a_step(capsys):
         "forward + backward, batch of 64",
     ]  # fmt: skip
     assert all(float(row[40:]) > 0 for row in rows)
+
+
+def test_late_distortions_finishes_each_variant_from_the_branch(capsys, idx_dir, tmp_path):
+    late = script("late_distortions")
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--batch-size", "16"]
+    data += ["--val-size", "32", "--epochs", "3"]
+    out = tmp_path / "late.json"
+    late.main([*data, "--elastic-alpha", "8", "--branch", "1", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())["val_accuracy"]
+    names = ["as trained"] + [f"{v}, last {n}" for n in (2, 1) for v in ("half", "affine", "clean")]
+    assert list(results) == names and all(0 <= value <= 1 for value in results.values())
+    assert f"{'clean, last 1':<26} {100 * results['clean, last 1']:6.2f}%" in printed
+    assert_user_error(finished(late.main, *data, "--branch", "3", capsys=capsys), "--branch epochs between 1 and 2")
+    assert_user_error(finished(late.main, *data, "--branch", "1", "--no-augment", capsys=capsys), "augmented recipe")

@@ -1,0 +1,90 @@
+"""Do the distortions of the last epochs matter? Measured on a validation hold-out only.
+
+Trains a recipe (the same code as `python main.py`, holding out --val-size training images) once, keeping
+the whole training state at each --branch epoch (TrainState.state_dict(), what a resume restores), then
+finishes the run from each of those states once per variant of the augmentation:
+- as trained: the recipe's affine and elastic distortions (the uninterrupted run);
+- half: elastic distortions at half the recipe's strength;
+- affine: rotation, scale and shift only, no elastic distortion;
+- clean: no distortion at all.
+It prints the final validation accuracy of each. The test set is not read.
+
+    python scripts/late_distortions.py --recipe best --branch 45 50 --data-dir ../shared/mnist
+
+Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --seed 1).
+"""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
+
+import torch  # noqa: E402
+
+from augment import Augmentation  # noqa: E402
+from data import add_data_args, data_source, make_loaders  # noqa: E402
+from helper import write_json  # noqa: E402
+from main import add_recipe_args, recipe_flags  # noqa: E402
+from recipes import Recipe, resolve_recipe  # noqa: E402
+from train import TrainState, accuracy, fit  # noqa: E402
+
+
+def variants(recipe: Recipe) -> dict[str, Augmentation | None]:
+    """The augmentations that the last epochs are trained with, by name."""
+    affine = Augmentation()
+    return {
+        "half": replace(affine, elastic_alpha=recipe.elastic_alpha / 2, elastic_sigma=recipe.elastic_sigma),
+        "affine": affine,
+        "clean": None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    add_data_args(p)
+    add_recipe_args(p)
+    p.add_argument("--branch", type=number(int, 1), nargs="+", required=True, help="epochs to branch after")
+    p.add_argument("--out", type=Path, help="also write the accuracies here (JSON)")
+    args = p.parse_args(argv)
+    if args.out:
+        check_output_file(args.out, "--out", example="late.json")
+    flags = recipe_flags(args)
+    if flags.pop("full_c3", False):
+        p.error("--full-c3 is not this script's: it measures LeCun's table")
+    recipe = resolve_recipe(flags.pop("name", "default"), {"val_size": 10_000, **flags})
+    if recipe.val_size == 0:
+        p.error("--val-size 0 would score on the test set; hold out training images instead")
+    if not recipe.augment or any(not 0 < b < recipe.epochs for b in args.branch):
+        p.error(f"give an augmented recipe and --branch epochs between 1 and {recipe.epochs - 1}")
+    device = torch.device("cpu")
+    loaders = make_loaders(data_source(args).open(), recipe, device)
+    state = TrainState({"c3_table": True}, recipe, loaders, device)
+    branches: dict[int, dict] = {}
+
+    def keep(state: TrainState) -> None:
+        if state.epoch in args.branch:
+            branches[state.epoch] = state.state_dict()
+
+    fit(state, loaders, log_interval=10**9, on_epoch=keep)
+    results = {"as trained": accuracy(state.eval_model, loaders.held_out, device)}
+    as_trained = loaders.train.dataset.augmentation
+    for epoch, snapshot in sorted(branches.items()):
+        for name, augmentation in variants(recipe).items():
+            state.load_state_dict(snapshot)
+            loaders.train.dataset.augmentation = augmentation  # from the next epoch to the last
+            fit(state, loaders, log_interval=10**9)
+            results[f"{name}, last {recipe.epochs - epoch}"] = accuracy(state.eval_model, loaders.held_out, device)
+        loaders.train.dataset.augmentation = as_trained
+    print(f"recipe: {recipe}\n{'last epochs trained with':<26} val acc")
+    for name, value in results.items():
+        print(f"{name:<26} {100 * value:6.2f}%")
+    if args.out:
+        write_json({"recipe": recipe.__dict__, "val_accuracy": results}, args.out)
+
+
+if __name__ == "__main__":
+    run_cli(main)
