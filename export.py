@@ -17,6 +17,7 @@ import argparse
 import copy
 import io
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import torch
 import weights_formats
 from data import DataSource, add_data_args, data_source, preprocess
 from devices import choose_device
-from helper import atomic_output, load_model, write_json
+from helper import atomic_outputs, json_text, load_model
 from LeNet5 import INPUT_NORMALIZATION
 
 TOLERANCE = 1e-4
@@ -133,26 +134,31 @@ def verify(fmt: str, path: Path, model: torch.nn.Module, images: torch.Tensor) -
     return {"images": len(images), "argmax_identical": same_argmax, "max_abs_logit_diff": max_diff}
 
 
-def export(model: torch.nn.Module, fmt: str, out: Path, images: torch.Tensor) -> dict[str, Any]:
-    """Export, verify in the target runtime, then move into place (a failed check leaves no file)."""
+def export(
+    model: torch.nn.Module, fmt: str, out: Path, images: torch.Tensor, sidecar: Callable[[dict[str, Any]], dict]
+) -> dict[str, Any]:
+    """Export, verify in the target runtime, then move the file and its <out>.json (`sidecar(check)`) into
+    place together: a failed check, or a disk that fills on either, leaves both as they were."""
     # Exporters want the plain layout, on the CPU; the checks compare with `model` where it runs.
     exported = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
-    with atomic_output(out) as tmp:
+    with atomic_outputs(out, sidecar_path(out)) as (tmp, tmp_sidecar):
         FORMATS[fmt][0](exported, tmp)
         check = verify(fmt, tmp, model, images)
         if not check["argmax_identical"] or check["max_abs_logit_diff"] > TOLERANCE:
             raise UserError(f"the {fmt} export does not match PyTorch ({check}); nothing was written")
+        tmp_sidecar.write_text(json_text(sidecar(check)))
     return check
 
 
-def write_sidecar(out: Path, fmt: str, weights: Path, checkpoint: dict[str, Any], check: dict[str, Any],
-                  source: str) -> None:  # fmt: skip
+def sidecar_fields(
+    fmt: str, weights: Path, checkpoint: dict[str, Any], source: str, check: dict[str, Any]
+) -> dict[str, Any]:
     """<out>.json: the contract, where the weights came from, how the export was verified."""
     normalization = checkpoint.get("normalization", INPUT_NORMALIZATION)  # (format 1 did not always record it)
-    sidecar = {**contract(normalization, checkpoint["config"].get("num_classes", 10)), "format": fmt}
-    sidecar.update(weights=str(weights), verified_on=source, verification=check)
-    sidecar["test_accuracy"] = checkpoint.get("metrics", {}).get("test_accuracy")
-    write_json(sidecar, sidecar_path(out))
+    fields = {**contract(normalization, checkpoint["config"].get("num_classes", 10)), "format": fmt}
+    fields.update(weights=str(weights), verified_on=source, verification=check)
+    fields["test_accuracy"] = checkpoint.get("metrics", {}).get("test_accuracy")
+    return fields
 
 
 def sidecar_path(out: Path) -> Path:
@@ -189,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--out {out}: a {args.format} export should not be named {out.suffix}; e.g. lenet5{suffix}")
     model, checkpoint = load_model(args.weights, choose_device(args.device))  # (a wrong --weights: before the data)
     images, source = verification_images(data_source(args), args.verify_images)
-    check = export(model, args.format, out, images)
-    write_sidecar(out, args.format, args.weights, checkpoint, check, source)
+    fields = partial(sidecar_fields, args.format, args.weights, checkpoint, source)
+    check = export(model, args.format, out, images, fields)
     print(
         f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB) and {out.name}.json\n"
         f"verified in {'onnxruntime' if args.format == 'onnx' else 'torch.jit.load'} on {source} "

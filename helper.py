@@ -132,13 +132,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         tmp.write_bytes(data)
 
 
-def _json_text(obj: Any) -> str:
+def json_text(obj: Any) -> str:
     """Strict JSON (NaN is not JSON: write None instead)."""
     return json.dumps(obj, indent=2, allow_nan=False) + "\n"
 
 
 def write_json(obj: Any, path: Path) -> None:
-    text = _json_text(obj)
+    text = json_text(obj)
     with atomic_output(path) as tmp:
         tmp.write_text(text)
 
@@ -176,7 +176,7 @@ def save_checkpoint(
     if set(rest) - {"epoch"}:
         checkpoint["train_state"] = rest
         checkpoint["digest"] = state_digest(checkpoint)
-    contents = [_torch_bytes(checkpoint)] + ([_json_text(metrics or {}).encode()] if metrics_json else [])
+    contents = [_torch_bytes(checkpoint)] + ([json_text(metrics or {}).encode()] if metrics_json else [])
     with atomic_outputs(path, *([metrics_json] if metrics_json else [])) as temps:
         for tmp, content in zip(temps, contents):
             tmp.write_bytes(content)

@@ -41,27 +41,21 @@ MNIST_FILES = {
 CUSTOM_FILES = {key: IdxFile(f.name, f.magic, None, None) for key, f in MNIST_FILES.items()}
 
 
-# More than this is a damaged header or a decompression bomb, not a data set (2.7 million 28x28 images).
-MAX_IDX_BYTES = 2**31
+# More than this is a damaged header or a decompression bomb, not a data set (1.3 million 28x28 images).
+MAX_IDX_BYTES = 2**30
 
 
 def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
     """Parse and verify one IDX file (gzip-compressed or not); DataError says what is wrong."""
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
-            raw, dims = _read_as_header_says(file, path, spec)
+            header, dims = _read_header(file, path, spec)
+            body = _read_body(file, path, dims, len(header))
     except (OSError, EOFError, zlib.error) as err:  # (gzip.BadGzipFile is an OSError)
         raise DataError(f"{path}: cannot be read or decompressed ({err}); replace it with a fresh copy") from None
-    header = 4 + 4 * len(dims)
-    if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
-        raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
-    if dims[0] == 0:
-        raise DataError(f"{path}: holds no {_kind(spec)}; it must hold at least one")
-    if spec.count is not None and dims[0] != spec.count:
-        raise DataError(f"{path}: holds {dims[0]:,} {_kind(spec)}, expected {spec.count:,}")
-    if spec.md5 is not None and (md5 := hashlib.md5(raw).hexdigest()) != spec.md5:
+    if spec.md5 is not None and (md5 := hashlib.md5(header + body).hexdigest()) != spec.md5:
         raise DataError(f"{path}: MD5 {md5} does not match the official {spec.md5}: the file is corrupted")
-    values = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+    values = torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
     if spec.magic == LABEL_MAGIC:
         if values.numel() and int(values.max()) > 9:
             raise DataError(f"{path}: label {int(values.max())} is out of range 0..9")
@@ -69,28 +63,43 @@ def read_idx(path: Path, spec: IdxFile) -> torch.Tensor:
     return values
 
 
-def _read_as_header_says(file: BinaryIO, path: Path, spec: IdxFile) -> tuple[bytes, list[int]]:
-    """The file's bytes and dimensions, reading no more than the header promises (and one byte to
-    see whether more follow): a small .gz that inflates to gigabytes is refused, not decompressed."""
-    raw = file.read(4)
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated ({len(raw)} bytes): not an IDX file")
-    if (magic := int.from_bytes(raw, "big")) != spec.magic:
+def _read_header(file: BinaryIO, path: Path, spec: IdxFile) -> tuple[bytes, list[int]]:
+    """The header's bytes and dimensions, checked against `spec` before any of the values is read: a small
+    .gz that claims (or inflates to) gigabytes is refused without decompressing it."""
+    header = file.read(4)
+    if len(header) < 4:
+        raise DataError(f"{path}: truncated ({len(header)} bytes): not an IDX file")
+    if (magic := int.from_bytes(header, "big")) != spec.magic:
         raise DataError(f"{path}: bad magic number {magic}, expected {spec.magic}: not an MNIST {_kind(spec)} file")
-    ndim = raw[3]
-    raw += file.read(4 * ndim)
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated ({len(raw)} bytes): its header is incomplete")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = len(raw) + math.prod(dims)
-    if expected > MAX_IDX_BYTES:
-        raise DataError(f"{path}: its header {dims} claims {expected:,} bytes, more than an MNIST-like file holds")
-    raw += file.read(expected - len(raw) + 1)
-    if len(raw) < expected:
-        raise DataError(f"{path}: truncated: {len(raw):,} bytes, its header {dims} needs {expected:,}")
-    if len(raw) > expected:
-        raise DataError(f"{path}: has trailing bytes after the {expected:,} its header {dims} needs")
-    return raw, dims
+    ndim = header[3]
+    header += file.read(4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated ({len(header)} bytes): its header is incomplete")
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if spec.magic == IMAGE_MAGIC and dims[1:] != [28, 28]:
+        raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected 28x28")
+    if dims[0] == 0:
+        raise DataError(f"{path}: holds no {_kind(spec)}; it must hold at least one")
+    if spec.count is not None and dims[0] != spec.count:
+        raise DataError(f"{path}: holds {dims[0]:,} {_kind(spec)}, expected {spec.count:,}")
+    if len(header) + math.prod(dims) > MAX_IDX_BYTES:
+        raise DataError(f"{path}: its header claims {dims[0]:,} {_kind(spec)}, more than this reader takes")
+    return header, dims
+
+
+def _read_body(file: BinaryIO, path: Path, dims: list[int], header_size: int) -> bytes:
+    """The values the header promises, and one byte more to see whether the file goes on."""
+    size = math.prod(dims)
+    try:
+        body = file.read(size + 1)
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read its {size:,} bytes") from None
+    if len(body) < size:
+        raise DataError(f"{path}: truncated: {header_size + len(body):,} bytes, its header {dims} needs "
+                        f"{header_size + size:,}")  # fmt: skip
+    if len(body) > size:
+        raise DataError(f"{path}: has trailing bytes after the {header_size + size:,} its header {dims} needs")
+    return body
 
 
 def _kind(spec: IdxFile) -> str:

@@ -113,12 +113,29 @@ def _read_text(path: Path) -> str:
         raise CheckpointError(f"{path}: cannot be read ({err}); export it again") from None
 
 
+MAX_JSON_DEPTH = 32  # what this project writes is a few levels deep; far more would overflow the stack later
+
+
 def _parse_json(path: Path, text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:  # (RecursionError: nested thousands deep)
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:  # (RecursionError: nested about a thousand deep)
         reason = err if isinstance(err, json.JSONDecodeError) else "nested too deeply"
         raise CheckpointError(f"{path}: {what} is not valid JSON ({reason}); export it again") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: {what} is nested more than {MAX_JSON_DEPTH} levels deep; export it again")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a loop, not recursion: any depth)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _check_version(path: Path, version: Any) -> None:
@@ -342,7 +359,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         if old is not None and not path.exists():
             os.replace(old, path)
         if isinstance(err, UserError):  # (a full disk): name the folder asked for, not the temporary one
-            raise UserError(str(err).replace(str(tmp), str(path))) from None
+            raise type(err)(str(err).replace(str(tmp), str(path))) from None
         raise
     finally:
         if old is not None and old.exists():

@@ -1,6 +1,8 @@
 import contextlib
+import errno
 import json
 import stat
+from pathlib import Path
 
 import onnxruntime
 import pytest
@@ -83,3 +85,24 @@ def file_size_limit(size: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_disk_that_fills_at_the_json_keeps_both_previous_files(tmp_path, weights, cli, monkeypatch):
+    """The export and its .json are one pair: when the .json cannot be written, the new export is not kept either."""
+    out = tmp_path / "m.torchscript.pt"
+    out.write_text("previous export")
+    out.with_name(out.name + ".json").write_text('{"previous": true}')
+    write_text = Path.write_text
+
+    def full_at_the_json(path: Path, *args, **kwargs):
+        if ".json." in path.name:  # the .json's temporary file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_at_the_json)
+    args = ["--weights", weights, "--format", "torchscript", "--out", out, "--verify-images", "4"]
+    done = cli("export", *args, "--data-dir", tmp_path / "no-mnist", "--no-download")
+    assert_user_error(done, "No space left on device; what was there before is unchanged")
+    assert out.read_text() == "previous export"
+    assert out.with_name(out.name + ".json").read_text() == '{"previous": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript.pt", "m.torchscript.pt.json", "model.pt"]

@@ -78,5 +78,22 @@ def test_a_decompression_bomb_is_refused_without_inflating_it(tmp_path):
 
 def test_a_header_that_claims_gigabytes_is_refused(tmp_path):
     header = IMAGE_MAGIC.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (10**7, 28, 28))
-    with pytest.raises(DataError, match=r"claims 7,840,000,016 bytes"):
+    with pytest.raises(DataError, match=r"its header claims 10,000,000 images, more than this reader takes"):
         read_idx(write(tmp_path, gzip.compress(header + bytes(100)), "huge.gz"), IMAGES)
+
+
+def test_a_count_that_is_not_the_official_one_is_refused_before_the_values_are_read(tmp_path):
+    """A labels .gz claiming 32 million labels (and inflating to them): refused by its header, nothing inflated."""
+    import tracemalloc
+
+    count = 32 * 2**20
+    header = LABEL_MAGIC.to_bytes(4, "big") + count.to_bytes(4, "big")
+    path = write(tmp_path, gzip.compress(header + bytes(count), compresslevel=9), "labels.gz")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="holds 33,554,432 labels, expected 60,000"):
+            read_idx(path, IdxFile("train-labels-idx1-ubyte", LABEL_MAGIC, 60_000, None))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20

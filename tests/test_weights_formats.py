@@ -136,6 +136,8 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         save_file(tensors, bad, metadata={**metadata, "metrics": "{not json"})
     elif kind == "deep json":
         save_file(tensors, bad, metadata={**metadata, "metrics": "[" * 100_000 + "]" * 100_000})
+    elif kind == "json 500 deep":  # json.loads takes it, and re-exporting it overflowed the stack
+        save_file(tensors, bad, metadata={**metadata, "metrics": '{"zz": ' + "[" * 500 + "]" * 500 + "}"})
     else:  # hub folders
         bad = tmp_path / kind.replace(" ", "_")
         bad.mkdir()
@@ -162,6 +164,7 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         ("hub without weights", "a hub folder needs model.safetensors"),
         ("hub bad config", "config.json: the file is not valid JSON"),
         ("deep json", "metadata 'metrics' is not valid JSON (nested too deeply)"),
+        ("json 500 deep", "metadata 'metrics' is nested more than 32 levels deep"),
         ("hub deep config", "config.json: the file is not valid JSON (nested too deeply)"),
     ],
 )
