@@ -58,10 +58,11 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         for tmp in temps:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
             _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
-        with _one_writer_at_a_time({target.parent for target in targets} if len(targets) > 1 else set()):
+        folders = {target.parent for target in targets}
+        with _one_writer_at_a_time(folders if len(targets) > 1 else set()):  # (one rename is atomic by itself)
             for tmp, target in zip(temps, targets):
                 os.replace(tmp, target)
-        for directory in {target.parent for target in targets}:
+        for directory in folders:
             _sync(directory)
     except BaseException as err:
         for tmp in temps:
