@@ -15,6 +15,7 @@ Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --s
 """
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
 import torch  # noqa: E402
 
 from augment import Augmentation  # noqa: E402
-from data import add_data_args, data_source, make_loaders  # noqa: E402
+from data import Loaders, add_data_args, data_source, make_loaders  # noqa: E402
 from helper import write_json  # noqa: E402
 from main import add_recipe_args, recipe_flags  # noqa: E402
 from recipes import Recipe, resolve_recipe  # noqa: E402
-from train import TrainState, accuracy, fit  # noqa: E402
+from train import TrainingInterrupted, TrainState, accuracy, fit  # noqa: E402
 
 
 def variants(recipe: Recipe) -> dict[str, Augmentation | None]:
@@ -41,6 +42,14 @@ def variants(recipe: Recipe) -> dict[str, Augmentation | None]:
         "affine": affine,
         "clean": None,
     }
+
+
+def finish(state: TrainState, loaders: Loaders, on_epoch: Callable[[TrainState], None] | None = None) -> None:
+    """Train to the recipe's last epoch. A Ctrl-C ends the script with 130: a measurement has nothing to save."""
+    try:
+        fit(state, loaders, log_interval=10**9, on_epoch=on_epoch)
+    except TrainingInterrupted:
+        raise KeyboardInterrupt from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,14 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         if state.epoch in args.branch:
             branches[state.epoch] = state.state_dict()
 
-    fit(state, loaders, log_interval=10**9, on_epoch=keep)
+    finish(state, loaders, on_epoch=keep)
     results = {"as trained": accuracy(state.eval_model, loaders.held_out, device)}
     as_trained = loaders.train.dataset.augmentation
     for epoch, snapshot in sorted(branches.items()):
         for name, augmentation in variants(recipe).items():
             state.load_state_dict(snapshot)
             loaders.train.dataset.augmentation = augmentation  # from the next epoch to the last
-            fit(state, loaders, log_interval=10**9)
+            finish(state, loaders)
             results[f"{name}, last {recipe.epochs - epoch}"] = accuracy(state.eval_model, loaders.held_out, device)
         loaders.train.dataset.augmentation = as_trained
     print(f"recipe: {recipe}\n{'last epochs trained with':<26} val acc")

@@ -85,3 +85,16 @@ def test_late_distortions_finishes_each_variant_from_the_branch(capsys, idx_dir,
     assert f"{'clean, last 1':<26} {100 * results['clean, last 1']:6.2f}%" in printed
     assert_user_error(finished(late.main, *data, "--branch", "3", capsys=capsys), "--branch epochs between 1 and 2")
     assert_user_error(finished(late.main, *data, "--branch", "1", "--no-augment", capsys=capsys), "augmented recipe")
+
+
+def test_late_distortions_ctrl_c_exits_130_without_a_traceback(capsys, idx_dir, monkeypatch):
+    import os
+    import signal
+
+    import train
+
+    late = script("late_distortions")
+    monkeypatch.setattr(train, "check_loss", lambda *args: os.kill(os.getpid(), signal.SIGINT))  # a real Ctrl-C
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--batch-size", "16"]
+    done = finished(late.main, *data, "--val-size", "32", "--epochs", "3", "--branch", "1", capsys=capsys)
+    assert done.returncode == 130 and done.stderr.strip() == "interrupted"
