@@ -23,32 +23,32 @@ BACKGROUND = (0.0 - INPUT_NORMALIZATION["mean"]) / INPUT_NORMALIZATION["std"]  #
 
 @dataclass(frozen=True)
 class Augmentation:
-    degrees: float = 10.0  # rotation, uniform in +-degrees
-    scale: float = 0.1  # zoom, uniform in 1 +- scale
-    shift_px: float = 2.0  # translation, uniform in +-shift_px pixels on each axis
+    rotation: float = 10.0  # degrees, uniform in +-rotation
+    zoom: float = 0.1  # a scale factor, uniform in 1 +- zoom
+    shift: float = 2.0  # pixels on each axis, uniform in +-shift
     elastic_alpha: float = 0.0  # elastic displacement strength in pixels (0: off)
     elastic_sigma: float = 4.0  # smoothness of the elastic field: the Gaussian's std in pixels
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """N x 1 x H x W normalized images -> the same, distorted (`generator` on the images' device)."""
-        grid = affine_grid(images.shape, generator, self.degrees, self.scale, self.shift_px)
+        grid = affine_grid(images.shape, generator, self.rotation, self.zoom, self.shift)
         if self.elastic_alpha > 0:  # (the affine-only path draws exactly what it always has)
             grid = grid + elastic_field(images.shape, generator, self.elastic_alpha, self.elastic_sigma)
         return warp(images, grid)
 
 
 def affine_grid(
-    shape: torch.Size, generator: torch.Generator, degrees: float, scale: float, shift_px: float
+    shape: torch.Size, generator: torch.Generator, rotation: float, zoom: float, shift: float
 ) -> torch.Tensor:
     """A sampling grid (N x H x W x 2, coordinates in [-1, 1]) that rotates, zooms and shifts each image."""
     n, _, height, _ = shape
     uniform = torch.rand(n, 4, generator=generator, device=generator.device)
     uniform = uniform * 2 - 1  # n x 4, each in [-1, 1): rotation, zoom, shift x, shift y
-    angle = uniform[:, 0] * math.radians(degrees)
-    zoom = 1 + uniform[:, 1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    shift = uniform[:, 2:] * (2 * shift_px / height)  # affine_grid coordinates span [-1, 1]
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    angle = uniform[:, 0] * math.radians(rotation)
+    factor = 1 + uniform[:, 1] * zoom
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    offset = uniform[:, 2:] * (2 * shift / height)  # affine_grid coordinates span [-1, 1]
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
     return F.affine_grid(theta, list(shape), align_corners=False)
 
 

@@ -71,15 +71,19 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
     flag("--epochs", "passes over the training set", type=number(int, 1, 10_000))
     flag("--batch-size", "training images per optimizer step", type=number(int, 1))
-    flag("--optimizer", "torch.optim.SGD, Adam or AdamW", choices=OPTIMIZERS)
+    flag("--optimizer", "torch.optim.SGD, Adam, AdamW, or muon (Muon on C5 and F6, AdamW on the rest)",
+         choices=OPTIMIZERS)  # fmt: skip
     flag("--lr", "learning rate, the schedule's peak", type=number(float, 0, low_open=True))
-    flag("--momentum", "SGD momentum, or Adam's beta1", type=number(float, 0, 0.999))
+    flag("--momentum", "SGD momentum, or Adam's beta1 (muon: AdamW's)", type=number(float, 0, 0.999))
     flag("--beta2", "Adam's second-moment decay", type=number(float, 0, 0.9999))
     flag("--nesterov", "Nesterov momentum (SGD)", action=argparse.BooleanOptionalAction)
-    flag("--weight-decay", "L2 penalty (AdamW: decoupled weight decay)", type=number(float, 0))
+    flag("--weight-decay", "L2 penalty (AdamW and muon: decoupled weight decay)", type=number(float, 0))
     flag("--schedule", "per-step learning-rate schedule", choices=SCHEDULES)
     flag("--warmup-epochs", "linear learning-rate ramp from 0 at the start", type=number(float, 0, 100))
-    flag("--augment", "random rotation, scale and shift of training images", action=argparse.BooleanOptionalAction)
+    flag("--augment", "random rotation, zoom and shift of training images", action=argparse.BooleanOptionalAction)
+    flag("--rotation", "with --augment: the largest rotation, degrees", type=number(float, 0, 180))
+    flag("--zoom", "with --augment: the largest zoom in or out, a fraction of the size", type=number(float, 0, 0.5))
+    flag("--shift", "with --augment: the largest shift on each axis, pixels", type=number(float, 0, 16))
     flag("--elastic-alpha", "with --augment: elastic distortion strength, pixels (0: off)", type=number(float, 0, 100))
     flag("--elastic-sigma", "smoothness of the elastic field, pixels", type=number(float, 0.5, 8))
     flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))

@@ -54,7 +54,9 @@ def _card_recipe(recipe: dict[str, Any] | None) -> str:
     if not recipe:
         return "## Training recipe\n\nNot recorded in the checkpoint this was exported from."
     rows = [f"| {name} | {value} |" for name, value in recipe.items()]
-    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(recipe.get("optimizer"), "SGD")
+    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "muon": "Muon (C5, F6) with AdamW (the rest)"}.get(
+        recipe.get("optimizer"), "SGD"
+    )
     how = f"{optimizer} on cross-entropy, the learning rate set per step."
     if recipe.get("ema_decay"):
         how += f" The weights are an exponential moving average of the trained ones (decay {recipe['ema_decay']})."

@@ -10,7 +10,7 @@ from cli import UserError
 from augment import Augmentation
 
 SCHEDULES = ("linear", "cosine", "constant")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Recipe:
     name: str = "default"  # the named recipe these values started from (RECIPES)
     epochs: int = 10
     batch_size: int = 64  # the global batch: all processes together, under torchrun
-    optimizer: str = "sgd"  # "sgd", or "adam"/"adamw" (torch.optim.Adam/AdamW)
+    optimizer: str = "sgd"  # "sgd", "adam"/"adamw" (torch.optim.Adam/AdamW), or "muon" (optimizers.MuonAndAdamW)
     lr: float = 0.01  # the write-up's learning rate: the peak of the schedule
     momentum: float = 0.95  # SGD's momentum, or Adam's beta1 (as torch's OneCycleLR treats it)
     beta2: float = 0.999  # Adam's second-moment decay (SGD: unused)
@@ -26,7 +26,10 @@ class Recipe:
     weight_decay: float = 0.0  # SGD and Adam: an L2 penalty in the gradient; AdamW: decoupled decay
     schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr
     warmup_epochs: float = 0.0  # first, a linear ramp of the learning rate from 0 over this many epochs
-    augment: bool = True  # random rotation, scale and shift of each training batch
+    augment: bool = True  # random rotation, zoom and shift of each training image
+    rotation: float = 10.0  # with augment: turned by up to +-this many degrees
+    zoom: float = 0.1  # with augment: scaled by a factor of up to 1 +- this
+    shift: float = 2.0  # with augment: moved by up to +-this many pixels on each axis
     elastic_alpha: float = 0.0  # with augment: elastic distortion strength in pixels (0: off)
     elastic_sigma: float = 4.0  # smoothness of the elastic displacement field, in pixels
     label_smoothing: float = 0.0
@@ -37,7 +40,9 @@ class Recipe:
 
 
 # Fields added after checkpoints were first saved, with the values that reproduce how those were trained.
-ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0}
+ADDED_FIELDS: dict[str, Any] = {
+    "optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0, "rotation": 10.0, "zoom": 0.1, "shift": 2.0
+}  # fmt: skip
 
 
 def with_added_fields(values: dict[str, Any]) -> dict[str, Any]:
@@ -54,10 +59,26 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         {"epochs": 60, "elastic_alpha": 34.0, "elastic_sigma": 6.0},
     ),
     "fast": (
-        "the shortest run found to end at >= 99 % test accuracy: 4 epochs, Nesterov momentum 0.98",
-        {"epochs": 4, "momentum": 0.98},
+        "the shortest run found to end at >= 99 % test accuracy: 2 epochs of Muon and AdamW, batches of 256, "
+        "label smoothing, milder distortions",
+        {
+            "epochs": 2,
+            "batch_size": 256,
+            "optimizer": "muon",
+            "lr": 0.02,
+            "momentum": 0.7,
+            "beta2": 0.9,
+            "warmup_epochs": 0.1,
+            "label_smoothing": 0.1,
+            "rotation": 3.0,
+            "zoom": 0.03,
+            "shift": 1.0,
+        },
     ),
 }
+
+
+DISTORTION_RANGES = {"rotation", "zoom", "shift", "elastic_sigma"}
 
 
 def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
@@ -66,8 +87,11 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         raise UserError(f"--recipe {name!r} is not one of {', '.join(RECIPES)}")
     recipe = Recipe(**{**RECIPES[name][1], **overrides, "name": name})
     if not recipe.augment:
-        if overrides.get("elastic_alpha", 0) > 0 or "elastic_sigma" in overrides:
-            raise UserError("--elastic-alpha and --elastic-sigma distort the augmented images: drop --no-augment")
+        if overrides.get("elastic_alpha", 0) > 0 or DISTORTION_RANGES & overrides.keys():
+            raise UserError(
+                "--rotation, --zoom, --shift, --elastic-alpha and --elastic-sigma distort the augmented images: "
+                "drop --no-augment"
+            )
         recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
     if recipe.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {recipe.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -104,7 +128,7 @@ def recipe_from_saved(values: Any) -> Recipe:
     wrong = [f.name for f in fields(Recipe) if not _fits(values[f.name], f.default)]
     recipe = Recipe(**values)
     bad_range = recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.optimizer not in OPTIMIZERS
-    bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1
+    bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1 or recipe.zoom >= 1
     if wrong or bad_range:
         raise ValueError(f"its recipe holds values this version cannot train with ({', '.join(wrong) or 'ranges'})")
     return recipe
@@ -123,4 +147,5 @@ def _fits(value: Any, default: Any) -> bool:
 def augmentation_for(recipe: Recipe) -> Augmentation | None:
     if not recipe.augment:
         return None
-    return Augmentation(elastic_alpha=recipe.elastic_alpha, elastic_sigma=recipe.elastic_sigma)
+    return Augmentation(rotation=recipe.rotation, zoom=recipe.zoom, shift=recipe.shift,
+                        elastic_alpha=recipe.elastic_alpha, elastic_sigma=recipe.elastic_sigma)  # fmt: skip

@@ -24,6 +24,7 @@ import torch
 from distributed import World
 from helper import CheckpointError, load_checkpoint, save_checkpoint, state_digest, training_state
 from LeNet5 import LeNet5
+from optimizers import parameter_order
 from recipes import Recipe, flag_text, recipe_from_saved
 from train import TrainState
 
@@ -123,19 +124,22 @@ def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
 
 
 def _optimizer_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
-    parameters = list(state.model.parameters())
-    groups = saved["param_groups"]
-    if len(groups) != 1 or groups[0]["params"] != list(range(len(parameters))):
+    """The saved optimizer state must have the groups, parameters and settings of the one its recipe builds."""
+    parameters, live, groups = parameter_order(state.optimizer), state.optimizer.param_groups, saved["param_groups"]
+    numbered, start = [], 0  # state_dict() numbers the parameters group after group
+    for group in live:
+        numbered.append(list(range(start, start + len(group["params"]))))
+        start += len(group["params"])
+    if [group.get("params") for group in groups] != numbered:
         return f"its optimizer has {len(groups)} parameter group(s) that do not match the model's parameters"
     for index, values in saved["state"].items():
         if not (type(index) is int and 0 <= index < len(parameters)):
             return f"its optimizer holds state for a parameter {index!r} the model does not have"
-        for name, buffer in values.items():  # SGD's momentum_buffer; Adam's exp_avg, exp_avg_sq (and a step count)
+        for name, buffer in values.items():  # SGD's and Muon's momentum_buffer; Adam's exp_avg, exp_avg_sq, step
             if name != "step" and tuple(getattr(buffer, "shape", ())) != tuple(parameters[index].shape):
                 return f"its optimizer's {name} for parameter {index} does not have that parameter's shape"
-    expected = state.optimizer.param_groups[0]  # built from the same recipe: the settings must be the same
-    settings = ("momentum", "nesterov", "betas", "weight_decay", "decoupled_weight_decay")
-    if any(groups[0].get(key) != expected.get(key) for key in settings):
+    settings = ("momentum", "nesterov", "betas", "weight_decay", "decoupled_weight_decay")  # same recipe, same values
+    if any(g.get(key) != lg.get(key) for g, lg in zip(groups, live) for key in settings):
         return "its optimizer's kind, momentum or weight decay is not its recipe's"
     return None
 

@@ -31,6 +31,7 @@ from devices import place_batch, place_model
 from distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
 from eval import predict
 from LeNet5 import LeNet5
+from optimizers import make_optimizer
 from recipes import Recipe
 
 # A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
@@ -78,17 +79,6 @@ class History:
         self.steps_per_epoch = state["steps_per_epoch"]
         self.step_losses = list(state["step_losses"])
         self.epochs = [EpochStats(**e) for e in state["epochs"]]
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    if recipe.optimizer == "sgd":
-        nesterov = recipe.nesterov and recipe.momentum > 0
-        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,
-                               weight_decay=recipe.weight_decay)  # fmt: skip
-    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
-    # fused: one kernel for all parameters (CPU, CUDA, MPS, XPU); the default foreach step costs more than SGD's
-    return adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, recipe.beta2),
-                weight_decay=recipe.weight_decay, fused=True)  # fmt: skip
 
 
 class WeightAverage:

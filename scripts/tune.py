@@ -16,14 +16,14 @@ The summary's command is the best trial's recipe for `python main.py`, without t
     python scripts/tune.py --space fast --trials 30 --data-dir ../shared/mnist --out docs/tune.json
     python scripts/tune.py --space my_space.json --storage postgresql://user@host/optuna   # on each machine
 
---space is a preset (fast, best) or a JSON file that maps flags of main.py's "training recipe" group
+--space is a preset (fast, fast3, best) or a JSON file that maps flags of main.py's "training recipe" group
 (lr, momentum, batch_size or batch-size, ...; see `python main.py --help`) to one of
     {"low": 0.005, "high": 0.05, "log": true}   a number in [low, high], whole when both are ("step" optional)
     {"choices": ["linear", "cosine"]}           one of these
     0.95                                        this value in every trial
 The values it does not name are the default recipe's. A trial that draws "augment": false leaves out
-the elastic values, one that draws momentum 0 or an Adam optimizer leaves out nesterov, and one that
-draws SGD leaves out beta2 (main.py refuses those pairs).
+the distortion values (rotation, zoom, shift, elastic), one that draws momentum 0 or an optimizer other
+than SGD leaves out nesterov, and one that draws SGD leaves out beta2 (main.py refuses those pairs).
 """
 
 import argparse
@@ -64,13 +64,28 @@ from main import add_recipe_args  # noqa: E402
 
 MAIN = PROJECT_DIR / "main.py"
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_DIR / 'runs' / 'tune' / 'optuna.db'}"
+DISTORTIONS = ("rotation", "zoom", "shift", "elastic_alpha", "elastic_sigma")  # meaningless with --no-augment
 SET_BY_TUNE = ("seed", "val_size", "limit")  # recipe flags that tune.py's own flags set, the same for every trial
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 # main.py's per-epoch line (train.summary_line): "epoch 2/4: train loss ..., val acc 98.12%, ..."
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?\b(val|test) acc ([0-9.]+)%")
 
 SPACES: dict[str, dict[str, Any]] = {
-    "fast": {  # three epochs, any optimizer: the most accuracy for little computation
+    "fast": {  # two epochs, Adam or Muon: the most accuracy for the least computation
+        "epochs": 2,
+        "optimizer": {"choices": ["adam", "muon"]},
+        "batch_size": {"choices": [128, 256]},
+        "lr": {"low": 0.005, "high": 0.05, "log": True},
+        "momentum": {"low": 0.6, "high": 0.95},
+        "beta2": {"choices": [0.9, 0.99]},
+        "warmup_epochs": {"low": 0.0, "high": 0.3},
+        "label_smoothing": {"low": 0.0, "high": 0.15},
+        "augment": {"choices": [True, False]},
+        "rotation": {"low": 0.0, "high": 10.0},
+        "zoom": {"low": 0.0, "high": 0.1},
+        "shift": {"low": 0.0, "high": 2.0},
+    },
+    "fast3": {  # round 2's search (then named "fast"): three epochs, SGD or Adam
         "epochs": 3,
         "optimizer": {"choices": ["sgd", "adam"]},
         "batch_size": {"choices": [64, 128, 256]},
@@ -220,7 +235,7 @@ def draw(trial: Trial, space: dict[str, Any]) -> dict[str, Any]:
     """This trial's values: the space's fixed ones, and Optuna's suggestions for the others."""
     values: dict[str, Any] = {}
     for name in sorted(space, key=lambda n: n not in ("augment", "momentum", "optimizer")):  # they decide the rest
-        if name.startswith("elastic_") and values.get("augment") is False:
+        if name in DISTORTIONS and values.get("augment") is False:
             continue
         sgd = values.get("optimizer", "sgd") == "sgd"
         if name == "nesterov" and (values.get("momentum") == 0 or not sgd):

@@ -1,5 +1,5 @@
 """What each part of a training step costs on this machine: the optimizer's update (SGD as the default
-recipe builds it, Adam as train.make_optimizer builds it and in PyTorch's default foreach kernel), the
+recipe builds it, Adam as optimizers.make_optimizer builds it and in PyTorch's default foreach kernel), the
 weight average's update, the loss with and without label smoothing, against one forward and backward
 pass of a batch of 64. Microseconds per call, the median of --repeats timings. The Adam values are
 the Adam candidate for `fast` in docs/tune_fast_output.txt (trial 14's, rounded).
@@ -22,8 +22,9 @@ from step_cost import ms_per_call  # noqa: E402
 
 from devices import place_batch, place_model  # noqa: E402
 from LeNet5 import LeNet5  # noqa: E402
+from optimizers import make_optimizer  # noqa: E402
 from recipes import resolve_recipe  # noqa: E402
-from train import WeightAverage, make_optimizer  # noqa: E402
+from train import WeightAverage  # noqa: E402
 
 ADAM = {"optimizer": "adam", "momentum": 0.88, "beta2": 0.99, "lr": 1e-12}  # (lr: the weights barely move)
 

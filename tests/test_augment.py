@@ -35,9 +35,31 @@ def test_each_image_gets_its_own_distortion():
 
 def test_zero_strength_is_the_identity():
     x = digits()
-    still = Augmentation(degrees=0, scale=0, shift_px=0, elastic_alpha=0)
+    still = Augmentation(rotation=0, zoom=0, shift=0, elastic_alpha=0)
     assert torch.allclose(still(x, torch.Generator().manual_seed(0)), x, atol=1e-5)
     assert torch.equal(elastic_field(x.shape, torch.Generator().manual_seed(0), 0.0, 4.0), torch.zeros(8, 32, 32, 2))
+
+
+def test_the_ranges_bound_each_distortion():
+    """A shift of at most 1 pixel moves the ink's centre by at most 1 pixel on each axis; a wider one moves it
+    further; a rotation or zoom alone keeps the centre of a centred bar where it is."""
+    x = torch.full((1, 1, 32, 32), BACKGROUND).expand(256, -1, -1, -1).clone()
+    x[:, :, 10:22, 13:19] = 2.0  # a bar centred on (15.5, 15.5)
+    ink = lambda images: (images - BACKGROUND).clamp(min=0)  # noqa: E731
+    grid = torch.arange(32.0)
+
+    def centres(augmentation):
+        weights = ink(augmentation(x, torch.Generator().manual_seed(0)))[:, 0]
+        total = weights.sum((1, 2))
+        return (weights.sum(2) @ grid) / total - 15.5, (weights.sum(1) @ grid) / total - 15.5
+
+    rows, cols = centres(Augmentation(rotation=0, zoom=0, shift=1))
+    assert rows.abs().max() <= 1.01 and cols.abs().max() <= 1.01 and rows.abs().max() > 0.8
+    rows, _ = centres(Augmentation(rotation=0, zoom=0, shift=3))
+    assert rows.abs().max() > 2
+    for turned_or_zoomed in (Augmentation(rotation=20, zoom=0, shift=0), Augmentation(rotation=0, zoom=0.2, shift=0)):
+        rows, cols = centres(turned_or_zoomed)
+        assert rows.abs().max() < 0.05 and cols.abs().max() < 0.05
 
 
 def test_elastic_field_is_smooth_and_scales_with_alpha():

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from LeNet5 import C3_TABLE, LeNet5, c3_connection_mask, count_parameters, layer_table
+from optimizers import make_optimizer
 from recipes import Recipe
-from train import make_optimizer
 
 
 def test_forward_shape_and_finite(tiny_model):
@@ -40,6 +40,7 @@ OPTIMIZERS = {  # as train.py builds them (Adam's is the fused kernel)
     "sgd": Recipe(lr=0.1, momentum=0.9, weight_decay=1e-3),
     "adam": Recipe(optimizer="adam", lr=0.01, weight_decay=1e-3),
     "adamw": Recipe(optimizer="adamw", lr=0.01, weight_decay=0.1),
+    "muon": Recipe(optimizer="muon", lr=0.02, weight_decay=0.1),  # C3 is AdamW's
 }
 
 

@@ -32,6 +32,14 @@ def test_augmentation_follows_the_recipe():
     assert augmentation_for(Recipe(augment=False, elastic_alpha=34.0)) is None
     assert augmentation_for(Recipe()) == Augmentation()  # the default: affine only
     assert augmentation_for(resolve_recipe("best", {})).elastic_alpha == RECIPES["best"][1]["elastic_alpha"]
+    assert augmentation_for(resolve_recipe("fast", {"shift": 1.5})) == Augmentation(rotation=3, zoom=0.03, shift=1.5)
+
+
+@pytest.mark.parametrize("flag", ["rotation", "zoom", "shift", "elastic_sigma"])
+def test_a_distortion_range_with_no_augment_is_refused(flag):
+    assert not resolve_recipe("fast", {"augment": False}).augment  # the recipe's own ranges are simply unused
+    with pytest.raises(UserError, match="distort the augmented images: drop --no-augment"):
+        resolve_recipe("default", {"augment": False, flag: 1.0})
 
 
 def test_adam_takes_no_nesterov_and_records_none():
@@ -41,7 +49,9 @@ def test_adam_takes_no_nesterov_and_records_none():
         resolve_recipe("default", {"optimizer": "adamw", "nesterov": True})
     with pytest.raises(UserError, match="--beta2 is Adam's: drop it, or add --optimizer adam"):
         resolve_recipe("default", {"beta2": 0.9})
-    with pytest.raises(UserError, match="--optimizer 'rmsprop' is not one of sgd, adam, adamw"):
+    with pytest.raises(UserError, match="--nesterov is SGD's"):
+        resolve_recipe("fast", {"nesterov": True})  # muon: Muon's own momentum is Nesterov's, not a choice
+    with pytest.raises(UserError, match="--optimizer 'rmsprop' is not one of sgd, adam, adamw, muon"):
         resolve_recipe("default", {"optimizer": "rmsprop"})
 
 
@@ -55,3 +65,5 @@ def test_a_recipe_saved_before_the_optimizer_and_average_fields_reads_as_it_was_
         recipe_from_saved({**saved, "ema_decay": 1.0})  # an average that never moves
     with pytest.raises(ValueError, match="cannot train with"):
         recipe_from_saved({**saved, "optimizer": "lbfgs"})
+    with pytest.raises(ValueError, match="cannot train with"):
+        recipe_from_saved({**saved, "zoom": 1.0})  # a zoom factor of 1 - 1 = 0

@@ -12,6 +12,7 @@ from data import load_mnist, make_loaders
 from devices import place_batch
 from idx import CUSTOM_FILES
 from LeNet5 import LeNet5
+from optimizers import make_optimizer
 from recipes import Recipe
 from train import (
     EXPLODED_LOSS,
@@ -21,7 +22,6 @@ from train import (
     accuracy,
     check_loss,
     fit,
-    make_optimizer,
     make_scheduler,
     train_one_epoch,
 )
@@ -134,7 +134,9 @@ ADAM_WITH_AVERAGE = Recipe(epochs=3, batch_size=16, seed=1, optimizer="adam", lr
 
 
 @pytest.mark.parametrize(
-    "recipe", [Recipe(epochs=3, batch_size=16, seed=1), ADAM_WITH_AVERAGE], ids=["sgd", "adam-ema"]
+    "recipe",
+    [Recipe(epochs=3, batch_size=16, seed=1), ADAM_WITH_AVERAGE, Recipe(epochs=3, batch_size=16, optimizer="muon")],
+    ids=["sgd", "adam-ema", "muon"],
 )
 def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir, recipe):
     state, loaders = setup(idx_dir, recipe)
@@ -177,12 +179,6 @@ def test_the_weight_average_matches_torchs_averaged_model_and_is_what_is_evaluat
     assert all(torch.equal(saved["model"][k], v) for k, v in state.eval_model.state_dict().items())
     assert not torch.equal(saved["model"]["c1.weight"], state.model.c1.weight)  # not the last step's weights
     assert state.history.epochs[-1].eval_accuracy == accuracy(state.eval_model, loaders.held_out, CPU)
-
-
-def test_adam_takes_its_betas_from_momentum_and_beta2_and_adamw_decouples_weight_decay():
-    adam = make_optimizer(LeNet5(), Recipe(optimizer="adam", momentum=0.7, beta2=0.9, weight_decay=0.1))
-    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.7, 0.9)
-    assert isinstance(make_optimizer(LeNet5(), Recipe(optimizer="adamw")), torch.optim.AdamW)
 
 
 def test_state_dict_is_a_snapshot(idx_dir):
