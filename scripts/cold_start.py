@@ -75,9 +75,13 @@ def machine() -> str:
 
 
 def parse(argv: list[str]) -> tuple[int, list[str]]:
+    """(--runs, main.py's flags): those after `--` go to main.py unchanged."""
+    from cli import CliParser, number  # (not at the top: the child times main.py's imports, cli's among them)
+
     ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    runs = int(ours[ours.index("--runs") + 1]) if "--runs" in ours else 3
-    return runs, flags
+    p = CliParser(__doc__)
+    p.add_argument("--runs", type=number(int, 1, 100), default=3, help="fresh processes to time, one after another")
+    return p.parse_args(ours).runs, flags
 
 
 def measure(flags: list[str]) -> dict:
@@ -145,4 +149,9 @@ def timed(function, label: str, spent: dict[str, float]):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--child"]:
+        main(sys.argv[1:])  # (the child is main.py's own run, under main.py's run_cli)
+    else:
+        from cli import run_cli
+
+        run_cli(main, sys.argv[1:])

@@ -98,3 +98,12 @@ def test_late_distortions_ctrl_c_exits_130_without_a_traceback(capsys, idx_dir, 
     data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--batch-size", "16"]
     done = finished(late.main, *data, "--val-size", "32", "--epochs", "3", "--branch", "1", capsys=capsys)
     assert done.returncode == 130 and done.stderr.strip() == "interrupted"
+
+
+def test_cold_start_checks_its_flags_before_any_run(capsys, monkeypatch):
+    cold_start = script("cold_start")
+    monkeypatch.setattr(cold_start, "measure", lambda flags: pytest.fail("a run started"))
+    for runs in ("0", "-1", "abc"):
+        done = finished(cold_start.main, "--runs", runs, "--", "--epochs", "1", capsys=capsys)
+        assert done.returncode == 2 and "error: argument --runs: must be an integer >= 1" in done.stderr
+    assert cold_start.parse(["--runs", "2", "--", "--recipe", "fast"]) == (2, ["--recipe", "fast"])
