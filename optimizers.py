@@ -8,7 +8,6 @@ optimizer object, so the schedule, the checkpoint and an exact resume treat it l
 """
 
 import torch
-from torch import nn
 
 from LeNet5 import LeNet5
 from recipes import Recipe
@@ -60,8 +59,3 @@ class MuonAndAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._share_groups_and_state()
-
-
-def parameter_order(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-    """The parameters in the order state_dict() numbers them (group by group)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]

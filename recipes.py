@@ -20,10 +20,10 @@ class Recipe:
     batch_size: int = 64  # the global batch: all processes together, under torchrun
     optimizer: str = "sgd"  # "sgd", "adam"/"adamw" (torch.optim.Adam/AdamW), or "muon" (optimizers.MuonAndAdamW)
     lr: float = 0.01  # the write-up's learning rate: the peak of the schedule
-    momentum: float = 0.95  # SGD's momentum, or Adam's beta1 (as torch's OneCycleLR treats it)
+    momentum: float = 0.95  # SGD's momentum, or Adam's beta1 (as torch's OneCycleLR treats it; muon: AdamW's)
     beta2: float = 0.999  # Adam's second-moment decay (SGD: unused)
-    nesterov: bool = True  # SGD only
-    weight_decay: float = 0.0  # SGD and Adam: an L2 penalty in the gradient; AdamW: decoupled decay
+    nesterov: bool = True  # SGD only (muon: Muon's own momentum is Nesterov's, 0.95, whatever this says)
+    weight_decay: float = 0.0  # SGD and Adam: an L2 penalty in the gradient; AdamW and muon: decoupled decay
     schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr
     warmup_epochs: float = 0.0  # first, a linear ramp of the learning rate from 0 over this many epochs
     augment: bool = True  # random rotation, zoom and shift of each training image
@@ -128,7 +128,8 @@ def recipe_from_saved(values: Any) -> Recipe:
     wrong = [f.name for f in fields(Recipe) if not _fits(values[f.name], f.default)]
     recipe = Recipe(**values)
     bad_range = recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.optimizer not in OPTIMIZERS
-    bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1 or recipe.zoom >= 1
+    bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1
+    bad_range |= recipe.rotation > 180 or recipe.zoom > 0.5 or recipe.shift > 16  # main.py's flags' ranges
     if wrong or bad_range:
         raise ValueError(f"its recipe holds values this version cannot train with ({', '.join(wrong) or 'ranges'})")
     return recipe

@@ -11,6 +11,7 @@ with the model, optimizer, schedule and generators it is loaded into. Every mism
 (a UserError) and leaves the file as it was.
 """
 
+import copy
 import shlex
 import sys
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ import torch
 from distributed import World
 from helper import CheckpointError, load_checkpoint, save_checkpoint, state_digest, training_state
 from LeNet5 import LeNet5
-from optimizers import parameter_order
+from optimizers import make_optimizer
 from recipes import Recipe, flag_text, recipe_from_saved
 from train import TrainState
 
@@ -120,28 +121,47 @@ def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
         return "its weight average does not match its recipe's --ema-decay"
     if state.average is not None and saved["average"]["updates"] != epoch * steps:  # one update per step
         return f"its weight average has {saved['average']['updates']!r} updates, not {epoch * steps}"
-    return _optimizer_inconsistency(saved["optimizer"], state) or _rng_inconsistency(saved["rng"], state)
+    return _optimizer_inconsistency(saved["optimizer"], epoch, state) or _rng_inconsistency(saved["rng"], state)
 
 
-def _optimizer_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
-    """The saved optimizer state must have the groups, parameters and settings of the one its recipe builds."""
-    parameters, live, groups = parameter_order(state.optimizer), state.optimizer.param_groups, saved["param_groups"]
+def _optimizer_inconsistency(saved: dict[str, Any], epoch: int, state: TrainState) -> str | None:
+    """The saved optimizer state must be one that this recipe's optimizer writes: the same groups, parameters
+    and settings, and after a finished epoch, for every parameter the buffers one step creates, of their shapes."""
+    live, groups = state.optimizer.param_groups, saved["param_groups"]
     numbered, start = [], 0  # state_dict() numbers the parameters group after group
     for group in live:
         numbered.append(list(range(start, start + len(group["params"]))))
         start += len(group["params"])
     if [group.get("params") for group in groups] != numbered:
         return f"its optimizer has {len(groups)} parameter group(s) that do not match the model's parameters"
+    for group, like in zip(groups, live):  # built from the same recipe: every setting but the current lr is equal
+        differ = sorted(set(group) ^ set(like))
+        differ = differ or [key for key in like if key not in ("params", "lr") and group[key] != like[key]]
+        if differ:
+            return f"its optimizer's settings ({', '.join(map(str, differ))}) are not its recipe's"
+    expected = _one_steps_state(state) if epoch > 0 else {}
+    if set(saved["state"]) != set(expected):
+        return f"its optimizer holds state for {len(saved['state'])} parameters, not {len(expected)}"
     for index, values in saved["state"].items():
-        if not (type(index) is int and 0 <= index < len(parameters)):
-            return f"its optimizer holds state for a parameter {index!r} the model does not have"
-        for name, buffer in values.items():  # SGD's and Muon's momentum_buffer; Adam's exp_avg, exp_avg_sq, step
-            if name != "step" and tuple(getattr(buffer, "shape", ())) != tuple(parameters[index].shape):
+        if set(values) != set(expected[index]):
+            return f"its optimizer's state for parameter {index} holds {sorted(values)}, not {sorted(expected[index])}"
+        for name, buffer in values.items():  # momentum_buffer (SGD, Muon); exp_avg, exp_avg_sq, step (Adam)
+            like = expected[index][name]
+            if type(buffer) is not type(like) or (
+                isinstance(like, torch.Tensor) and (buffer.shape, buffer.dtype) != (like.shape, like.dtype)
+            ):
                 return f"its optimizer's {name} for parameter {index} does not have that parameter's shape"
-    settings = ("momentum", "nesterov", "betas", "weight_decay", "decoupled_weight_decay")  # same recipe, same values
-    if any(g.get(key) != lg.get(key) for g, lg in zip(groups, live) for key in settings):
-        return "its optimizer's kind, momentum or weight decay is not its recipe's"
     return None
+
+
+def _one_steps_state(state: TrainState) -> dict[int, dict[str, Any]]:
+    """The optimizer state that one step of this recipe's optimizer writes, by parameter index (on a copy)."""
+    model = copy.deepcopy(state.model)
+    optimizer = make_optimizer(model, state.recipe)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    return optimizer.state_dict()["state"]
 
 
 def _rng_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:

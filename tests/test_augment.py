@@ -60,6 +60,23 @@ def test_the_ranges_bound_each_distortion():
     for turned_or_zoomed in (Augmentation(rotation=20, zoom=0, shift=0), Augmentation(rotation=0, zoom=0.2, shift=0)):
         rows, cols = centres(turned_or_zoomed)
         assert rows.abs().max() < 0.05 and cols.abs().max() < 0.05
+    _, bar = shape_of(ink(x[:1]))
+    tilt, spread = shape_of(ink(Augmentation(rotation=20, zoom=0, shift=0)(x, torch.Generator().manual_seed(0))))
+    assert 15 < tilt.abs().max() <= 20.5 and (spread / bar - 1).abs().max() < 0.05  # turned up to 20 degrees
+    tilt, spread = shape_of(ink(Augmentation(rotation=0, zoom=0.2, shift=0)(x, torch.Generator().manual_seed(0))))
+    size = spread / bar
+    assert tilt.abs().max() < 0.5 and 0.78 < size.min() < 0.85 and 1.15 < size.max() < 1.22  # zoomed up to 20 %
+
+
+def shape_of(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's ink: the tilt of its long axis from the vertical (degrees, from the second moments) and its
+    spread (the root-mean-square distance from its centre, pixels)."""
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    w = ink[:, 0] / ink[:, 0].sum((1, 2), keepdim=True)
+    r, c = rows - (w * rows).sum((1, 2), keepdim=True), cols - (w * cols).sum((1, 2), keepdim=True)
+    rr, cc, rc = (w * r * r).sum((1, 2)), (w * c * c).sum((1, 2)), (w * r * c).sum((1, 2))
+    tilt = torch.rad2deg(0.5 * torch.atan2(2 * rc, rr - cc))
+    return tilt, (rr + cc).sqrt()
 
 
 def test_elastic_field_is_smooth_and_scales_with_alpha():

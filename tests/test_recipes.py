@@ -66,4 +66,4 @@ def test_a_recipe_saved_before_the_optimizer_and_average_fields_reads_as_it_was_
     with pytest.raises(ValueError, match="cannot train with"):
         recipe_from_saved({**saved, "optimizer": "lbfgs"})
     with pytest.raises(ValueError, match="cannot train with"):
-        recipe_from_saved({**saved, "zoom": 1.0})  # a zoom factor of 1 - 1 = 0
+        recipe_from_saved({**saved, "zoom": 0.99})  # up to 100 times magnified: no flag allows it

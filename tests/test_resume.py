@@ -34,8 +34,12 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
 @pytest.fixture
 def interrupted(cli, tmp_path, monkeypatch):
     """A 3-epoch run (6 steps an epoch) stopped by Ctrl-C in epoch 2: its resume file holds epoch 1."""
+    return interrupt_a_run(cli, tmp_path, monkeypatch)
+
+
+def interrupt_a_run(cli, tmp_path, monkeypatch, *flags: str):
     data = write_idx_dir(tmp_path / "mnist")
-    common = ["--data-dir", str(data), *TINY, "--epochs", "3", "--report-dir", str(tmp_path / "reports")]
+    common = ["--data-dir", str(data), *TINY, *flags, "--epochs", "3", "--report-dir", str(tmp_path / "reports")]
     out = tmp_path / "run" / "lenet5.pt"
     with monkeypatch.context() as patched:
         interrupt_at_step(patched, 9)
@@ -91,6 +95,34 @@ def test_an_inconsistent_resume_file_is_refused_before_training(cli, interrupted
     done = cli("main", *common, "--out", out, "--resume", resume)
     assert_user_error(done, message)
     assert "epoch 2/3" not in done.stdout and resume.read_bytes() == before and not out.exists()
+
+
+def drop(container: dict, key) -> None:
+    del container[key]
+
+
+MUON_DAMAGE = {  # the settings and buffers Muon adds, and those any optimizer's state may lose
+    "a setting missing": (lambda o: drop(o["param_groups"][0], "ns_steps"), "settings (ns_steps) are not its recipe's"),
+    "a setting changed": (lambda o: o["param_groups"][1].update(maximize=True), "settings (maximize) are not its"),
+    "a buffer missing": (
+        lambda o: drop(o["state"][0], "momentum_buffer"),
+        "its optimizer's state for parameter 0 holds [], not ['momentum_buffer']",
+    ),
+    "a parameter's state missing": (lambda o: drop(o["state"], 2), "holds state for 9 parameters, not 10"),
+    "a step count as an int": (
+        lambda o: o["state"][2].update(step=3),
+        "its optimizer's step for parameter 2 does not have that parameter's shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", MUON_DAMAGE)
+def test_a_muon_resume_file_resumes_exactly_or_is_refused(cli, tmp_path, monkeypatch, kind):
+    common, out, resume = interrupt_a_run(cli, tmp_path, monkeypatch, "--optimizer", "muon")
+    checkpoint = torch.load(resume, weights_only=True)
+    MUON_DAMAGE[kind][0](checkpoint["train_state"]["optimizer"])
+    torch.save(sealed(checkpoint), resume)
+    assert_user_error(cli("main", *common, "--out", out, "--resume", resume), MUON_DAMAGE[kind][1])
 
 
 def test_a_resume_file_changed_after_saving_is_refused(cli, interrupted):
