@@ -28,7 +28,6 @@ than SGD leaves out nesterov, and one that draws SGD leaves out beta2 (main.py r
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -38,6 +37,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl  # POSIX: workers on one machine take turns through a lock file
+except ImportError:  # Windows: they go without, as workers on several machines do
+    fcntl = None
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
@@ -305,8 +309,9 @@ def lock_file(storage: str) -> Path | None:
 @contextlib.contextmanager
 def turn(lock: Path | None) -> Iterator[None]:
     """One worker at a time counts the trials and starts one, so that together they start exactly --trials.
-    A server database has no such lock: two machines that ask at the same instant may start one too many."""
-    if lock is None:
+    A server database has no such lock, nor has Windows: two workers that ask at the same instant may start one
+    too many."""
+    if lock is None or fcntl is None:
         yield
         return
     with open(lock, "a") as handle:
