@@ -300,7 +300,10 @@ def check_out(fmt: str, out: Path, weights: Path) -> Path:
         raise UserError(
             f"--out {out} holds other files than a hub export's ({', '.join(others[:3])}); give a new or empty folder"
         )
-    check_output_file(folder / CONFIG_FILE, "--out")  # the parent folder can be written
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # the folders the check below creates
+    check_output_file(folder / CONFIG_FILE, "--out")  # the folder can be created and written
+    for unused in created:  # until an export succeeds: a failed one leaves no empty folder behind
+        unused.rmdir()
     return out
 
 
@@ -344,6 +347,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield an empty folder beside `path`; when the block succeeds it takes `path`'s place (a previous
     folder there is moved aside first, then deleted), otherwise it is deleted. Never half a folder."""
     path = resolve_output(path, "--out")
+    created = [f for f in path.parents if not f.exists()]  # removed again if the block fails
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = None
@@ -358,6 +362,9 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not path.exists():
             os.replace(old, path)
+        for unused in created:
+            with contextlib.suppress(OSError):  # (one another process has written into meanwhile stays)
+                unused.rmdir()
         if isinstance(err, UserError):  # (a full disk): name the folder asked for, not the temporary one
             raise type(err)(str(err).replace(str(tmp), str(path))) from None
         raise

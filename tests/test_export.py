@@ -75,6 +75,15 @@ def test_a_full_disk_keeps_the_previous_export(tmp_path, weights, cli, fmt, name
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", name])
 
 
+def test_a_failed_hub_export_to_a_new_folder_leaves_no_folder(tmp_path, weights, cli):
+    out = tmp_path / "new" / "hub"
+    args = ["--weights", weights, "--format", "hub", "--out", out, "--verify-images", "4"]
+    with file_size_limit(100_000):
+        done = cli("export", *args, "--data-dir", tmp_path / "no-mnist", "--no-download")
+    assert_user_error(done, f"cannot write {out}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # neither hub nor the new folder above it
+
+
 @contextlib.contextmanager
 def file_size_limit(size: int):
     import resource
