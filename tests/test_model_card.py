@@ -1,7 +1,7 @@
 from export import contract
 from LeNet5 import INPUT_NORMALIZATION
 from model_card import model_card
-from recipes import Recipe
+from recipes import Recipe, resolve_recipe
 
 
 def fields(**changes) -> dict:
@@ -32,3 +32,5 @@ def test_the_card_says_what_is_missing_or_different():
     card = model_card(fields(recipe=recipe), "x")
     assert "the first 500 images of the MNIST test set (500 images)" in card
     assert "AdamW on cross-entropy" in card and "exponential moving average of the trained ones (decay 0.999)" in card
+    card = model_card(fields(recipe=resolve_recipe("fast", {}).__dict__), "x")
+    assert "Muon (C5, F6) with AdamW (the rest) on cross-entropy" in card and "| rotation | 3.0 |" in card
