@@ -33,7 +33,7 @@ from distributed import World, agree, exit_skipping_teardown, join, one_job
 from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
 from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
-from recipes import OPTIMIZERS, RECIPES, SCHEDULES, Recipe, resolve_recipe
+from recipes import AFFINE_LIMITS, OPTIMIZERS, RECIPES, SCHEDULES, Recipe, resolve_recipe
 from resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
 from tensorboard_log import TensorBoardLog
 from train import History, TrainingInterrupted, TrainState, fit
@@ -81,9 +81,10 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     flag("--schedule", "per-step learning-rate schedule", choices=SCHEDULES)
     flag("--warmup-epochs", "linear learning-rate ramp from 0 at the start", type=number(float, 0, 100))
     flag("--augment", "random rotation, zoom and shift of training images", action=argparse.BooleanOptionalAction)
-    flag("--rotation", "with --augment: the largest rotation, degrees", type=number(float, 0, 180))
-    flag("--zoom", "with --augment: the largest zoom in or out, a fraction of the size", type=number(float, 0, 0.5))
-    flag("--shift", "with --augment: the largest shift on each axis, pixels", type=number(float, 0, 16))
+    limit = AFFINE_LIMITS
+    flag("--rotation", "with --augment: the largest rotation, degrees", type=number(float, 0, limit["rotation"]))
+    flag("--zoom", "with --augment: the largest zoom in or out, a fraction", type=number(float, 0, limit["zoom"]))
+    flag("--shift", "with --augment: the largest shift on each axis, pixels", type=number(float, 0, limit["shift"]))
     flag("--elastic-alpha", "with --augment: elastic distortion strength, pixels (0: off)", type=number(float, 0, 100))
     flag("--elastic-sigma", "smoothness of the elastic field, pixels", type=number(float, 0.5, 8))
     flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))

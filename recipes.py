@@ -78,7 +78,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-DISTORTION_RANGES = {"rotation", "zoom", "shift", "elastic_sigma"}
+# The fields that only shape the distortions: meaningless with --no-augment (elastic_alpha 0 just says "off").
+DISTORTIONS = ("rotation", "zoom", "shift", "elastic_alpha", "elastic_sigma")
+# The largest affine ranges, for main.py's flags and for a saved recipe alike.
+AFFINE_LIMITS = {"rotation": 180, "zoom": 0.5, "shift": 16}
 
 
 def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
@@ -87,7 +90,7 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         raise UserError(f"--recipe {name!r} is not one of {', '.join(RECIPES)}")
     recipe = Recipe(**{**RECIPES[name][1], **overrides, "name": name})
     if not recipe.augment:
-        if overrides.get("elastic_alpha", 0) > 0 or DISTORTION_RANGES & overrides.keys():
+        if overrides.get("elastic_alpha", 0) > 0 or (set(DISTORTIONS) - {"elastic_alpha"}) & overrides.keys():
             raise UserError(
                 "--rotation, --zoom, --shift, --elastic-alpha and --elastic-sigma distort the augmented images: "
                 "drop --no-augment"
@@ -129,7 +132,7 @@ def recipe_from_saved(values: Any) -> Recipe:
     recipe = Recipe(**values)
     bad_range = recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.optimizer not in OPTIMIZERS
     bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1
-    bad_range |= recipe.rotation > 180 or recipe.zoom > 0.5 or recipe.shift > 16  # main.py's flags' ranges
+    bad_range |= any(getattr(recipe, name) > limit for name, limit in AFFINE_LIMITS.items())
     if wrong or bad_range:
         raise ValueError(f"its recipe holds values this version cannot train with ({', '.join(wrong) or 'ranges'})")
     return recipe

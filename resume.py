@@ -127,16 +127,12 @@ def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
 def _optimizer_inconsistency(saved: dict[str, Any], epoch: int, state: TrainState) -> str | None:
     """The saved optimizer state must be one that this recipe's optimizer writes: the same groups, parameters
     and settings, and after a finished epoch, for every parameter the buffers one step creates, of their shapes."""
-    live, groups = state.optimizer.param_groups, saved["param_groups"]
-    numbered, start = [], 0  # state_dict() numbers the parameters group after group
-    for group in live:
-        numbered.append(list(range(start, start + len(group["params"]))))
-        start += len(group["params"])
-    if [group.get("params") for group in groups] != numbered:
+    live = state.optimizer.state_dict()["param_groups"]  # the same recipe's, its parameters numbered as saved
+    groups = saved["param_groups"]
+    if [group.get("params") for group in groups] != [group["params"] for group in live]:
         return f"its optimizer has {len(groups)} parameter group(s) that do not match the model's parameters"
-    for group, like in zip(groups, live):  # built from the same recipe: every setting but the current lr is equal
-        differ = sorted(set(group) ^ set(like))
-        differ = differ or [key for key in like if key not in ("params", "lr") and group[key] != like[key]]
+    for group, like in zip(groups, live):  # every setting but the current lr is equal
+        differ = sorted(set(group) ^ set(like)) or [key for key in like if key != "lr" and group[key] != like[key]]
         if differ:
             return f"its optimizer's settings ({', '.join(map(str, differ))}) are not its recipe's"
     expected = _one_steps_state(state) if epoch > 0 else {}

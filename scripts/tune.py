@@ -65,10 +65,10 @@ from optuna.trial import Trial, TrialState  # noqa: E402
 from data import add_data_args, add_limit_flag  # noqa: E402
 from helper import write_json  # noqa: E402
 from main import add_recipe_args  # noqa: E402
+from recipes import DISTORTIONS  # noqa: E402
 
 MAIN = PROJECT_DIR / "main.py"
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_DIR / 'runs' / 'tune' / 'optuna.db'}"
-DISTORTIONS = ("rotation", "zoom", "shift", "elastic_alpha", "elastic_sigma")  # meaningless with --no-augment
 SET_BY_TUNE = ("seed", "val_size", "limit")  # recipe flags that tune.py's own flags set, the same for every trial
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 # main.py's per-epoch line (train.summary_line): "epoch 2/4: train loss ..., val acc 98.12%, ..."
