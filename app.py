@@ -20,17 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli import PROJECT_DIR, CliParser, UserError, add_device_flag, add_weights_flag, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, add_weights_flag, number, run_cli
 
 import numpy as np
 import torch
 from torch import nn
 
 from data import preprocess
-from devices import choose_device, place_batch
-from digits import ImageProblem, grey_from_image, load_grayscale, to_mnist_digit
 from eval import classify
-from helper import CheckpointError, atomic_output, load_model
+from extras.digits import ImageProblem, grey_from_image, load_grayscale, to_mnist_digit
+from helper import CheckpointError, load_model
+from support.devices import choose_device, place_batch
+from support.files import atomic_output
 
 CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
 NO_DIGIT = "draw a digit"

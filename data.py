@@ -16,31 +16,23 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-from cli import LIMIT_HELP, PROJECT_DIR, UserError, number
+from support.cli import PROJECT_DIR, UserError
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from augment import Augmentation
-from distributed import ONE, World
-from helper import atomic_torch_save
-from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from LeNet5 import INPUT_NORMALIZATION
-from recipes import Recipe, augmentation_for
+from support.augment import Augmentation
+from support.distributed import ONE, World
+from support.files import atomic_torch_save
+from support.idx import CUSTOM_FILES, MNIST, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
+from support.recipes import Recipe, augmentation_for
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 DEFAULT_CACHE_DIR = DEFAULT_DATA_DIR / "processed"
 EVAL_BATCH_SIZE = 500  # evaluation only: as large as keeps the memory small
 MNIST_MEAN, MNIST_STD, PAD = INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"], INPUT_NORMALIZATION["pad"]
-
-
-class MNIST(NamedTuple):
-    train_images: torch.Tensor  # uint8 N x 28 x 28
-    train_labels: torch.Tensor  # int64 N
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
 
 
 def resolve_data_dir(cli_value: str | Path | None) -> Path:
@@ -318,11 +310,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the verified .pt cache lives")
     g.add_argument("--allow-custom-data", action="store_true", help="accept your own IDX files (skip count/MD5 checks)")
     g.add_argument("--no-download", action="store_true", help="never try torchvision's download")
-
-
-def add_limit_flag(parser: argparse.ArgumentParser, **kwargs) -> None:
-    """--limit N: the same meaning in every entry point (main.py passes default=argparse.SUPPRESS)."""
-    parser.add_argument("--limit", type=number(int, 1), help=LIMIT_HELP, **kwargs)
 
 
 def data_source(args: argparse.Namespace) -> DataSource:

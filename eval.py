@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import (
+from support.cli import (
     CliParser,
     UserError,
     add_device_flag,
     add_json_flag,
+    add_limit_flag,
     add_report_dir_flag,
     add_weights_flag,
-    check_output_dir,
     number,
     run_cli,
 )
@@ -28,10 +28,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import EVAL_BATCH_SIZE, add_data_args, add_limit_flag, data_source, eval_loader, preprocess
-from devices import choose_device, place_batch
-from helper import load_model, write_json
-from visualize import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
+from data import EVAL_BATCH_SIZE, add_data_args, data_source, eval_loader, preprocess
+from helper import load_model
+from support.devices import choose_device, place_batch
+from support.figures import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
+from support.files import check_output_dir, write_json
 
 
 @torch.inference_mode()
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.index >= len(labels):
         raise UserError(f"--index {args.index} must be below {len(labels)}, the number of test images evaluated")
     result = evaluate(model, eval_loader(images, labels, device, args.batch_size), device)
-    extra = {"weights": str(args.weights), "epoch": checkpoint.get("epoch")}
+    extra = {"weights": str(args.weights), "epoch": checkpoint.epoch}
     paths = write_report(result, images, args.report_dir, extra)
     paths += write_inside(model, images[args.index], int(labels[args.index]), args.report_dir)
     if args.json:

@@ -1,150 +1,87 @@
-"""Saving and loading weights: the checkpoint format (written atomically, read back and checked)."""
+"""Saving and loading weights: the checkpoint, whatever its file format, written atomically, read back and
+checked whole.
 
-import contextlib
+A Checkpoint is LeNet5's constructor arguments, its weights and what is known about them (metrics,
+recipe, data, epoch), from any of three formats, each with one reader:
+- a `.pt` that main.py writes (torch.save; read with weights_only=True, so a pickle that would run
+  code is refused); it can also carry the training state that `main.py --resume` continues;
+- a `.safetensors` file, or a Hugging Face Hub folder, that export.py writes (support/portable.py).
+Whatever a file says is checked before anything is built from it: the model config's fields and
+ranges, every tensor's name, dtype and shape against LeNet5's own, finite weights, the input
+normalization, and the metadata's types and sizes. Anything off is one line (CheckpointError).
+"""
+
 import hashlib
-import io
-import json
-import os
+import inspect
 import pickletools
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli import UserError, refuse_special_file, resolve_output
+from support.cli import UserError
 
 import torch
 
-from devices import place_model
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
-
-try:
-    import fcntl  # POSIX: a folder is locked while a pair of files is replaced in it
-except ImportError:  # Windows
-    fcntl = None
+from support import portable
+from support.devices import place_model
+from support.files import atomic_outputs, json_text, torch_bytes
 
 CHECKPOINT_FORMAT = 3  # 2: train_state carries a data fingerprint and the full recipe; 3: and a digest
+MAX_CLASSES = 1000  # a classifier of digits has 10 outputs; a config asking for millions is not a LeNet5 of ours
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, damaged, unsafe, non-finite or of another architecture."""
 
 
-# --- atomic files -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    """LeNet5 weights and what is known about them, read from any format and checked whole."""
+
+    path: Path
+    config: dict[str, Any]  # LeNet5's constructor arguments
+    state_dict: dict[str, torch.Tensor]
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)  # test accuracy and the rest, as main.py measured them
+    recipe: dict[str, Any] | None = None  # how it was trained, when recorded
+    data: dict[str, Any] = field(default_factory=dict)  # the data's fingerprint and sizes
+    train_state: dict[str, Any] | None = None  # a .pt from main.py: optimizer, schedule, generators, history
+    digest: str | None = None  # seals train_state (resume.py checks it)
+    kind: str = "pt"  # "pt", "safetensors" or "hub"
+
+    def model(self, device: torch.device | str = "cpu") -> LeNet5:
+        """LeNet5 rebuilt from the config, with these weights, on `device`, in eval mode."""
+        model = LeNet5(**self.config)
+        model.load_state_dict(self.state_dict)
+        return place_model(model, device).eval()
+
+    def sealed(self) -> bool:
+        """Whether the training state is as saved: its digest matches what it holds."""
+        fields = {"state_dict": self.state_dict, "train_state": self.train_state, "config": self.config}
+        return self.digest is not None and self.digest == state_digest({**fields, "data": self.data})
+
+    def training_state(self) -> dict[str, Any]:
+        """The TrainState.state_dict() that save_checkpoint split up, whole again (weights included)."""
+        return {"model": self.state_dict, **(self.train_state or {})}
+
+    def portable_fields(self) -> dict[str, Any]:
+        """What travels with the weights into another format: config (every argument), normalization, metrics,
+        recipe, data, epoch."""
+        fields = {
+            "config": {**constructor_defaults(), **self.config},
+            "normalization": dict(INPUT_NORMALIZATION),
+            "metrics": self.metrics,
+            "recipe": self.recipe,
+            "data": self.data,
+            "epoch": self.epoch,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path`. See atomic_outputs."""
-    with atomic_outputs(path) as (tmp,):
-        yield tmp
-
-
-@contextlib.contextmanager
-def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
-    """Yield a temporary path beside each of `paths`. When the block succeeds, every one is synced to
-    the disk and only then do they replace their targets, one rename each (with the usual
-    permissions): a checkpoint and its .json are replaced together, or neither is. When anything
-    fails, the temporary files are deleted and the targets stay as they were; a disk that is full,
-    read-only or over a size limit is a UserError naming the file and the cause."""
-    targets = [_writable_target(path) for path in paths]
-    temps: list[Path] = []
-    try:
-        for target in targets:
-            temps.append(_new_temp_beside(target))
-        yield tuple(temps)
-        for tmp in temps:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-            _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
-        folders = {target.parent for target in targets}
-        with _one_writer_at_a_time(folders if len(targets) > 1 else set()):  # (one rename is atomic by itself)
-            for tmp, target in zip(temps, targets):
-                os.replace(tmp, target)
-        for directory in folders:
-            _sync(directory)
-    except BaseException as err:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            names = " and ".join(str(target) for target in targets)
-            raise UserError(
-                f"cannot write {names}: {err.strerror or err}; what was there before is unchanged"
-            ) from None
-        raise
-
-
-@contextlib.contextmanager
-def _one_writer_at_a_time(directories: set[Path]) -> Iterator[None]:
-    """Two processes replacing the same pair at once could leave one's checkpoint beside the other's
-    .json: an exclusive flock on each folder makes one writer's renames a block (on POSIX; where
-    folders cannot be locked, as on Windows or some network file systems, the renames go unlocked)."""
-    with contextlib.ExitStack() as held:
-        for directory in sorted(directories) if fcntl is not None else []:
-            with contextlib.suppress(OSError):  # a folder that cannot be opened or locked
-                fd = os.open(directory, os.O_RDONLY)
-                held.callback(os.close, fd)  # closing the descriptor releases its lock
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-
-
-def _writable_target(path: Path) -> Path:
-    path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a directory; choose a file name")
-    refuse_special_file(path, "cannot write")
-    return path
-
-
-def _new_temp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _sync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    """torch.save into memory first: a full disk then fails in Python's own write, with its errno,
-    instead of deep inside torch's writer ("basic_ios::clear: iostream error")."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    data = _torch_bytes(obj)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def json_text(obj: Any) -> str:
-    """Strict JSON (NaN is not JSON: write None instead)."""
-    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
-
-
-def write_json(obj: Any, path: Path) -> None:
-    text = json_text(obj)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-
-
-# --- checkpoints --------------------------------------------------------------------------------
+# --- saving -------------------------------------------------------------------------------------
 
 
 def save_checkpoint(
@@ -159,7 +96,7 @@ def save_checkpoint(
 
     training: a train.TrainState.state_dict() (resumable), or just {"model": weights, "epoch": n}.
     Its weights are stored once, as the checkpoint's "state_dict"; the rest becomes "train_state",
-    sealed by a digest that Resume checks. metrics_json: also write the metrics there as JSON,
+    sealed by a digest that resume.py checks. metrics_json: also write the metrics there as JSON,
     replaced together with the checkpoint.
     """
     rest = {k: v for k, v in training.items() if k != "model"}
@@ -177,15 +114,16 @@ def save_checkpoint(
     if set(rest) - {"epoch"}:
         checkpoint["train_state"] = rest
         checkpoint["digest"] = state_digest(checkpoint)
-    contents = [_torch_bytes(checkpoint)] + ([json_text(metrics or {}).encode()] if metrics_json else [])
+    contents = [torch_bytes(checkpoint)] + ([json_text(metrics or {}).encode()] if metrics_json else [])
     with atomic_outputs(path, *([metrics_json] if metrics_json else [])) as temps:
         for tmp, content in zip(temps, contents):
             tmp.write_bytes(content)
 
 
 def state_digest(checkpoint: dict[str, Any]) -> str:
-    """SHA-256 over what a resume depends on (weights, training state, model config, data fingerprint):
-    written at save time, compared on --resume, so a damaged or edited resume file is refused."""
+    """SHA-256 over what a resume depends on (weights, training state, model config, data fingerprint) of a
+    checkpoint as it is saved: written at save time, compared on --resume, so a damaged or edited resume
+    file is refused."""
     digest = hashlib.sha256()
 
     def feed(value: Any) -> None:
@@ -211,18 +149,32 @@ def state_digest(checkpoint: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The TrainState.state_dict() that save_checkpoint split up, whole again (weights included)."""
-    return {"model": checkpoint["state_dict"], **checkpoint["train_state"]}
+# --- loading: one reader per format, one check for all ------------------------------------------
 
 
-def load_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
-    """Read a checkpoint safely (weights_only=True: a pickle that would run code is refused) and check it."""
+def load_checkpoint(path: Path, resumable: bool = False, kind: str | None = None) -> Checkpoint:
+    """Read a checkpoint of any format and check it whole; resumable: it must carry a training state.
+    kind ("pt", "safetensors", "hub"): read it as that, whatever its name (default: by its name)."""
     path = Path(path)
-    from weights_formats import claims, read_checkpoint  # here: weights_formats imports this module
+    portable_kind = kind in ("safetensors", "hub") if kind else portable.claims(path)
+    checkpoint = _read_portable(path) if portable_kind else _read_pt(path)
+    _check_whole(checkpoint)
+    if resumable and checkpoint.train_state is None:
+        what = "an export holds the weights only, no" if checkpoint.kind != "pt" else "it holds no"
+        raise CheckpointError(
+            f"{path}: {what} training state of this version to resume from (it can still be evaluated); start a "
+            "new run without --resume"
+        )
+    return checkpoint
 
-    if claims(path):  # a .safetensors file or a hub folder
-        return read_checkpoint(path, resumable)
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[LeNet5, Checkpoint]:
+    """Rebuild LeNet5 from a checkpoint of any format; returns (model in eval mode, checkpoint)."""
+    checkpoint = load_checkpoint(path)
+    return checkpoint.model(device), checkpoint
+
+
+def _read_pt(path: Path) -> Checkpoint:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file, e.g. {path / 'lenet5.pt'}")
     if not path.exists():
@@ -232,38 +184,126 @@ def load_checkpoint(path: Path, resumable: bool = False) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint: {_why_unreadable(path, err)}") from None
-    _check_contents(path, checkpoint)
-    if resumable and (checkpoint.get("format") != CHECKPOINT_FORMAT or "train_state" not in checkpoint):
-        raise CheckpointError(
-            f"{path}: holds no training state of this version to resume from (it can still be evaluated); "
-            "start a new run without --resume"
-        )
-    return checkpoint
-
-
-def _check_contents(path: Path, checkpoint: Any) -> None:
-    weights = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(weights, dict) or not isinstance(checkpoint.get("config"), dict):
+    if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict) or "config" not in raw:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no state_dict/config); retrain it")
-    if not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointError(f"{path}: its state_dict holds something other than tensors; retrain it")
-    if type(checkpoint.get("format", 1)) is not int:
-        raise CheckpointError(f"{path}: its format {checkpoint['format']!r} is not a version number; retrain it")
-    if checkpoint.get("format", 1) > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: written by a newer version of this project (format {checkpoint['format']})")
-    if checkpoint.get("normalization", INPUT_NORMALIZATION) != INPUT_NORMALIZATION:
+    version = raw.get("format", 1)
+    if type(version) is not int:
+        raise CheckpointError(f"{path}: its format {version!r} is not a version number; retrain it")
+    if version > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: written by a newer version of this project (format {version})")
+    if raw.get("architecture", "LeNet5") != "LeNet5":
+        raise CheckpointError(f"{path}: holds a {raw['architecture']!r}, not a LeNet5")
+    if raw.get("normalization", INPUT_NORMALIZATION) != INPUT_NORMALIZATION:
         raise CheckpointError(
-            f"{path}: trained on inputs normalized as {checkpoint['normalization']}, but this code feeds "
+            f"{path}: trained on inputs normalized as {raw['normalization']}, but this code feeds "
             f"{INPUT_NORMALIZATION}; its predictions would be wrong, so retrain it"
         )
-    broken = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    train_state = raw.get("train_state") if version == CHECKPOINT_FORMAT else None
+    metrics = raw.get("metrics", {})
+    recipe = train_state.get("recipe") if isinstance(train_state, dict) else None
+    if recipe is None and isinstance(metrics, dict):
+        recipe = metrics.get("recipe")
+    return Checkpoint(path, raw["config"], raw["state_dict"], raw.get("epoch", 0), metrics, recipe,
+                      raw.get("data", {}), train_state, raw.get("digest"), "pt")  # fmt: skip
+
+
+def _read_portable(path: Path) -> Checkpoint:
+    try:
+        tensors, fields = portable.read(path, list(inspect.signature(LeNet5).parameters))
+    except portable.LayoutError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if fields.get("normalization", INPUT_NORMALIZATION) != INPUT_NORMALIZATION:
+        raise CheckpointError(f"{path}: made for inputs normalized as {fields['normalization']}; export it again")
+    kind = "hub" if path.is_dir() else "safetensors"
+    return Checkpoint(path, fields["config"], tensors, fields.get("epoch", 0), fields.get("metrics", {}),
+                      fields.get("recipe"), fields.get("data", {}), kind=kind)  # fmt: skip
+
+
+def constructor_defaults() -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(LeNet5).parameters.items() if p.default is not p.empty}
+
+
+def _check_whole(checkpoint: Checkpoint) -> None:
+    """Everything the file says, before anything is built from it: one line naming the first fault."""
+    problem = _config_problem(checkpoint.config) or _tensor_problem(checkpoint) or _metadata_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"{checkpoint.path}: {problem}")
+
+
+def _config_problem(config: Any) -> str | None:
+    """The model config's fields and ranges, checked before a model is built from it (a config asking for
+    20 million classes would take gigabytes)."""
+    defaults = constructor_defaults()
+    if not isinstance(config, dict) or not config.keys() <= defaults.keys():
+        known = ", ".join(defaults)
+        return f"its model config {_short(config)} is not LeNet5's (arguments: {known}); retrain or export it again"
+    for name, value in config.items():
+        if type(value) is not type(defaults[name]):
+            return f"its model config's {name} is {_short(value)}, where LeNet5 takes {type(defaults[name]).__name__}"
+    classes = config.get("num_classes", defaults["num_classes"])
+    if not 2 <= classes <= MAX_CLASSES:
+        return f"its model config asks for {classes} classes; a LeNet5 here has 2 to {MAX_CLASSES} (MNIST: 10)"
+    return None
+
+
+def _tensor_problem(checkpoint: Checkpoint) -> str | None:
+    """Every tensor's name, dtype and shape against LeNet5's own (built on the meta device: no memory), and finite."""
+    tensors = checkpoint.state_dict
+    if not all(isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in tensors.items()):
+        return "its state_dict holds something other than named tensors; retrain it"
+    with torch.device("meta"):
+        expected = LeNet5(**checkpoint.config).state_dict()
+    misfits = [f"missing {name}" for name in expected if name not in tensors]
+    misfits += [f"unexpected {name}" for name in tensors if name not in expected]
+    for name, like in expected.items():
+        if name in tensors and (tensors[name].shape, tensors[name].dtype) != (like.shape, like.dtype):
+            got = tensors[name]
+            misfits.append(f"{name} is {got.dtype} {tuple(got.shape)}, LeNet5's is {like.dtype} {tuple(like.shape)}")
+    if misfits:
+        shown = "; ".join(misfits[:3]) + (f"; and {len(misfits) - 3} more" if len(misfits) > 3 else "")
+        return f"its tensors do not fit LeNet5 ({shown})"
+    broken = [name for name, value in tensors.items() if not torch.isfinite(value).all()]
     if broken:
-        raise CheckpointError(
-            f"{path}: holds NaN or infinite weights ({', '.join(broken)}): the run that wrote it diverged; retrain it"
-        )
+        return f"holds NaN or infinite weights ({', '.join(broken)}): the run that wrote it diverged; retrain it"
+    return None
+
+
+MAX_TEXT = 200  # characters of any one string in the metadata (a recipe's name, a device): more is not ours
+
+
+def _metadata_problem(checkpoint: Checkpoint) -> str | None:
+    """The metadata that is shown or reused (metrics, recipe, data, epoch): the types this project writes."""
+    epoch, metrics, recipe, data = checkpoint.epoch, checkpoint.metrics, checkpoint.recipe, checkpoint.data
+    if type(epoch) is not int or epoch < 0:
+        return f"its epoch {_short(epoch)} is not a count"
+    if not isinstance(metrics, dict) or not isinstance(data, dict) or not isinstance(recipe, dict | None):
+        return "its metrics, data or recipe is not a JSON object"
+    if len(json_text({"m": metrics, "r": recipe, "d": data}, indent=None)) > portable.MAX_METADATA_BYTES:
+        return f"its metadata is larger than {portable.MAX_METADATA_BYTES:,} bytes"
+    accuracy = metrics.get("test_accuracy")
+    if accuracy is not None and not (_is_number(accuracy) and 0 <= accuracy <= 1):
+        return f"its test_accuracy {_short(accuracy)} is not a fraction between 0 and 1"
+    per_class = metrics.get("per_class_accuracy")
+    if per_class is not None and not (
+        isinstance(per_class, list) and all(a is None or (_is_number(a) and 0 <= a <= 1) for a in per_class)
+    ):
+        return "its per_class_accuracy is not a list of fractions"
+    for name, value in {**(recipe or {}), **data}.items():
+        if not isinstance(value, bool | int | float | str | None) or len(str(value)) > MAX_TEXT:
+            return f"its recipe or data holds {name!r} = {_short(value)}, not a short value"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _why_unreadable(path: Path, err: Exception) -> str:
@@ -300,17 +340,3 @@ def _foreign_globals(path: Path) -> set[str]:
     except Exception:  # not a well-formed pickle: damaged or random bytes
         return set()
     return {n for n in names if n.split(".")[0] not in {"torch", "collections"}}
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[LeNet5, dict[str, Any]]:
-    """Rebuild LeNet5 from a checkpoint's config and load its weights; returns (model in eval mode, checkpoint)."""
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("architecture", "LeNet5") != "LeNet5":
-        raise CheckpointError(f"{path}: holds a {checkpoint['architecture']}, not a LeNet5")
-    try:
-        model = LeNet5(**checkpoint["config"])
-        model.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit LeNet5 ({first})") from None
-    return place_model(model, device).eval(), checkpoint

@@ -13,25 +13,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli import (
+from support.cli import (
     EXIT_SOME_FAILED,
     CliParser,
     UserError,
     add_device_flag,
     add_json_flag,
     add_weights_flag,
-    check_output_file,
     number,
     run_cli,
 )
 
 import torch
 
-from devices import choose_device
-from digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
 from eval import classify
+from extras.digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
 from helper import load_model
-from visualize import plot_predictions
+from support.devices import choose_device
+from support.figures import plot_predictions
+from support.files import check_output_file
 
 SHOWN = 50  # images in an --out figure at most (matplotlib draws nothing taller than 65,536 px)
 

@@ -1,4 +1,5 @@
-"""The training loop: SGD (or Adam) on cross-entropy, one epoch at a time, and the training state it updates.
+"""The training loop: an optimizer step on the cross-entropy of every batch, one epoch at a time, and the
+training state it updates. The default recipe (support/recipes.py) is SGD at lr 0.01 with Nesterov momentum.
 
 Read train_one_epoch() top to bottom: that is all of training. TrainState holds what the next
 step depends on (model, optimizer, schedule, random generators, history) and saves and restores
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cli import UserError
+from support.cli import UserError
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +28,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import Loaders
-from devices import place_batch, place_model
-from distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
-from eval import predict
 from LeNet5 import LeNet5
-from optimizers import make_optimizer
-from recipes import Recipe
+from support.devices import place_batch, place_model
+from support.distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
+from support.optimizers import make_optimizer
+from support.recipes import Recipe
 
 # A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
 EXPLODED_LOSS = 10 * math.log(10)
@@ -254,10 +254,17 @@ def check_loss(loss: float, epoch: int, step: int) -> None:
         )
 
 
+@torch.inference_mode()
 def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, world: World = ONE) -> float:
     """Accuracy over the loader's images, or over all processes' shards together."""
-    logits, labels = predict(model, loader, device)
-    counts = sum_over_ranks(torch.tensor([(logits.argmax(1) == labels).sum().item(), len(labels)]), world)
+    was_training = model.training
+    model.eval()
+    correct, seen = torch.zeros((), dtype=torch.int64, device=device), 0
+    for images, labels in loader:
+        correct += (model(place_batch(images, device)).argmax(1) == labels.to(device)).sum()
+        seen += len(labels)
+    model.train(was_training)
+    counts = sum_over_ranks(torch.tensor([correct.item(), seen]), world)
     return counts[0].item() / counts[1].item()
 
 

@@ -6,26 +6,22 @@ constant lr 0.01 with momentum 0.9, batch 64, a ``.item()`` every step. The same
 (LeNet5.py), the same verified MNIST tensors (data.py). After each epoch it measures test
 accuracy (with the same per-sample pipeline) and writes what bench.py needs as JSON.
 
-    python scripts/baseline.py --data-dir ../shared/mnist --epochs 20 --stop-at 0.99 --out runs/baseline.json
+    python -m scripts.baseline --data-dir ../shared/mnist --epochs 20 --stop-at 0.99 --out runs/baseline.json
 """
 
-import sys
 import time
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import CliParser, number, run_cli
 
-from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from data import MNIST_MEAN, MNIST_STD, add_data_args, data_source  # noqa: E402
-from helper import write_json  # noqa: E402
-from LeNet5 import LeNet5  # noqa: E402
+from data import MNIST_MEAN, MNIST_STD, add_data_args, data_source
+from LeNet5 import LeNet5
+from support.files import check_output_file, write_json
 
 
 class PILMNIST(Dataset):

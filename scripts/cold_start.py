@@ -1,6 +1,6 @@
 """Where the seconds of a cold start go: `python main.py FLAGS` in a fresh process, phase by phase.
 
-    MNIST_DIR=../shared/mnist python scripts/cold_start.py --runs 3 -- --limit 10000 --epochs 1
+    MNIST_DIR=../shared/mnist python -m scripts.cold_start --runs 3 -- --limit 10000 --epochs 1
 
 Each run is a fresh `python -X importtime` process that imports main.py and calls its main() with
 timers around its phases (main.py itself is unchanged); the process's start and exit are timed from
@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # (not support.cli's: the child times that import)
 # main.py's phases: (module, function, label); the module's global is replaced by a timed wrapper
 PHASES = [
     ("main", "prepare", "data: read, check, loaders"),
@@ -76,7 +74,7 @@ def machine() -> str:
 
 def parse(argv: list[str]) -> tuple[int, list[str]]:
     """(--runs, main.py's flags): those after `--` go to main.py unchanged."""
-    from cli import CliParser, number  # (not at the top: the child times main.py's imports, cli's among them)
+    from support.cli import CliParser, number  # (not at the top: the child times main.py's imports, cli's among them)
 
     ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = CliParser(__doc__)
@@ -89,7 +87,17 @@ def measure(flags: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "times.json"
         outputs = ["--out", f"{tmp}/lenet5.pt", "--report-dir", f"{tmp}/reports"]
-        command = [sys.executable, "-X", "importtime", __file__, "--child", str(times), *flags, *outputs]
+        command = [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "scripts.cold_start",
+            "--child",
+            str(times),
+            *flags,
+            *outputs,
+        ]
         load, launched = os.getloadavg()[0], time.time()  # other work on the machine slows every phase
         done = subprocess.run(command, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ended = time.time()
@@ -119,7 +127,7 @@ def child(times: Path, flags: list[str]) -> None:
     started = time.time()
     spent: dict[str, float] = {}
     import_started = time.perf_counter()
-    from cli import run_cli
+    from support.cli import run_cli
 
     import main as main_module
     import train
@@ -152,6 +160,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         main(sys.argv[1:])  # (the child is main.py's own run, under main.py's run_cli)
     else:
-        from cli import run_cli
+        from support.cli import run_cli
 
         run_cli(main, sys.argv[1:])

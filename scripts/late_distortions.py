@@ -9,29 +9,25 @@ finishes the run from each of those states once per variant of the augmentation:
 - clean: no distortion at all.
 It prints the final validation accuracy of each. The test set is not read.
 
-    python scripts/late_distortions.py --recipe best --branch 45 50 --data-dir ../shared/mnist
+    python -m scripts.late_distortions --recipe best --branch 45 50 --data-dir ../shared/mnist
 
 Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --seed 1).
 """
 
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import CliParser, number, run_cli
 
-from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from augment import Augmentation  # noqa: E402
-from data import Loaders, add_data_args, data_source, make_loaders  # noqa: E402
-from helper import write_json  # noqa: E402
-from main import add_recipe_args, recipe_flags  # noqa: E402
-from recipes import Recipe, resolve_recipe  # noqa: E402
-from train import TrainingInterrupted, TrainState, accuracy, fit  # noqa: E402
+from data import Loaders, add_data_args, data_source, make_loaders
+from main import add_recipe_args, recipe_flags
+from support.augment import Augmentation
+from support.files import check_output_file, write_json
+from support.recipes import Recipe, resolve_recipe
+from train import TrainingInterrupted, TrainState, accuracy, fit
 
 
 def variants(recipe: Recipe) -> dict[str, Augmentation | None]:

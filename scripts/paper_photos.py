@@ -2,8 +2,8 @@
 digits.py finds a digit the way people photograph one: a sheet on a darker desk, tilted, unevenly
 lit, sometimes shadowed, grey or coloured, with sensor noise and JPEG compression.
 
-    python scripts/paper_photos.py make --data-dir ../shared/mnist --out runs/paper --count 200
-    python predict.py runs/paper --json | python scripts/paper_photos.py score
+    python -m scripts.paper_photos make --data-dir ../shared/mnist --out runs/paper --count 200
+    python predict.py runs/paper --json | python -m scripts.paper_photos score
 
 `make` writes NNNN_L.jpg (L: the true digit); `score` reads predict.py's JSON and prints how many
 were read right, and which were not.
@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PHOTO = (640, 480)
 DESKS = [(92, 62, 40), (70, 70, 76), (40, 44, 60), (120, 84, 52), (30, 30, 30)]

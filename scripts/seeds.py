@@ -1,23 +1,19 @@
 """Train a recipe once per seed, each in a fresh `python main.py` process, and summarize the
 final-epoch test accuracy and the cold-start time to 99.0 % (the numbers the README reports).
 
-    python scripts/seeds.py --seeds 0 1 2 --data-dir ../shared/mnist --out runs/seeds.json
+    python -m scripts.seeds --seeds 0 1 2 --data-dir ../shared/mnist --out runs/seeds.json
 
 Flags this script does not know go to main.py unchanged (e.g. --epochs 20 --no-augment).
 """
 
 import statistics
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import PROJECT_DIR, CliParser, number, run_cli
 
-from cli import CliParser, check_output_dir, check_output_file, number, run_cli  # noqa: E402
-
-from helper import write_json  # noqa: E402
-from runs import run_main  # noqa: E402
+from scripts.runs import run_main
+from support.files import check_output_dir, check_output_file, write_json
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,29 +7,24 @@ backward and SGD step of the plain model, the same step through DistributedDataP
 torchrun: the gradients' all-reduce overlapping the backward), and one gloo all-reduce of a tensor
 the size of all gradients (61,706 floats: DDP sends C3's masked weights too) on its own.
 
-    python scripts/step_cost.py                                     # 1 process, its share = 64
-    torchrun --standalone --nproc-per-node 2 scripts/step_cost.py   # 2 processes, 32 each
+    python -m scripts.step_cost                                     # 1 process, its share = 64
+    torchrun --standalone --nproc-per-node 2 -m scripts.step_cost   # 2 processes, 32 each
 """
 
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import CliParser, UserError, number, run_cli
 
-from cli import CliParser, UserError, number, run_cli  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from augment import Augmentation  # noqa: E402
-from devices import place_batch, place_model  # noqa: E402
-from LeNet5 import LeNet5  # noqa: E402
+from LeNet5 import LeNet5
+from support.augment import Augmentation
+from support.devices import place_batch, place_model
 
 
 def ms_per_call(fn, calls: int, warmup: int = 50, repeats: int = 5) -> float:

@@ -2,7 +2,7 @@
 page in headless Chromium (Debian's chromium and chromium-driver), wait for the charts, save a PNG.
 
     python main.py --limit 2000 --epochs 1 --tensorboard /tmp/tbruns
-    python scripts/tensorboard_screenshot.py /tmp/tbruns --out docs/tensorboard.png
+    python -m scripts.tensorboard_screenshot /tmp/tbruns --out docs/tensorboard.png
 """
 
 import socket
@@ -14,12 +14,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
 
-from cli import CliParser, UserError, check_output_file, number, run_cli  # noqa: E402
-
-from helper import atomic_output  # noqa: E402
+from support.files import atomic_output, check_output_file
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # The legacy Scalars dashboard draws each chart in a vz-line-chart2 element, inside nested shadow roots.

@@ -1,20 +1,23 @@
 """Choose a recipe's values with Optuna, scored on a validation hold-out, never on the test set.
 
-Each trial draws values from a search space and trains `python main.py` with them in a fresh process,
-holding out --val-size training images; it reports each epoch's accuracy on them to Optuna as the
-epoch ends, and a trial that falls behind (below the median of earlier trials at the same epoch, or
-below --prune-below) is stopped there. A trial's score is its last epoch's validation accuracy; every
-trial trains with the same --seed, so trials differ by their values alone.
+Each trial draws values from a search space and trains with them in this process (the code of `python
+main.py`: data.make_loaders, train.TrainState, train.fit), holding out --val-size training images; it
+reports each epoch's accuracy on them to Optuna from fit's epoch hook as the epoch ends, and a trial that
+falls behind (below the median of earlier trials at the same epoch, or below --prune-below) is stopped
+there. A trial's score is its last epoch's validation accuracy; every trial trains with the same --seed,
+so trials differ by their values alone.
 
 The study lives in a database (--storage; a SQLite file by default). Workers that run the same command,
 on one machine or, with a database server, on several, share one study: together they finish --trials
-trials (completed or pruned; a trial stopped by Ctrl-C or a crash is not counted, and runs again).
-Workers on one machine take turns to start trials, so they start exactly that many; on several machines
-two workers that ask at the same instant may start one more.
-The summary's command is the best trial's recipe for `python main.py`, without the hold-out.
+trials (completed or pruned). A trial stopped by Ctrl-C or a training error is failed and not counted;
+a worker that dies mid-trial (killed, its machine lost) stops sending Optuna's heartbeat, and the next
+worker to start a trial fails that one and queues its values to run again. Workers on one machine take
+turns to start trials, so they start exactly that many; on several machines two workers that ask at the
+same instant may start one more. The summary's command is the best trial's recipe for `python main.py`,
+without the hold-out.
 
-    python scripts/tune.py --space fast --trials 30 --data-dir ../shared/mnist --out docs/tune.json
-    python scripts/tune.py --space my_space.json --storage postgresql://user@host/optuna   # on each machine
+    python -m scripts.tune --space fast --trials 30 --data-dir ../shared/mnist --out docs/tune.json
+    python -m scripts.tune --space my_space.json --storage postgresql://user@host/optuna   # on each machine
 
 --space is a preset (fast, fast3, best) or a JSON file that maps flags of main.py's "training recipe" group
 (lr, momentum, batch_size or batch-size, ...; see `python main.py --help`) to one of
@@ -24,17 +27,20 @@ The summary's command is the best trial's recipe for `python main.py`, without t
 The values it does not name are the default recipe's. A trial that draws "augment": false leaves out
 the distortion values (rotation, zoom, shift, elastic), one that draws momentum 0 or an optimizer other
 than SGD leaves out nesterov, and one that draws SGD leaves out beta2 (main.py refuses those pairs).
+The space is checked whole before the storage is opened: every entry's form, its values by main.py's own
+flag rules, and one draw by Optuna of every value.
 """
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
 import shlex
-import subprocess
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,36 +49,37 @@ try:
 except ImportError:  # Windows: they go without, as workers on several machines do
     fcntl = None
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-
-from cli import (  # noqa: E402
+from support.cli import (
+    PROJECT_DIR,
     CliParser,
     UserError,
     add_device_flag,
     add_json_flag,
-    check_output_dir,
-    check_output_file,
-    interrupts_deferred,
+    add_limit_flag,
     number,
     run_cli,
 )
 
-import optuna  # noqa: E402
-import sqlalchemy.exc  # noqa: E402
-from optuna.trial import Trial, TrialState  # noqa: E402
+import optuna
+import sqlalchemy.exc
+import torch
+from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize itself runs around a trial
+from optuna.trial import Trial, TrialState
 
-from data import add_data_args, add_limit_flag  # noqa: E402
-from helper import write_json  # noqa: E402
-from main import add_recipe_args  # noqa: E402
-from recipes import DISTORTIONS  # noqa: E402
+from data import MNIST, add_data_args, data_source, make_loaders
+from support import signals
+from support.devices import choose_device
+from support.files import check_output_file, write_json
+from support.recipes import DISTORTIONS, Recipe, add_recipe_args, resolve_recipe
+from train import TrainingDiverged, TrainingInterrupted, TrainState, fit
 
-MAIN = PROJECT_DIR / "main.py"
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_DIR / 'runs' / 'tune' / 'optuna.db'}"
 SET_BY_TUNE = ("seed", "val_size", "limit")  # recipe flags that tune.py's own flags set, the same for every trial
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-# main.py's per-epoch line (train.summary_line): "epoch 2/4: train loss ..., val acc 98.12%, ..."
-EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?\b(val|test) acc ([0-9.]+)%")
+# A RUNNING trial whose worker has been silent for GRACE_S is failed and run again (the tests shorten both).
+HEARTBEAT_S = int(os.environ.get("LENET5_TUNE_HEARTBEAT_S", 10))
+GRACE_S = int(os.environ.get("LENET5_TUNE_GRACE_S", 60))
+RETRIES = 2  # how often a dead worker's trial is queued again
 
 SPACES: dict[str, dict[str, Any]] = {
     "fast": {  # two epochs, Adam or Muon: the most accuracy for the least computation
@@ -131,7 +138,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_limit_flag(p)
     add_device_flag(p)
     add_data_args(p)
-    p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "tune", help="trials' checkpoints and logs")
     p.add_argument("--out", type=Path, help="write the summary here (JSON)")
     add_json_flag(p)
     return p.parse_args(argv)
@@ -140,21 +146,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial, our own
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # (the heartbeat's parts)
+    # ask() warns that a heartbeat is meant for Study.optimize; this loop runs the same heartbeat thread around
+    # each trial as optimize does (run_and_tell), and asks itself so that workers start exactly --trials.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     space = load_space(args.space)
     name = args.study_name or Path(args.space).stem
     if not re.fullmatch(r"[\w.-]+", name):
-        raise UserError(f"--study-name {name!r}: use letters, digits, '.', '-' and '_' (it names a folder)")
-    check_output_dir(args.out_dir, "--out-dir")
+        raise UserError(f"--study-name {name!r}: use letters, digits, '.', '-' and '_'")
+    database = database_file(args.storage)
     if args.out:
         check_output_file(args.out, "--out", example="tune.json")
+        if database and args.out.resolve() == database.resolve():
+            raise UserError(f"--out {args.out} is the study's own database (--storage); give the summary another name")
+    device = choose_device(args.device)
+    mnist = data_source(args).open()  # once, for every trial
     settings = {"space": space, "val_size": args.val_size, "seed": args.seed, "limit": args.limit}
     study = open_study(args.storage, name, make_pruner(args.pruner, args.prune_below), settings)
-    progress = sys.stderr if args.json else sys.stdout
-    lock = lock_file(args.storage)
-    while (trial := next_trial(study, args.trials, lock)) is not None:
-        finished = run_and_tell(study, trial, space, trial_flags(args), args.out_dir / name)
-        print(trial_row(finished), file=progress, flush=True)
-    result = summary(study, args)
+    progress = sys.stderr if args.json else sys.stdout  # with --json, stdout is the summary alone
+    lock, guard = lock_file(args.storage), functools.partial(storage_call, args.storage)
+    fixed = {"seed": args.seed, "val_size": args.val_size, "limit": args.limit}
+    with contextlib.redirect_stdout(progress):  # (each trial's epoch lines)
+        while (trial := next_trial(study, args.trials, lock, guard)) is not None:
+            finished = run_and_tell(study, trial, draw(trial, space), fixed, mnist, device, guard)
+            print(trial_row(finished), flush=True)
+    result = guard(lambda: summary(study, args.storage, args.val_size, args.seed))
     if args.out:
         write_json(result, args.out)
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
@@ -205,7 +221,20 @@ def load_space(given: str) -> dict[str, Any]:
     space = {str(key).replace("-", "_"): entry for key, entry in space.items()}
     for name, entry in space.items():
         check_entry(name, entry)
+    dry_draw(space)
     return space
+
+
+def dry_draw(space: dict[str, Any]) -> None:
+    """One draw of every value by Optuna itself, in memory, and the drawn recipe through main.py's checks: a
+    range Optuna cannot draw from (a step that does not fit, choices of a kind it cannot store) is said now."""
+    trial = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    try:
+        values = draw(trial, space)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"--space: Optuna cannot draw from it: {first_line(err)}") from None
+    FLAGS.parse_args(recipe_tokens(values))
+    resolve_recipe("default", values)
 
 
 def check_entry(name: str, entry: Any) -> None:
@@ -320,19 +349,25 @@ def turn(lock: Path | None) -> Iterator[None]:
 
 
 def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, settings: dict[str, Any]) -> optuna.Study:
-    """The study `name` in `storage`, created by the first worker; the others must share its settings."""
+    """The study `name` in `storage`, created by the first worker; the others must share its settings. The
+    storage keeps each running trial's heartbeat, so that a dead worker's trial is failed and queued again."""
     lock, database = lock_file(storage), database_file(storage)
     if database:
         check_output_file(database, "--storage", example="optuna.db")
-    try:
-        with interrupts_deferred(), turn(lock):
+
+    def opened() -> optuna.Study:
+        with signals.deferred(), turn(lock):
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                             heartbeat_stale_trial_callback=retry)  # fmt: skip
             study = optuna.create_study(
-                storage=storage, study_name=name, direction="maximize", pruner=pruner, load_if_exists=True
+                storage=rdb, study_name=name, direction="maximize", pruner=pruner, load_if_exists=True
             )
             if "settings" not in study.user_attrs:
                 study.set_user_attr("settings", settings)
-    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UserError(f"--storage {masked(storage)}: {first_line(err)}") from None
+            return study
+
+    study = storage_call(storage, opened)
     saved = study.user_attrs["settings"]
     differ = [key for key in settings if saved.get(key) != settings[key]]
     if differ:
@@ -341,6 +376,24 @@ def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, setti
             "give another --study-name"
         )
     return study
+
+
+def storage_call(storage: str, call):
+    """call(), with a failure of the storage (a bad URL, a locked, full or read-only database) as one line that
+    names its first cause, not Optuna's chain of tracebacks."""
+    try:
+        return call()
+    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        raise UserError(f"--storage {masked(storage)}: {root_cause(err)}") from None
+
+
+def root_cause(err: BaseException) -> str:
+    """The first error of a chain (sqlite3's "database is locked", say), in one line."""
+    while (err.__cause__ or err.__context__) is not None and not isinstance(err, sqlalchemy.exc.DBAPIError):
+        err = err.__cause__ or err.__context__
+    if isinstance(err, sqlalchemy.exc.DBAPIError) and err.orig is not None:
+        err = err.orig
+    return first_line(err)
 
 
 def masked(url: str) -> str:
@@ -355,135 +408,78 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def next_trial(study: optuna.Study, n_trials: int, lock: Path | None) -> Trial | None:
-    """A new trial, or None once the study holds n_trials that are finished or under way."""
+def next_trial(study: optuna.Study, n_trials: int, lock: Path | None, guard: Callable) -> Trial | None:
+    """A new trial (a dead worker's first, queued again), or None once the study holds n_trials that are
+    finished, under way or queued."""
     trial = None
+
+    def asked() -> Trial | None:
+        nonlocal trial
+        with signals.deferred(), turn(lock):
+            optuna.storages.fail_stale_trials(study)  # silent workers' trials: failed, and queued to run again
+            queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if queued or len(study.get_trials(deepcopy=False, states=COUNTED)) < n_trials:
+                trial = study.ask()  # (a queued trial first)
+                # Its first heartbeat at once: Optuna never counts a trial without one as stale, so a worker
+                # killed before its heartbeat thread had beaten would leave it RUNNING for ever.
+                study._storage.record_heartbeat(trial._trial_id)
+        return trial
+
     try:
-        with interrupts_deferred(), turn(lock):
-            if len(study.get_trials(deepcopy=False, states=COUNTED)) < n_trials:
-                trial = study.ask()
+        return guard(asked)
     except KeyboardInterrupt:  # held until the trial existed: it must not stay RUNNING
         if trial is not None:
-            with interrupts_deferred():
+            with signals.deferred():
                 study.tell(trial, state=TrialState.FAIL)
         raise
-    return trial
 
 
 # --- one trial ----------------------------------------------------------------------------------
 
 
-def trial_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--val-size", str(args.val_size), "--seed", str(args.seed), "--device", args.device]
-    flags += ["--limit", str(args.limit)] if args.limit else []
-    flags += ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    flags += ["--cache-dir", str(args.cache_dir)]
-    flags += ["--allow-custom-data"] * args.allow_custom_data + ["--no-download"] * args.no_download
-    return flags
-
-
-def run_and_tell(
-    study: optuna.Study, trial: Trial, space: dict[str, Any], common: list[str], folder: Path
-) -> optuna.trial.FrozenTrial:
-    """Train one trial and store its outcome: completed, pruned (also when its loss diverged) or failed."""
+def run_and_tell(study: optuna.Study, trial: Trial, values: dict[str, Any], fixed: dict[str, Any], mnist: MNIST,
+                 device: torch.device, guard: Callable) -> optuna.trial.FrozenTrial:  # fmt: skip
+    """Train one trial and store its outcome: completed, pruned (also when its loss diverged) or failed (Ctrl-C,
+    or an error, which is then raised)."""
     state, value = TrialState.FAIL, None
+    trial.set_user_attr("flags", recipe_tokens(values))
     try:
-        value = train(trial, recipe_tokens(draw(trial, space)), common, folder / f"trial-{trial.number}")
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            value = train(trial, resolve_recipe("default", {**values, **fixed}), mnist, device)
         state = TrialState.COMPLETE
     except optuna.TrialPruned:
         state = TrialState.PRUNED
-    finally:  # also on Ctrl-C and errors: a trial left RUNNING would count against --trials for ever
-        with interrupts_deferred():
-            finished = study.tell(trial, value, state=state)
+    except TrainingDiverged as err:  # these values train badly: hopeless, not broken
+        trial.set_user_attr("stopped", str(err))
+        state = TrialState.PRUNED
+    except TrainingInterrupted:
+        raise KeyboardInterrupt from None  # (the trial is failed below; the study is left as it is)
+    finally:  # also on Ctrl-C and errors: a trial left RUNNING would count against --trials until it went stale
+        with signals.deferred():
+            finished = guard(lambda: study.tell(trial, value, state=state))
     return finished
 
 
-def train(trial: Trial, recipe: list[str], common: list[str], folder: Path) -> float:
-    """Run `python main.py RECIPE COMMON`, reporting each epoch's validation accuracy; the last one."""
-    out = folder / "lenet5.pt"
-    trial.set_user_attr("flags", recipe)
-    with Training([*recipe, *common, "--out", str(out), "--report-dir", str(folder / "reports")], folder) as run:
-        reported = 0
-        for epoch, accuracy in run.epochs():
-            trial.report(accuracy, epoch)
-            reported += 1
-            if trial.should_prune():
-                trial.set_user_attr("stopped", f"pruned after epoch {epoch}")
-                raise optuna.TrialPruned()
-    if run.returncode != 0:
-        reason = run.reason()
-        if diverged(reason):  # these values train badly: hopeless, not broken
-            trial.set_user_attr("stopped", reason)
+def train(trial: Trial, recipe: Recipe, mnist: MNIST, device: torch.device) -> float:
+    """Train `recipe` as main.py does, reporting each epoch's validation accuracy; returns the last one."""
+    loaders = make_loaders(mnist, recipe, device)
+    state = TrainState({"c3_table": True}, recipe, loaders, device)
+
+    def report(state: TrainState) -> None:
+        stats = state.history.epochs[-1]
+        trial.report(stats.eval_accuracy, stats.epoch)
+        if trial.should_prune():
+            trial.set_user_attr("stopped", f"pruned after epoch {stats.epoch}")
             raise optuna.TrialPruned()
-        raise UserError(f"trial {trial.number}: `python main.py` failed (exit {run.returncode}): {reason}")
-    epochs = json.loads(out.with_suffix(".json").read_text())["epochs"]
-    if reported != len(epochs):  # the epoch lines have changed: pruning would be blind
-        raise UserError(f"trial {trial.number}: read {reported} of main.py's {len(epochs)} epoch lines in {run.log}")
-    return epochs[-1]["eval_accuracy"]
 
-
-def diverged(reason: str) -> bool:
-    """Whether main.py's error line is train.TrainingDiverged's."""
-    return re.search(r"\bthe loss (became|exploded)", reason) is not None
-
-
-class Training:
-    """`python main.py FLAGS` in a child process, its output copied into FOLDER/train.log as it comes;
-    leaving the block early stops it the way Ctrl-C does (it saves its state and exits)."""
-
-    def __init__(self, flags: list[str], folder: Path):
-        self.command = [sys.executable, str(MAIN), *flags]
-        self.log = folder / "train.log"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.returncode: int | None = None
-
-    def __enter__(self) -> "Training":
-        self.sink = open(self.log, "w")
-        self.sink.write(shlex.join(self.command) + "\n")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        try:
-            with interrupts_deferred():  # a Ctrl-C while it starts is raised once there is a process to stop
-                self.process = subprocess.Popen(
-                    self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-                )
-        except KeyboardInterrupt:
-            self.__exit__(KeyboardInterrupt, None, None)
-            raise
-        return self
-
-    def epochs(self) -> Iterator[tuple[int, float]]:
-        """(epoch, validation accuracy) as each epoch ends."""
-        for line in self.process.stdout:
-            self.sink.write(line)
-            match = EPOCH_LINE.match(line)
-            if match:
-                if match[2] != "val":
-                    raise UserError(f"main.py scored on {match[2]}, not on the validation images: {line.strip()}")
-                yield int(match[1]), float(match[3]) / 100
-
-    def __exit__(self, *exc) -> None:
-        with interrupts_deferred():
-            if self.process.poll() is None and exc[0] is not None:
-                self.process.terminate()  # main.py takes SIGTERM as Ctrl-C
-            try:
-                rest, _ = self.process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                rest, _ = self.process.communicate()
-            self.sink.write(rest or "")
-            self.sink.close()
-        self.returncode = self.process.returncode
-
-    def reason(self) -> str:
-        """main.py's error line, else the end of its output."""
-        lines = self.log.read_text(errors="replace").strip().splitlines()
-        return next((line for line in lines if line.startswith("error: ")), " / ".join(lines[-2:]))
+    fit(state, loaders, log_interval=10**9, on_epoch=report)
+    return state.history.epochs[-1].eval_accuracy
 
 
 # --- the summary --------------------------------------------------------------------------------
 
 
-def summary(study: optuna.Study, args: argparse.Namespace) -> dict[str, Any]:
+def summary(study: optuna.Study, storage: str, val_size: int, seed: int) -> dict[str, Any]:
     trials = [
         {
             "number": t.number,
@@ -498,14 +494,14 @@ def summary(study: optuna.Study, args: argparse.Namespace) -> dict[str, Any]:
     best = max(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, default=None)
     return {
         "study": study.study_name,
-        "storage": masked(args.storage),
-        "scored_on": f"{args.val_size} held-out training images (main.py --val-size), seed {args.seed}",
+        "storage": masked(storage),
+        "scored_on": f"{val_size} held-out training images (main.py --val-size), seed {seed}",
         "best": None
         if best is None
         else {
             "number": best.number,
             "val_accuracy": best.value,
-            "command": shlex.join(["python", "main.py", *best.user_attrs["flags"], "--seed", str(args.seed)]),
+            "command": shlex.join(["python", "main.py", *best.user_attrs["flags"], "--seed", str(seed)]),
         },
         "trials": trials,
     }

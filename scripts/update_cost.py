@@ -4,27 +4,20 @@ weight average's update, the loss with and without label smoothing, against one 
 pass of a batch of 64. Microseconds per call, the median of --repeats timings. The Adam values are
 the Adam candidate for `fast` in docs/tune_fast_output.txt (trial 14's, rounded).
 
-    python scripts/update_cost.py
+    python -m scripts.update_cost
 """
 
-import sys
-from pathlib import Path
+from support.cli import CliParser, number, run_cli
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-sys.path.insert(0, str(PROJECT_DIR / "scripts"))
+import torch
+import torch.nn.functional as F
 
-from cli import CliParser, number, run_cli  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from step_cost import ms_per_call  # noqa: E402
-
-from devices import place_batch, place_model  # noqa: E402
-from LeNet5 import LeNet5  # noqa: E402
-from optimizers import make_optimizer  # noqa: E402
-from recipes import resolve_recipe  # noqa: E402
-from train import WeightAverage  # noqa: E402
+from LeNet5 import LeNet5
+from scripts.step_cost import ms_per_call
+from support.devices import place_batch, place_model
+from support.optimizers import make_optimizer
+from support.recipes import resolve_recipe
+from train import WeightAverage
 
 ADAM = {"optimizer": "adam", "momentum": 0.88, "beta2": 0.99, "lr": 1e-12}  # (lr: the weights barely move)
 

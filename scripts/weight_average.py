@@ -5,27 +5,23 @@ after every epoch, scores the trained weights and exponential moving averages of
 decays (train.WeightAverage, the average `--ema-decay` keeps). The averages only watch the training,
 so one run measures them all. The test set is not read.
 
-    python scripts/weight_average.py --recipe best --decays 0.99 0.999 0.9999 --data-dir ../shared/mnist
+    python -m scripts.weight_average --recipe best --decays 0.99 0.999 0.9999 --data-dir ../shared/mnist
 
 Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --lr 0.02).
 """
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import CliParser, number, run_cli
 
-from cli import CliParser, check_output_file, number, run_cli  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from data import add_data_args, data_source, make_loaders  # noqa: E402
-from helper import write_json  # noqa: E402
-from main import add_recipe_args, recipe_flags  # noqa: E402
-from recipes import resolve_recipe  # noqa: E402
-from train import TrainState, WeightAverage, accuracy, train_one_epoch  # noqa: E402
+from data import add_data_args, data_source, make_loaders
+from main import add_recipe_args, recipe_flags
+from support.files import check_output_file, write_json
+from support.recipes import resolve_recipe
+from train import TrainState, WeightAverage, accuracy, train_one_epoch
 
 
 class Averages:

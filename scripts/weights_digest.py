@@ -1,23 +1,19 @@
 """Print a short SHA-256 of each checkpoint's weights (names, dtypes, shapes and bytes), to show that
 two runs gave bitwise the same weights.
 
-    python scripts/weights_digest.py checkpoints/lenet5.pt runs/*/lenet5.pt
+    python -m scripts.weights_digest checkpoints/lenet5.pt runs/*/lenet5.pt
 """
 
 import hashlib
-import sys
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
+from support.cli import CliParser, run_cli
 
-from cli import CliParser, run_cli  # noqa: E402
-
-from helper import load_checkpoint  # noqa: E402
+from helper import load_checkpoint
 
 
 def digest(path: Path) -> str:
-    weights = load_checkpoint(path)["state_dict"]
+    weights = load_checkpoint(path).state_dict
     h = hashlib.sha256()
     for name in sorted(weights):
         tensor = weights[name].contiguous()

@@ -9,16 +9,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.cli import PROJECT_DIR, run_cli
+
 import pytest
 import torch
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-
-from cli import run_cli  # noqa: E402
-
-from data import MNIST, write_mnist  # noqa: E402
-from helper import save_checkpoint  # noqa: E402
+from data import write_mnist
+from helper import save_checkpoint
+from support.synthetic import synthetic_digits, synthetic_mnist
 
 N_TRAIN, N_TEST = 96, 40
 
@@ -29,24 +27,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject.toml runs two test proces
     torch.set_num_threads(1)
 
 
-def synthetic_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Learnable fake digits: label k lights a 6x6 block at a position of its own, plus faint noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 40, (n, 28, 28), generator=g, dtype=torch.uint8)
-    for i, k in enumerate(labels.tolist()):
-        row, col = 4 + 6 * (k // 4), 4 + 6 * (k % 4)
-        images[i, row : row + 6, col : col + 6] = 255
-    return images, labels
-
-
-def synthetic_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> MNIST:
-    return MNIST(*synthetic_digits(n_train, seed), *synthetic_digits(n_test, seed + 1))
-
-
 def write_idx_dir(directory: Path, gz: bool = True, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
     """The four files under their official names, gzip-compressed or raw."""
     return write_mnist(directory, synthetic_mnist(n_train, n_test), gz)
+
+
+__all__ = ["synthetic_digits"]  # the tests import it from here too
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw
 
 import app
 from eval import classify
-from helper import atomic_output, load_model
+from helper import load_model
 from LeNet5 import LeNet5
 from predict import predict_paths
+from support.files import atomic_output
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio", reason="app.py needs gradio: pip install -r requirements.txt")

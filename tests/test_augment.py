@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from augment import BACKGROUND, Augmentation, elastic_field, gaussian_matrix
 from data import preprocess
+from support.augment import BACKGROUND, Augmentation, elastic_field, gaussian_matrix
 
 
 def digits(n: int = 8) -> torch.Tensor:

@@ -2,14 +2,14 @@ import json
 
 import pytest
 
-from bench import round_order, summarize_sides
-from runs import Run
+from scripts.bench import round_order, summarize_sides
+from scripts.runs import Run
 
 
 def test_bench_quick_runs_end_to_end(tmp_path, cli):
     out = tmp_path / "bench.json"
     # Random synthetic labels: about 10 % accuracy, so a 5 % target is reached and every path is taken.
-    done = cli("bench", "--quick", "--rounds", "1", "--target", "0.05", "--best-target", "0.06", "--out", out)
+    done = cli("scripts.bench", "--quick", "--rounds", "1", "--target", "0.05", "--best-target", "0.06", "--out", out)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["data"] == "synthetic (--quick)" and set(result["sides"]) == {"baseline", "fast"}

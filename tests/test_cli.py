@@ -1,29 +1,20 @@
-"""cli.py: flag parsing, output checks, closed pipes, Ctrl-C and the exit-status contract."""
+"""support/cli.py: flag parsing, closed pipes, which process speaks, and the exit-status contract."""
 
 import argparse
-import json
 import os
-import signal
-import stat
-import sys
 
-from cli import (
+from support.cli import (
     CliParser,
     UserError,
     _SurvivesClosedPipe,
     add_device_flag,
     add_json_flag,
     add_weights_flag,
-    check_output_dir,
-    check_output_file,
-    interrupts_deferred,
     number,
     run_cli,
 )
 
 import pytest
-
-from helper import write_json
 
 
 @pytest.mark.parametrize(
@@ -58,31 +49,6 @@ def test_number_validates_range_and_finiteness(kind, low, high, low_open, text, 
             parse(text)
 
 
-def test_output_checks(tmp_path):
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "folder").mkdir()
-    with pytest.raises(UserError, match="is a directory; give a file name"):
-        check_output_file(tmp_path / "folder", "--out")
-    with pytest.raises(UserError, match="is a file, not a folder"):
-        check_output_file(tmp_path / "file" / "x.pt", "--out")
-    with pytest.raises(UserError, match="cannot create"):
-        check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
-    check_output_file(tmp_path / "new" / "x.pt", "--out")
-    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
-    os.mkfifo(tmp_path / "fifo")
-    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
-        with pytest.raises(UserError, match="is not a regular file"):
-            check(tmp_path / "fifo")
-    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
-
-
-def test_a_symlinked_output_is_written_through(tmp_path):
-    (tmp_path / "target.json").write_text("{}")
-    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
-    write_json({"a": 1}, tmp_path / "link.json")
-    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text()) == {"a": 1}
-
-
 def test_closed_pipe_silences_output_instead_of_raising():
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w", buffering=1)
@@ -92,17 +58,6 @@ def test_closed_pipe_silences_output_instead_of_raising():
     out.flush()
     assert out.gone and out.write("more\n") == 5
     stream.close()
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_interrupts_are_held_until_the_block_ends():
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("the block went on")
-    assert done == ["the block went on"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize(
@@ -126,7 +81,7 @@ def test_user_errors_under_torchrun_are_said_once(monkeypatch, capsys, everywher
     assert exit_.value.code == 2 and capsys.readouterr().err == printed
 
 
-ENTRY_POINTS = ("main", "eval", "predict", "export", "bench", "app")
+ENTRY_POINTS = ("main", "eval", "predict", "export", "app", "scripts.bench")
 
 
 def help_text(cli, module: str) -> str:
@@ -161,9 +116,9 @@ def test_shared_flags_mean_the_same_everywhere(cli, module):
 
 def test_exit_statuses_are_the_readme_table():
     """The README's table and cli.py's constants say the same."""
-    import cli as contract
-
     from conftest import PROJECT_DIR
+
+    from support import cli as contract
 
     readme = (PROJECT_DIR / "README.md").read_text()
     for name in ("EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USER_ERROR", "EXIT_INTERRUPTED"):
@@ -179,3 +134,29 @@ def test_a_full_or_missing_stdout_silences_output_instead_of_raising():
     missing = _SurvivesClosedPipe(None)  # `python eval.py >&-`: Python has no sys.stdout at all
     assert missing.gone and missing.write("x\n") == 2
     missing.flush()
+
+
+def test_out_of_memory_is_one_line_from_the_rank_it_hit(monkeypatch, capsys):
+    import torch
+
+    def out_of_memory(argv):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as torchrun sets them for the second of two processes
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(out_of_memory, [])
+    expected = "error: rank 1: out of memory on the device; use a smaller --batch-size or --device cpu\n"
+    assert exit_.value.code == 2 and capsys.readouterr().err == expected
+
+
+def test_a_rank_left_in_the_environment_of_a_plain_process_means_nothing(monkeypatch, capsys):
+    """RANK=1 outside torchrun: a bad flag is still said (one answer to "which process speaks": cli.speaks)."""
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    parser = CliParser("test")
+    parser.add_argument("--n", type=number(int, 1))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--n", "0"])
+    assert exit_.value.code == 2 and "argument --n: must be an integer >= 1" in capsys.readouterr().err

@@ -2,13 +2,12 @@ import gzip
 import hashlib
 import os
 
-from cli import UserError
+from support.cli import UserError
 
 import pytest
 import torch
 from conftest import N_TEST, N_TRAIN, synthetic_mnist, write_idx_dir
 
-from augment import BACKGROUND
 from data import (
     MNIST_MEAN,
     MNIST_STD,
@@ -19,9 +18,10 @@ from data import (
     preprocess,
     resolve_data_dir,
 )
-from distributed import World
-from idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx
-from recipes import Recipe
+from support.augment import BACKGROUND
+from support.distributed import World
+from support.idx import CUSTOM_FILES, MNIST_FILES, DataError, IdxFile, read_idx
+from support.recipes import Recipe
 
 
 def spec_of(directory):
@@ -187,12 +187,12 @@ def test_a_file_as_data_dir_is_named(tmp_path):
 
 
 def test_fingerprint_tells_data_sets_apart():
-    a, b = synthetic_mnist(seed=0), synthetic_mnist(seed=0)
+    a, b = synthetic_mnist(N_TRAIN, N_TEST, seed=0), synthetic_mnist(N_TRAIN, N_TEST, seed=0)
     assert fingerprint(a) == fingerprint(b)
     changed = b.train_images.clone()
     changed[5, 3, 3] += 1
     assert fingerprint(b._replace(train_images=changed)) != fingerprint(a)
-    assert fingerprint(synthetic_mnist(n_train=N_TRAIN - 1)) != fingerprint(a)
+    assert fingerprint(synthetic_mnist(N_TRAIN - 1, N_TEST)) != fingerprint(a)
 
 
 def test_a_held_out_set_smaller_than_the_processes_is_refused(idx_dir):

@@ -1,12 +1,12 @@
 """devices.py: the device choice and the memory layout."""
 
-from cli import UserError
+from support.cli import UserError
 
 import pytest
 import torch
 
-from devices import MEMORY_FORMAT, choose_device, place_batch, place_model
 from LeNet5 import LeNet5
+from support.devices import MEMORY_FORMAT, choose_device, place_batch, place_model
 
 
 def test_cpu_is_always_there_and_auto_gives_a_usable_device():

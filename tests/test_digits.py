@@ -7,7 +7,15 @@ from conftest import PROJECT_DIR
 from PIL import Image, ImageDraw
 from test_predict import as_file, draw_seven
 
-from digits import WORK_SIDE, ImageProblem, expand_paths, find_sheet, load_grayscale, stroke_width, to_mnist_digit
+from extras.digits import (
+    WORK_SIDE,
+    ImageProblem,
+    expand_paths,
+    find_sheet,
+    load_grayscale,
+    stroke_width,
+    to_mnist_digit,
+)
 
 
 def check_mnist_like(digit: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ import torch
 from conftest import PROJECT_DIR, assert_user_error, write_idx_dir
 
 from data import GlobalBatches
-from distributed import World, peer_failed
+from support.distributed import World, one_job, peer_failed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # No augmentation: one process and two then see the very same global batches and do the same SGD maths.
@@ -69,8 +69,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 # machine does; "kill": SIGKILL to the worker alone; "hang": the worker stops answering (but still ends on SIGTERM).
 FAULTY_MAIN = """
 import os, runpy, signal, sys, time
-sys.path.insert(0, os.environ["PROJECT_DIR"])
-import train
+import train  # (PYTHONPATH: the project folder)
 place, calls = train.place_batch, [0]
 def counting(*args):
     calls[0] += 1
@@ -93,7 +92,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def faulty_main(tmp_path: Path, rank: int, step: int, kind: str = "ctrl-c") -> tuple[Path, dict[str, str]]:
     script = tmp_path / "faulty_main.py"
     script.write_text(FAULTY_MAIN)
-    env = {"PROJECT_DIR": str(PROJECT_DIR), "FAULT_RANK": str(rank), "FAULT_AT_STEP": str(step), "FAULT_KIND": kind}
+    env = {"PROJECT_DIR": str(PROJECT_DIR), "PYTHONPATH": str(PROJECT_DIR), "FAULT_RANK": str(rank),
+           "FAULT_AT_STEP": str(step), "FAULT_KIND": kind}  # fmt: skip
     return script, env
 
 
@@ -169,42 +169,15 @@ def test_a_user_error_on_one_machine_ends_the_job_with_one_line(interrupted, tmp
     assert not (tmp_path / "lenet5.pt").exists()
 
 
-def test_out_of_memory_is_one_line_from_the_rank_it_hit(cli, monkeypatch, tmp_path):
-    import train
-
-    def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    import main
-
-    monkeypatch.setattr(train, "train_one_epoch", out_of_memory)
-    monkeypatch.setattr(main, "join", lambda device: (World(), device))  # no process group in this test
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as torchrun sets them for the second of two processes
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    data = write_idx_dir(tmp_path / "mnist")
-    done = cli("main", "--data-dir", data, *FLAGS[:4], "--out", tmp_path / "lenet5.pt", "--report-dir", tmp_path)
-    expected = "error: rank 1: out of memory on the device; use a smaller --batch-size or --device cpu\n"
-    assert done.returncode == 2 and done.stderr == expected
-
-
-def test_a_process_whose_peer_failed_adds_nothing(cli, monkeypatch):
+def test_a_process_whose_peer_failed_adds_nothing():
     """The failing process says why; the others, whose collectives broke, exit quietly instead of a traceback."""
-    import main
-
-    def fails_with(message: str):
-        def prepare(*args):
-            raise RuntimeError(message)
-
-        return prepare
-
-    monkeypatch.setattr(main, "join", lambda device: (World(0, 0, 2), device))
-    monkeypatch.setattr(main, "prepare", fails_with("[gloo] Connection closed by peer [127.0.0.1]:37000"))
-    done = cli("main")
-    assert done.returncode == 1 and done.stderr == ""
-    monkeypatch.setattr(main, "prepare", fails_with("a real bug"))
+    with pytest.raises(SystemExit) as exit_:
+        with one_job(World(0, 0, 2)):
+            raise RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:37000")
+    assert exit_.value.code == 1
     with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
-        cli("main")
+        with one_job(World(0, 0, 2)):
+            raise RuntimeError("a real bug")
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes():
@@ -232,8 +205,8 @@ def test_each_process_gets_back_its_own_generators(monkeypatch, idx_dir):
     """A DDP checkpoint holds every process's augmentation generator, in rank order; rank 1 restores rank 1's."""
     import train
     from data import load_mnist, make_loaders
-    from idx import CUSTOM_FILES
-    from recipes import Recipe
+    from support.idx import CUSTOM_FILES
+    from support.recipes import Recipe
 
     monkeypatch.setattr(train, "DistributedDataParallel", lambda model, **kwargs: model)  # no process group here
     data, recipe, cpu = load_mnist(idx_dir, None, CUSTOM_FILES, download=False), Recipe(batch_size=16), "cpu"
@@ -250,7 +223,7 @@ def test_each_process_gets_back_its_own_generators(monkeypatch, idx_dir):
 @pytest.mark.parametrize(
     "kind, said",
     [("kill", "error: rank 1 ended (killed, or failed on its own machine) during epoch 2"),
-     ("hang", "error: rank 1 stopped answering (nothing from it within 5 s) during epoch 2")],
+     ("hang", "error: rank 1 stopped answering (nothing from it within 15 s) during epoch 2")],
 )  # fmt: skip
 def test_a_dead_or_silent_peer_keeps_the_finished_epochs(tmp_path, kind, said):
     """Rank 1 is killed, or hangs, in epoch 2: rank 0 saves epoch 1 from what it holds (no collective
@@ -259,14 +232,16 @@ def test_a_dead_or_silent_peer_keeps_the_finished_epochs(tmp_path, kind, said):
     out = tmp_path / "lenet5.pt"
     flags = ["--data-dir", str(data), *FLAGS, "--out", str(out), "--report-dir", str(tmp_path / "r")]
     script, env = faulty_main(tmp_path, rank=1, step=25, kind=kind)
+    # A hung peer is found by the collectives' timeout: 15 s, far above what a collective takes even with the
+    # suite's other processes on the same two cores (a killed one is found at once, by its closed connection).
     done = torchrun("--standalone", "--nproc-per-node", "2", str(script), *flags,
-                    env={**env, "LENET5_COLLECTIVE_TIMEOUT_S": "5"})  # fmt: skip
+                    env={**env, "LENET5_COLLECTIVE_TIMEOUT_S": "15"})  # fmt: skip
     ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and ours[0].startswith(said), done.stderr[-3000:]
     resume = out.with_name("lenet5.resume.pt")
     assert f"saved the state after epoch 1 to {resume}; continue with: torchrun --nproc-per-node 2 main.py" in ours[0]
     assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()
-    for project_file in ("main.py", "train.py", "distributed.py", "resume.py"):  # no traceback through our code
+    for project_file in ("main.py", "train.py", "support/distributed.py", "extras/resume.py"):  # no traceback of ours
         assert f'{PROJECT_DIR / project_file}", line' not in done.stderr, done.stderr[-3000:]
     assert "KeyboardInterrupt" not in done.stderr
 

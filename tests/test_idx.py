@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import synthetic_digits
 
-from idx import IMAGE_MAGIC, LABEL_MAGIC, DataError, IdxFile, idx_bytes, read_idx
+from support.idx import IMAGE_MAGIC, LABEL_MAGIC, DataError, IdxFile, idx_bytes, read_idx
 
 IMAGES = IdxFile("images", IMAGE_MAGIC, None, None)
 

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from LeNet5 import C3_TABLE, LeNet5, c3_connection_mask, count_parameters, layer_table
-from optimizers import make_optimizer
-from recipes import Recipe
+from support.optimizers import make_optimizer
+from support.recipes import Recipe
 
 
 def test_forward_shape_and_finite(tiny_model):

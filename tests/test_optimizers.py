@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from LeNet5 import LeNet5
-from optimizers import MuonAndAdamW, make_optimizer
-from recipes import Recipe
+from support.optimizers import MuonAndAdamW, make_optimizer
+from support.recipes import Recipe
 
 MUON = Recipe(optimizer="muon", lr=0.02, momentum=0.7, beta2=0.9, weight_decay=0.01)
 

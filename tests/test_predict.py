@@ -4,7 +4,7 @@ import pytest
 from conftest import assert_user_error
 from PIL import Image, ImageDraw
 
-from digits import MAX_PIXELS, expand_paths
+from extras.digits import MAX_PIXELS, expand_paths
 from predict import predict_paths
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 from data import eval_loader, fingerprint, load_mnist
 from eval import evaluate
 from helper import load_model
-from idx import MNIST_FILES
 from predict import predict_paths
+from support.idx import MNIST_FILES
 
 pytestmark = pytest.mark.real_data
 COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"

@@ -1,11 +1,11 @@
 from dataclasses import asdict
 
-from cli import UserError
+from support.cli import UserError
 
 import pytest
 
-from augment import Augmentation
-from recipes import ADDED_FIELDS, RECIPES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
+from support.augment import Augmentation
+from support.recipes import ADDED_FIELDS, RECIPES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
 
 
 def test_no_augment_turns_a_recipes_elastic_distortion_off_too():

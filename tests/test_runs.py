@@ -1,8 +1,8 @@
-from cli import UserError
+from support.cli import UserError
 
 import pytest
 
-from runs import run_timed, summarize
+from scripts.runs import run_timed, summarize
 
 
 def epochs(*accuracies: float, split: str = "test") -> list[dict]:

@@ -1,19 +1,16 @@
 """The scripts that make the README's tables: their guards (the measurements themselves are in docs/)."""
 
-import importlib.util
+import importlib
 import json
 
-from cli import run_cli
+from support.cli import run_cli
 
 import pytest
-from conftest import PROJECT_DIR, assert_user_error
+from conftest import assert_user_error
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"scripts.{name}")
 
 
 def finished(main, *argv: str, capsys):

@@ -5,16 +5,16 @@ import importlib
 import json
 import re
 
-from cli import run_cli
+from support.cli import run_cli
 
 import pytest
 import torch
 from conftest import assert_user_error, write_idx_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from extras.tensorboard_log import TensorBoardLog
 from helper import load_checkpoint
-from recipes import Recipe
-from tensorboard_log import TensorBoardLog, run_name
+from support.recipes import Recipe, run_name
 
 EVERYTHING = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}  # 0: keep every event, not a sample
 
@@ -50,7 +50,7 @@ def values(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
 def test_scalars_match_the_run(logged):
     run_dir, events, checkpoint, metrics, used_lrs = logged
     assert re.fullmatch(r"\d{8}-\d{6}_default-seed0", run_dir.name)
-    history = checkpoint["train_state"]["history"]
+    history = checkpoint.train_state["history"]
     losses = history["step_losses"]
     assert [s for s, _ in values(events, "train/loss")] == list(range(1, len(losses) + 1))
     assert [v for _, v in values(events, "train/loss")] == pytest.approx(losses, rel=1e-6)
@@ -66,7 +66,7 @@ def test_images_histograms_and_hparams(logged):
     kernels = events.Images("c1_kernels")
     assert [k.step for k in kernels] == [1, 2] and kernels[0].width > 6 * 5 * 4  # zoomed in
     assert len(events.Images("misclassified")) == 1
-    expected = {f"weights/{name}" for name in checkpoint["state_dict"] if name != "c3.mask"}
+    expected = {f"weights/{name}" for name in checkpoint.state_dict if name != "c3.mask"}
     assert set(events.Tags()["histograms"]) == expected
     assert [e.step for e in events.Histograms("weights/c1.weight")] == [1, 2]
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
@@ -74,8 +74,8 @@ def test_images_histograms_and_hparams(logged):
 
 def test_run_folders_sort_in_time_and_never_collide(tmp_path):
     recipe = Recipe(name="fast", seed=7)
-    assert run_name(recipe, now=1_000_000_000) < run_name(recipe, now=1_000_000_001)
-    assert run_name(recipe, now=0).endswith("_fast-seed7")
+    assert run_name("fast", 7, now=1_000_000_000) < run_name("fast", 7, now=1_000_000_001)
+    assert run_name("fast", 7, now=0).endswith("_fast-seed7")
     first = TensorBoardLog.start(tmp_path, recipe)
     second = TensorBoardLog.start(tmp_path, recipe)
     try:

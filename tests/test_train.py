@@ -1,19 +1,20 @@
 import math
 import os
 import signal
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import N_TRAIN
 
-from data import load_mnist, make_loaders
-from devices import place_batch
-from idx import CUSTOM_FILES
+from data import DataSource, load_mnist, make_loaders
 from LeNet5 import LeNet5
-from optimizers import make_optimizer
-from recipes import Recipe
+from support.devices import place_batch
+from support.distributed import ONE
+from support.idx import CUSTOM_FILES
+from support.optimizers import make_optimizer
+from support.recipes import Recipe
 from train import (
     EXPLODED_LOSS,
     TrainingDiverged,
@@ -30,10 +31,18 @@ CPU = torch.device("cpu")
 
 
 def setup(idx_dir, recipe: Recipe):
-    """The loaders and the training state, built as main.py builds them."""
-    data = load_mnist(idx_dir, None, CUSTOM_FILES, download=False)
-    loaders = make_loaders(data, recipe, CPU)
-    return TrainState({"c3_table": True}, recipe, loaders, CPU), loaders
+    """The loaders and the training state, built by main.py's own prepare() from the flags that give `recipe`."""
+    import main
+
+    default = Recipe()
+    flags = {
+        f.name: getattr(recipe, f.name) for f in fields(Recipe) if getattr(recipe, f.name) != getattr(default, f.name)
+    }
+    source = DataSource(idx_dir, None, allow_custom=True, download=False)
+    out = idx_dir.parent / "out"
+    prepared = main.prepare(flags, None, source, main.Outputs(out / "lenet5.pt", out, None), [], ONE, CPU)
+    assert prepared.recipe == recipe
+    return TrainState(prepared.config, prepared.recipe, prepared.loaders, CPU), prepared.loaders
 
 
 def run_fit(state, loaders, train=None):
@@ -130,12 +139,17 @@ class InterruptAt:
             yield batch
 
 
-ADAM_WITH_AVERAGE = Recipe(epochs=3, batch_size=16, seed=1, optimizer="adam", lr=0.003, momentum=0.8, ema_decay=0.9)
+ADAM_WITH_AVERAGE = Recipe(epochs=3, batch_size=16, seed=1, optimizer="adam", lr=0.003, momentum=0.8, ema_decay=0.9,
+                           nesterov=False)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "recipe",
-    [Recipe(epochs=3, batch_size=16, seed=1), ADAM_WITH_AVERAGE, Recipe(epochs=3, batch_size=16, optimizer="muon")],
+    [
+        Recipe(epochs=3, batch_size=16, seed=1),
+        ADAM_WITH_AVERAGE,
+        Recipe(epochs=3, batch_size=16, optimizer="muon", nesterov=False),
+    ],
     ids=["sgd", "adam-ema", "muon"],
 )
 def test_interrupt_then_resume_matches_an_uninterrupted_run(idx_dir, recipe):

@@ -1,26 +1,25 @@
-"""scripts/tune.py: an Optuna study of main.py runs on tiny data, shared by worker processes."""
+"""scripts/tune.py: an Optuna study of in-process training runs on tiny data, shared by worker processes."""
 
-import importlib.util
+import contextlib
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
-from cli import UserError, run_cli
+from support.cli import UserError, run_cli
 
 import optuna
 import pytest
 from conftest import PROJECT_DIR, Finished, assert_user_error, write_idx_dir
 
-from recipes import resolve_recipe
-from train import EpochStats, TrainingDiverged, check_loss, summary_line
+import train
+from scripts import tune
+from support.recipes import resolve_recipe
 
-_spec = importlib.util.spec_from_file_location("tune", PROJECT_DIR / "scripts" / "tune.py")
-tune = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tune)
 TINY = ["--allow-custom-data", "--no-download", "--val-size", "32", "--device", "cpu"]
 # lr ~1e-9: the weights stay as drawn, so every epoch's val accuracy is that of the untrained network
 UNTRAINED = {"epochs": 2, "lr": {"low": 1e-9, "high": 2e-9, "log": True}}
@@ -36,14 +35,14 @@ def flags(folder: Path, space: dict, *extra: str) -> list[str]:
     (folder / "space.json").write_text(json.dumps(space))
     return [
         "--space", str(folder / "space.json"), "--storage", f"sqlite:///{folder / 'optuna.db'}",
-        "--data-dir", str(folder / "mnist"), "--out-dir", str(folder / "runs"), *TINY, *extra,
+        "--data-dir", str(folder / "mnist"), *TINY, *extra,
     ]  # fmt: skip
 
 
-def worker(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # two workers share the cores
+def worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}  # two workers share the cores
     env.pop("MNIST_DIR", None)
-    command = [sys.executable, str(PROJECT_DIR / "scripts" / "tune.py"), *args]
+    command = [sys.executable, "-m", "scripts.tune", *args]
     return subprocess.Popen(
         command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -64,15 +63,20 @@ def run_tune(capsys, *argv: str) -> Finished:
     return Finished(code, out.out, out.err)
 
 
-def test_a_study_goes_on_across_runs_and_two_workers_finish_the_asked_trials(study_dir, capsys):
-    # One run completes a trial: its score is main.py's last val accuracy.
+def test_a_study_goes_on_across_runs_and_two_workers_finish_the_asked_trials(study_dir, capsys, cli):
+    # One run completes a trial: its score is the last epoch's val accuracy, as main.py trains and scores it.
     first = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1", "--pruner", "none"))
     assert first.returncode == 0, first
-    metrics = json.loads((study_dir / "runs" / "space" / "trial-0" / "lenet5.json").read_text())
-    assert metrics["epochs"][-1]["eval_split"] == "val"
-    assert stored(study_dir)[0].value == metrics["epochs"][-1]["eval_accuracy"]
+    (trial,) = stored(study_dir)
+    assert trial.value == trial.intermediate_values[2]
+    out = study_dir / "main" / "lenet5.pt"
+    data = ["--data-dir", study_dir / "mnist", "--allow-custom-data", "--no-download"]
+    by_main = cli("main", *trial.user_attrs["flags"], "--seed", "0", "--val-size", "32", *data,
+                  "--out", out, "--report-dir", study_dir / "main")  # fmt: skip
+    assert by_main.returncode == 0, by_main.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["epochs"][-1]["eval_accuracy"] == trial.value
     # Two workers then take the same study to 3 trials. --prune-below 0.9: no untrained network
-    # reaches it, so each of their trials is stopped after its first epoch.
+    # reaches it, so each of their trials is stopped after its first epoch, from fit's epoch hook.
     args = flags(study_dir, UNTRAINED, "--trials", "3", "--pruner", "none", "--prune-below", "0.9")
     other = worker(*args, "--out", str(study_dir / "summary1.json"))
     here = run_tune(capsys, *args, "--out", str(study_dir / "summary0.json"))  # this process is the second worker
@@ -82,8 +86,6 @@ def test_a_study_goes_on_across_runs_and_two_workers_finish_the_asked_trials(stu
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]
     for t in trials[1:]:
         assert list(t.intermediate_values) == [1] and t.user_attrs["stopped"] == "pruned after epoch 1"
-        log = (study_dir / "runs" / "space" / f"trial-{t.number}" / "train.log").read_text()
-        assert "epoch 1/2" in log and "Traceback" not in log, log  # stopped cleanly, as by Ctrl-C
     for i in range(2):
         best = json.loads((study_dir / f"summary{i}.json").read_text())["best"]
         assert best["number"] == 0 and best["val_accuracy"] == trials[0].value
@@ -91,25 +93,80 @@ def test_a_study_goes_on_across_runs_and_two_workers_finish_the_asked_trials(stu
     assert "best: trial 0" in here.stdout
 
 
-def test_ctrl_c_stops_the_study_with_its_storage_intact(study_dir, capsys):
-    log = study_dir / "runs" / "space" / "trial-0" / "train.log"  # written once trial 0 is under way
-    under_way, give_up = threading.Event(), threading.Event()
-
-    def interrupt_once_under_way() -> None:
-        while not log.exists() and not give_up.wait(0.1):
-            pass
-        if log.exists():
-            under_way.set()
-            os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C: KeyboardInterrupt in this (the main) thread
-
-    threading.Thread(target=interrupt_once_under_way, daemon=True).start()
+def test_a_dead_workers_trial_is_failed_and_run_again(study_dir, capsys):
+    """A worker killed mid-trial leaves its trial RUNNING; once its heartbeat is older than the grace period, the
+    next worker fails it and runs its values again: the study still finishes the asked trials."""
+    beats = {"LENET5_TUNE_HEARTBEAT_S": "1", "LENET5_TUNE_GRACE_S": "2"}
+    args = flags(study_dir, {"epochs": 10_000}, "--trials", "1")  # would never end alone
+    doomed = worker(*args, env=beats)
     try:
-        done = run_tune(capsys, *flags(study_dir, {"epochs": 10_000}, "--trials", "1"))  # would never end alone
+        while not [t for t in stored_or_none(study_dir) if t.state.name == "RUNNING" and t.intermediate_values]:
+            assert doomed.poll() is None, doomed.communicate()
+            time.sleep(0.2)
     finally:
-        give_up.set()
-    assert under_way.is_set() and done.returncode == 130 and "Traceback" not in done.stderr, done
+        doomed.kill()
+        doomed.communicate()
+    time.sleep(3)  # the grace period passes with no heartbeat
+    with patched_env(beats):
+        done = run_tune(capsys, *args, "--prune-below", "0.99")  # (so that the repeat stops after one epoch)
+    assert done.returncode == 0, done
+    first, again = stored(study_dir)
+    assert (first.state.name, again.state.name) == ("FAIL", "PRUNED") and first.params == again.params
+    assert again.system_attrs["failed_trial"] == first.number
+
+
+def stored_or_none(folder: Path) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return stored(folder)
+    except (KeyError, Exception):  # the worker has not created the study yet
+        return []
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    importlib.reload(tune)  # (it reads them as it is imported)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+        importlib.reload(tune)
+
+
+def test_ctrl_c_stops_the_study_with_its_storage_intact(study_dir, capsys, monkeypatch):
+    one_epoch, calls = train.train_one_epoch, []
+
+    def interrupted_during_the_epoch(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C: KeyboardInterrupt in the training loop
+        return one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_during_the_epoch)
+    done = run_tune(capsys, *flags(study_dir, {"epochs": 10_000}, "--trials", "1"))  # would never end alone
+    assert calls and done.returncode == 130 and "Traceback" not in done.stderr, done
     assert [t.state for t in stored(study_dir)] == [optuna.trial.TrialState.FAIL]  # not left RUNNING
-    assert "Traceback" not in log.read_text()
+
+
+def test_a_locked_database_is_one_line_naming_the_cause(study_dir, capsys):
+    import sqlite3
+
+    run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1", "--pruner", "none"))
+    holder = sqlite3.connect(study_dir / "optuna.db")
+    holder.execute("BEGIN EXCLUSIVE")  # another program holds the file
+    try:
+        args = flags(study_dir, UNTRAINED, "--trials", "2")
+        done = run_tune(capsys, *args, "--storage", f"sqlite:///{study_dir / 'optuna.db'}?timeout=0.2")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert_user_error(done, "database is locked")
+
+
+def test_out_naming_the_database_is_refused(study_dir, capsys):
+    done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1"), "--out", str(study_dir / "optuna.db"))
+    assert_user_error(done, "is the study's own database (--storage)")
 
 
 @pytest.mark.parametrize(
@@ -122,12 +179,14 @@ def test_ctrl_c_stops_the_study_with_its_storage_intact(study_dir, capsys):
         ({"augment": {"choices": ["yes"]}}, "augment is true or false, got 'yes'"),
         ({"schedule": {"choice": ["linear"]}}, "schedule: give {'low': L, 'high': H}"),
         ([], "give an object that maps recipe flags"),
+        ({"batch_size": {"choices": [[16, 32]]}}, "argument --batch-size: must be an integer"),
+        ({"warmup_epochs": 3, "epochs": 2}, "--warmup-epochs 3 is longer than the run's 2 epochs"),
     ],
 )
 def test_a_bad_space_is_one_line_before_any_storage(study_dir, capsys, space, message):
     done = run_tune(capsys, *flags(study_dir, space))
     assert_user_error(done, message)
-    assert not (study_dir / "optuna.db").exists() and not (study_dir / "runs").exists()
+    assert not (study_dir / "optuna.db").exists()
 
 
 def test_a_bad_storage_url_or_space_name_is_one_line(study_dir, capsys):
@@ -142,7 +201,7 @@ def test_a_study_refuses_workers_with_other_settings(study_dir, capsys):
     tune.open_study(f"sqlite:///{study_dir / 'optuna.db'}", "space", tune.make_pruner("none", None), settings)
     done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1"))  # --seed 0
     assert_user_error(done, "study 'space' in that storage was started with another seed")
-    assert not (study_dir / "runs" / "space").exists()
+    assert all(t.state.name != "RUNNING" for t in stored(study_dir)) and not stored(study_dir)
 
 
 def test_the_presets_are_valid_spaces_and_draw_every_value(study_dir):
@@ -150,20 +209,6 @@ def test_the_presets_are_valid_spaces_and_draw_every_value(study_dir):
         values = tune.draw(optuna.create_study(direction="maximize").ask(), tune.load_space(name))
         assert set(values) <= set(space), name
         tune.FLAGS.parse_args(tune.recipe_tokens(values))  # main.py's own checks accept the drawn flags
-
-
-def test_the_epoch_line_is_read_as_main_py_prints_it():
-    line = summary_line(EpochStats(3, 0.1, 0.97, 2.0, 100.0, "val", 0.9812, 0.0), 4)
-    match = tune.EPOCH_LINE.match(line)
-    assert match and (int(match[1]), match[2], float(match[3])) == (3, "val", 98.12), line
-
-
-def test_a_diverged_loss_is_told_from_main_pys_error_line():
-    for loss in (float("nan"), 1e6):
-        with pytest.raises(TrainingDiverged) as err:
-            check_loss(loss, 1, 5)
-        assert tune.diverged(f"error: {err.value}"), err.value
-    assert not tune.diverged("error: --data-dir x: no MNIST files there")
 
 
 def test_the_median_pruner_judges_from_the_second_epoch_and_a_floor_from_the_first():
@@ -204,10 +249,12 @@ def test_a_space_file_nested_too_deeply_is_one_line(tmp_path):
 def test_tune_starts_where_fcntl_is_missing(monkeypatch, tmp_path):
     """Windows has no fcntl: the script still imports, and workers take turns without the lock file."""
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError
-    spec = importlib.util.spec_from_file_location("tune_without_fcntl", PROJECT_DIR / "scripts" / "tune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.fcntl is None
-    with module.turn(tmp_path / "optuna.db.lock"):
-        pass
-    assert not (tmp_path / "optuna.db.lock").exists()
+    module = importlib.reload(tune)
+    try:
+        assert module.fcntl is None
+        with module.turn(tmp_path / "optuna.db.lock"):
+            pass
+        assert not (tmp_path / "optuna.db.lock").exists()
+    finally:
+        monkeypatch.delitem(sys.modules, "fcntl")
+        importlib.reload(tune)

@@ -1,3 +1,6 @@
+"""export.py and extras/exports.py: every format written, proven in its own runtime, then moved into place;
+a failed check, a full disk or a wrong --out leaves what was there."""
+
 import contextlib
 import errno
 import json
@@ -9,7 +12,7 @@ import pytest
 import torch
 from conftest import assert_user_error
 
-from export import run_torchscript
+from extras.exports import run_torchscript
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -19,7 +22,7 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt, c
     no_mnist += ["--verify-images", "9"]  # (a checkout that trained before has a cache in data/processed)
     done = cli("export", "--weights", weights, "--format", fmt, "--out", out, *no_mnist)
     assert done.returncode == 0, done.stderr
-    assert "verifying on random images instead" in done.stdout and "argmax identical" in done.stdout
+    assert "verifying on synthetic images instead" in done.stdout and "argmax identical" in done.stdout
     sidecar = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     check = sidecar["verification"]
     assert check["argmax_identical"] and check["max_abs_logit_diff"] <= 1e-4 and check["images"] == 9
@@ -46,7 +49,7 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt, c
         (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
         (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
         (["--format", "tflite"], "invalid choice: 'tflite'"),
-        (["--out", "{tmp}/model.pt"], "is the checkpoint being exported; choose another file name"),
+        (["--out", "{tmp}/model.pt"], "is the file given as --weights, which this command reads"),
         (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
         (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
     ],
@@ -64,15 +67,16 @@ def test_a_full_disk_keeps_the_previous_export(tmp_path, weights, cli, fmt, name
     for, and the previous export is untouched, with no temporary file or folder beside it. (TorchScript's
     own C++ writer aborted the process here; safetensors' Rust writer raised a traceback.)"""
     out = tmp_path / name
-    previous = out / "config.json" if fmt == "hub" else out
-    previous.parent.mkdir(exist_ok=True)
-    previous.write_text('{"previous": true}')
     args = ["--weights", weights, "--format", fmt, "--out", out, "--verify-images", "4"]
+    no_data = ["--data-dir", tmp_path / "no-mnist", "--no-download"]
+    assert cli("export", *args, *no_data).returncode == 0  # the previous export
+    previous = {path: path.read_bytes() for path in ([out] if out.is_file() else out.iterdir())}
     with file_size_limit(100_000):  # (Python ignores SIGXFSZ: an over-long write fails with EFBIG)
-        done = cli("export", *args, "--data-dir", tmp_path / "no-mnist", "--no-download")
+        done = cli("export", *args, *no_data)
     assert_user_error(done, f"cannot write {out}")
-    assert ".tmp" not in done.stderr and previous.read_text() == '{"previous": true}'
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", name])
+    assert ".tmp" not in done.stderr and all(path.read_bytes() == data for path, data in previous.items())
+    expected = ["model.pt", name] + ([f"{name}.json"] if fmt == "torchscript" else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
 
 
 def test_a_failed_hub_export_to_a_new_folder_leaves_no_folder(tmp_path, weights, cli):

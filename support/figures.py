@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from helper import atomic_output
+from support.files import atomic_output
 
 
 def pyplot():

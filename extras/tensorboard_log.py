@@ -14,7 +14,6 @@ the loop gets no extra host synchronisation. A log made without a folder does no
 what the other processes under torchrun, and runs without --tensorboard, get.
 """
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,14 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipes import Recipe
+from support.recipes import Recipe, run_name
 from train import EpochStats, TrainState
 
 KERNEL_ZOOM = 8  # C1's kernels are 5x5 pixels: too small to see at TensorBoard's 1:1
-
-
-def run_name(recipe: Recipe, now: float | None = None) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{recipe.name}-seed{recipe.seed}"
 
 
 class TensorBoardLog:
@@ -48,11 +43,12 @@ class TensorBoardLog:
         """A new run folder under `root` (None: a log that does nothing)."""
         if root is None:
             return cls(None)
-        run_dir = Path(root) / run_name(recipe)
+        name = run_name(recipe.name, recipe.seed)
+        run_dir = Path(root) / name
         for n in range(2, 1000):  # two runs started in the same second must not share a folder
             if not run_dir.exists():
                 break
-            run_dir = Path(root) / f"{run_name(recipe)}-{n}"
+            run_dir = Path(root) / f"{name}-{n}"
         return cls(run_dir)
 
     @property

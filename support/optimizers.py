@@ -10,7 +10,7 @@ optimizer object, so the schedule, the checkpoint and an exact resume treat it l
 import torch
 
 from LeNet5 import LeNet5
-from recipes import Recipe
+from support.recipes import Recipe
 
 
 def make_optimizer(model: LeNet5, recipe: Recipe) -> torch.optim.Optimizer:

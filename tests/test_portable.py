@@ -1,5 +1,5 @@
-"""safetensors and Hugging Face Hub exports: written by export.py, read back by every --weights, refused
-in one line when damaged or foreign."""
+"""support/portable.py: the safetensors file and the Hugging Face Hub folder, written by export.py, read back
+by every --weights (helper.load_checkpoint), refused in one line when damaged or foreign."""
 
 import json
 import os
@@ -11,11 +11,11 @@ from conftest import PROJECT_DIR, assert_user_error, run_script, synthetic_digit
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import weights_formats
 from data import DataSource, preprocess
-from export import contract
-from helper import load_model
+from extras.exports import FORMATS, export
+from helper import load_checkpoint, load_model
 from LeNet5 import LeNet5
+from support import portable
 
 COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # only read
 
@@ -38,7 +38,8 @@ def source(weights) -> Path:
 
 
 def exported(source: Path, fmt: str, out: Path, images: torch.Tensor) -> Path:
-    weights_formats.export(source, fmt, out, images, contract)
+    """Through export.py's pipeline: written, read back, compared bit for bit, moved into place."""
+    export(load_checkpoint(source), FORMATS[fmt], out, images, "test images")
     return out
 
 
@@ -62,7 +63,7 @@ def test_safetensors_gives_the_same_logits_as_the_pt(tmp_path, source, test_imag
 
 def test_hub_folder_loads_back_with_the_same_weights(tmp_path, source, test_images, monkeypatch):
     folder = exported(source, "hub", tmp_path / "lenet5-hub", test_images)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(weights_formats.HUB_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(portable.HUB_FILES)
     original = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
     loaded = load_model(folder)[0].state_dict()
     assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in original)
@@ -88,7 +89,7 @@ def test_hub_export_replaces_an_earlier_one_but_not_other_files(tmp_path, weight
         assert done.returncode == 0, done.stderr
     (folder / "notes.txt").write_text("mine")
     done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--no-download")
-    assert_user_error(done, "holds other files than a hub export's (notes.txt)")
+    assert_user_error(done, "holds files that are not an earlier export of this program's (README.md, config.json")
     assert (folder / "notes.txt").read_text() == "mine"
 
 
@@ -157,15 +158,18 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         ("random", "not a readable safetensors file"),
         ("a .pt renamed", "not a readable safetensors file"),
         ("foreign", "a safetensors file without this project's LeNet5 metadata"),
-        ("wrong shape", "its tensors do not fit LeNet5 (c5.weight is (120, 300), LeNet5's is (120, 400))"),
+        (
+            "wrong shape",
+            "do not fit LeNet5 (c5.weight is torch.float32 (120, 300), LeNet5's is torch.float32 (120, 400))",
+        ),
         ("nan", "holds NaN or infinite weights (f6.bias)"),
         ("bad json", "metadata 'metrics' is not valid JSON"),
         ("hub without config", "a hub folder needs config.json"),
         ("hub without weights", "a hub folder needs model.safetensors"),
-        ("hub bad config", "config.json: the file is not valid JSON"),
+        ("hub bad config", "config.json is not valid JSON"),
         ("deep json", "metadata 'metrics' is not valid JSON (nested too deeply)"),
         ("json 500 deep", "metadata 'metrics' is nested more than 32 levels deep"),
-        ("hub deep config", "config.json: the file is not valid JSON (nested too deeply)"),
+        ("hub deep config", "config.json is not valid JSON (nested too deeply)"),
     ],
 )
 def test_damaged_or_foreign_exports_are_one_line(tmp_path, weights, cli, kind, message):
@@ -185,14 +189,14 @@ def test_a_damaged_safetensors_is_one_line_from_a_real_process(tmp_path):
 def test_an_export_cannot_be_resumed(tmp_path, weights, cli, idx_dir):
     out = exported(weights, "safetensors", tmp_path / "m.safetensors", preprocess(synthetic_digits(4, seed=5)[0]))
     done = cli("main", "--resume", out, "--data-dir", idx_dir, "--no-download", "--report-dir", tmp_path / "r")
-    assert_user_error(done, "an export holds the weights only, no training state to resume from")
+    assert_user_error(done, "an export holds the weights only, no training state of this version to resume from")
 
 
 @pytest.mark.parametrize(
     "fmt, out, message",
     [
         ("safetensors", "lenet5.pt", "a safetensors export is named *.safetensors"),
-        ("hub", "model.pt", "is the checkpoint being exported"),
+        ("hub", "model.pt", "is the file given as --weights, which this command reads"),
         ("hub", "file.txt", "is a file; a hub export is a folder"),
     ],
 )

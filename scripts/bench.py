@@ -1,6 +1,6 @@
 """Speed as a user feels it: the time from typing the command to a model with 99.0 % test accuracy.
 
-    python bench.py --data-dir ../shared/mnist --rounds 2 --out docs/bench.json
+    python -m scripts.bench --data-dir ../shared/mnist --rounds 2 --out docs/bench.json
 
 Three sides, each launched as a fresh process and timed from launch (cold start: imports and
 data loading count) to the end of the first epoch whose test accuracy reaches --target:
@@ -29,18 +29,19 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from cli import PROJECT_DIR, CliParser, add_device_flag, add_json_flag, check_output_file, number, run_cli
+from support.cli import CliParser, add_device_flag, add_json_flag, number, run_cli
 
 import torch
 import torch.nn.functional as F
 
 from data import MNIST, add_data_args, data_source, eval_loader, make_loaders, write_mnist
-from devices import choose_device, place_model
 from eval import predict
-from helper import write_json
 from LeNet5 import LeNet5
-from recipes import Recipe
-from runs import Run, run_main, run_timed
+from scripts.runs import Run, run_main, run_timed
+from support.devices import choose_device, place_model
+from support.files import check_output_file, write_json
+from support.recipes import Recipe
+from support.synthetic import synthetic_mnist
 from train import TrainState, train_one_epoch
 
 SIDES = ("baseline", "fast", "default")
@@ -49,18 +50,11 @@ BASELINE_EPOCHS = 20
 BEST_TARGET = 0.995
 
 
-def synthetic_mnist(n_train: int, n_test: int) -> MNIST:
-    g = torch.Generator().manual_seed(0)
-    images = lambda n: torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)  # noqa: E731
-    labels = lambda n: torch.randint(0, 10, (n,), generator=g)  # noqa: E731
-    return MNIST(images(n_train), labels(n_train), images(n_test), labels(n_test))
-
-
 def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick: bool) -> Run:
     """One cold-start run of one side, in a fresh process."""
     if side == "baseline":
         epochs = "1" if quick else str(BASELINE_EPOCHS)
-        command = [str(PROJECT_DIR / "scripts" / "baseline.py"), *data_flags, "--epochs", epochs]
+        command = ["-m", "scripts.baseline", *data_flags, "--epochs", epochs]
         command += ["--stop-at", str(target), "--out", str(out_dir / "baseline.json")]
         return run_timed(command, out_dir / "baseline.json", out_dir / "train.log", target)
     flags = [*data_flags, "--recipe", side] + (["--epochs", "1"] if quick else [])

@@ -9,7 +9,7 @@ Exit statuses, the same for every entry point (and the README's table):
       1  some inputs failed, the others were processed (predict.py: an unreadable image); or, under
          torchrun, another process of the job failed (the finished epochs are saved)
       2  user error: one line on stderr says what is wrong and how to fix it
-    130  interrupted (Ctrl-C or SIGTERM); training saves a resumable checkpoint first
+    130  stopped by a signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT); training saves a resumable checkpoint first
 """
 
 import argparse
@@ -18,27 +18,24 @@ import io
 import math
 import os
 import re
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from support import signals
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = signals.EXIT_INTERRUPTED
 
-PROJECT_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py writes and the others read
 DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 DEVICES = ("auto", "cpu", "cuda", "mps", "xpu")
 FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32: a larger value would overflow there
-
-
-def _exit_while_starting(signum: int, frame) -> None:
-    os._exit(EXIT_INTERRUPTED)
 
 
 def _one_line_while_starting(kind: type, error: BaseException, traceback) -> None:
@@ -56,7 +53,7 @@ def _one_line_while_starting(kind: type, error: BaseException, traceback) -> Non
 
 
 def _guard_start_up() -> None:
-    """While an entry point is still importing torch: a Ctrl-C or SIGTERM ends it with 130, and a library that
+    """While an entry point is still importing torch: a stop signal ends it with 130, and a library that
     cannot load is one line with 2, neither with a traceback; run_cli() puts the usual handlers back
     once the entry point runs. Only when one of this project's files is the program (not under
     pytest, not when imported as a library)."""
@@ -66,8 +63,7 @@ def _guard_start_up() -> None:
         and PROJECT_DIR in Path(program).resolve().parents
         and threading.current_thread() is threading.main_thread()
     ):
-        signal.signal(signal.SIGINT, _exit_while_starting)
-        signal.signal(signal.SIGTERM, _exit_while_starting)  # (run_cli() installs _terminate, which saves first)
+        signals.exit_at_once()  # (run_cli() then makes them a KeyboardInterrupt, which training saves on)
         sys.excepthook = _one_line_while_starting
 
 
@@ -104,7 +100,7 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str):
         # Under torchrun every process parses the same flags: rank 0 alone says what is wrong with them.
         text = f"{self.prog}: error: {message} (see --help)\n"
-        self.exit(EXIT_USER_ERROR, text if os.environ.get("RANK", "0") == "0" else None)
+        self.exit(EXIT_USER_ERROR, text if speaks() else None)
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
@@ -132,7 +128,10 @@ def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout instead of text")
 
 
-LIMIT_HELP = "use only the first N images of each MNIST split the command reads (default: all)"
+def add_limit_flag(p: argparse.ArgumentParser, **kwargs) -> None:
+    """--limit N: the same meaning in every entry point (main.py passes default=argparse.SUPPRESS)."""
+    help = "use only the first N images of each MNIST split the command reads (default: all)"
+    p.add_argument("--limit", type=number(int, 1), help=help, **kwargs)
 
 
 # Plain ASCII decimal numbers only: Python's int() and float() would also take "1_000" and other
@@ -162,46 +161,30 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
     return parse
 
 
-# --- output paths, checked before any work --------------------------------------------------------
+# --- which process speaks --------------------------------------------------------------------------
 
 
-def check_output_file(path: Path, flag: str, example: str = "lenet5.pt") -> None:
-    """Fail before any work when a file could not be written at `path` (a directory there, a device
-    or a pipe there, no folder)."""
-    path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
-    refuse_special_file(path, flag)
-    check_output_dir(path.parent, f"the folder of {flag}")
-
-
-def resolve_output(path: Path, flag: str) -> Path:
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it (torchrun sets TORCHELASTIC_RUN_ID, RANK and WORLD_SIZE in
+    each worker), else None: a RANK left in the environment of a plain `python` means nothing here."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
     try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as err:  # a symlink loop
-        raise UserError(f"{flag} {path}: cannot be resolved ({err}); give a plain file name") from None
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return None
 
 
-def refuse_special_file(path: Path, flag: str) -> None:
-    """A rename over a device node or a pipe (/dev/null, say) would replace it with a plain file."""
-    if path.exists() and not path.is_file():
-        raise UserError(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
+def speaks() -> bool:
+    """Whether this process prints: any plain process, and rank 0 of a torchrun job (the others say only
+    what is theirs alone)."""
+    return torchrun_rank() in (None, 0)
 
 
-def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = ()) -> None:
-    """Create `directory` now, so that an unusable one fails before a long run, not after it; the
-    `files` that will be written into it must not be devices or pipes there."""
-    directory = Path(directory)
-    for name in files:
-        refuse_special_file(resolve_output(directory / name, flag), flag)
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{flag}: cannot create {directory}: {err.strerror or err}; choose another location") from None
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"{flag}: cannot write into {directory}: permission denied; choose another location")
+def who() -> str:
+    """'rank N: ' in a torchrun job of several processes, else '': which process an error comes from."""
+    rank = torchrun_rank()
+    return f"rank {rank}: " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
 # --- running an entry point -----------------------------------------------------------------------
@@ -244,24 +227,20 @@ class _SurvivesClosedPipe(io.TextIOBase):
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run an entry point under the exit-status contract: user errors become one line on stderr and
-    exit 2, no traceback; Ctrl-C and SIGTERM exit 130; a closed stdout only silences the output."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # replaces the start-up guard
+    exit 2, no traceback; a stop signal exits 130; a closed stdout only silences the output."""
+    signals.stop_raises()  # replaces the start-up guard
     sys.excepthook = sys.__excepthook__
-    signal.signal(signal.SIGTERM, _terminate)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
-    torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # (torchrun sets it, with RANK and WORLD_SIZE, in each worker)
-    rank = os.environ.get("RANK") if torchrun else None
-    speaks = rank in (None, "0")
-    where = f"rank {rank}: " if torchrun and os.environ.get("WORLD_SIZE", "1") != "1" else ""  # which process
+    where = who()
     try:
         main(argv)
     except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose
-        if speaks or not err.everywhere:
+        if speaks() or not err.everywhere:
             print(f"error: {'' if err.everywhere else where}{err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:  # training saves its own state before this is reached
-        if speaks:
+        if speaks():
             print("\ninterrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as err:
@@ -272,33 +251,3 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     finally:
         sys.stdout.flush()
         sys.stdout, sys.stderr = saved
-
-
-def _terminate(signum: int, frame) -> None:
-    """SIGTERM (`kill`, a scheduler's preemption, torchrun stopping its workers) stops like a Ctrl-C."""
-    raise KeyboardInterrupt
-
-
-def ignore_further_stops() -> None:
-    """The process is on its way out (saving what it has, then exiting): Ctrl-C and SIGTERM no longer
-    cut that short. Only the main thread can set signal handlers."""
-    if threading.current_thread() is threading.main_thread():
-        for number_ in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number_, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (or SIGTERM) until the block is done, so that a save is never abandoned half-way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number_, handler in previous.items():
-            signal.signal(number_, handler)
-    if received:
-        raise KeyboardInterrupt

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import PROJECT_DIR, UserError
+from support.cli import PROJECT_DIR, UserError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) 
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log, "w") as sink:
-        done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT)
+        done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
     wall = time.time() - started
     if done.returncode != 0:  # (the log may live in a temporary folder: quote the reason, or its end)
         lines = log.read_text(errors="replace").strip().splitlines()

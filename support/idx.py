@@ -10,9 +10,9 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-from cli import UserError
+from support.cli import UserError
 
 import torch
 
@@ -37,6 +37,17 @@ MNIST_FILES = {
     "test_images": IdxFile("t10k-images-idx3-ubyte", IMAGE_MAGIC, 10_000, "2646ac647ad5339dbf082846283269ea"),
     "test_labels": IdxFile("t10k-labels-idx1-ubyte", LABEL_MAGIC, 10_000, "27ae3e4e09519cfbb04c329615203637"),
 }
+
+
+class MNIST(NamedTuple):
+    """What the four files hold."""
+
+    train_images: torch.Tensor  # uint8 N x 28 x 28
+    train_labels: torch.Tensor  # int64 N
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
 # Same names and structure checks, no count or checksum: for IDX files you made yourself.
 CUSTOM_FILES = {key: IdxFile(f.name, f.magic, None, None) for key, f in MNIST_FILES.items()}
 

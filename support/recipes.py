@@ -1,13 +1,15 @@
 """What to train: the Recipe (every value that decides the trained weights) and the named recipes
 that `python main.py --recipe NAME` starts from. Flags override a recipe's values one by one."""
 
+import argparse
 import math
+import time
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from cli import UserError
+from support.cli import UserError, add_limit_flag, number
 
-from augment import Augmentation
+from support.augment import Augmentation
 
 SCHEDULES = ("linear", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
@@ -114,6 +116,11 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def run_name(recipe_name: str, seed: int, now: float | None = None) -> str:
+    """A run's folder name, YYYYMMDD-HHMMSS_<recipe>-seed<N>: runs sort by their start."""
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}_{recipe_name}-seed{seed}"
+
+
 def flag_text(name: str, value: Any) -> str:
     """A Recipe field and value as the command-line flag that sets it: ("epochs", 3) -> "--epochs 3"."""
     flag = "--" + ("recipe" if name == "name" else name.replace("_", "-"))
@@ -153,3 +160,56 @@ def augmentation_for(recipe: Recipe) -> Augmentation | None:
         return None
     return Augmentation(rotation=recipe.rotation, zoom=recipe.zoom, shift=recipe.shift,
                         elastic_alpha=recipe.elastic_alpha, elastic_sigma=recipe.elastic_sigma)  # fmt: skip
+
+
+# --- the recipe flags, as main.py (and the scripts that train like it) take them ---------------------
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The recipe flags. They are absent from the parsed args unless given, so --resume can tell which were."""
+    defaults = Recipe()
+    g = p.add_argument_group("training recipe: --recipe picks the starting values, the other flags override them")
+    names = "; ".join(f"{name}: {line}" for name, (line, _) in RECIPES.items()).replace("%", "%%")  # argparse
+    g.add_argument("--recipe", default=argparse.SUPPRESS, choices=RECIPES, help=f"{names} (default: default)")
+
+    def flag(name: str, help: str, **kwargs) -> None:
+        default = getattr(defaults, name[2:].replace("-", "_"), None)
+        shown = f" (default: {default})" if default is not None else ""
+        g.add_argument(name, default=argparse.SUPPRESS, help=help + shown, **kwargs)
+
+    flag("--epochs", "passes over the training set", type=number(int, 1, 10_000))
+    flag("--batch-size", "training images per optimizer step", type=number(int, 1))
+    flag("--optimizer", "torch.optim.SGD, Adam, AdamW, or muon (Muon on C5 and F6, AdamW on the rest)",
+         choices=OPTIMIZERS)  # fmt: skip
+    flag("--lr", "learning rate, the schedule's peak", type=number(float, 0, low_open=True))
+    flag("--momentum", "SGD momentum, or Adam's beta1 (muon: AdamW's)", type=number(float, 0, 0.999))
+    flag("--beta2", "Adam's second-moment decay", type=number(float, 0, 0.9999))
+    flag("--nesterov", "Nesterov momentum (SGD)", action=argparse.BooleanOptionalAction)
+    flag("--weight-decay", "L2 penalty (AdamW and muon: decoupled weight decay)", type=number(float, 0))
+    flag("--schedule", "per-step learning-rate schedule", choices=SCHEDULES)
+    flag("--warmup-epochs", "linear learning-rate ramp from 0 at the start", type=number(float, 0, 100))
+    flag("--augment", "random rotation, zoom and shift of training images", action=argparse.BooleanOptionalAction)
+    limit = AFFINE_LIMITS
+    flag("--rotation", "with --augment: the largest rotation, degrees", type=number(float, 0, limit["rotation"]))
+    flag("--zoom", "with --augment: the largest zoom in or out, a fraction", type=number(float, 0, limit["zoom"]))
+    flag("--shift", "with --augment: the largest shift on each axis, pixels", type=number(float, 0, limit["shift"]))
+    flag("--elastic-alpha", "with --augment: elastic distortion strength, pixels (0: off)", type=number(float, 0, 100))
+    flag("--elastic-sigma", "smoothness of the elastic field, pixels", type=number(float, 0.5, 8))
+    flag("--label-smoothing", "cross-entropy label smoothing", type=number(float, 0, 0.5))
+    ema = "evaluate and save a moving average of the weights with this decay per step (0: off)"
+    flag("--ema-decay", ema, type=number(float, 0, 0.9999))
+    flag("--seed", "seed for weights, shuffling and augmentation", type=number(int, 0, 2**63 - 1))
+    flag("--val-size", "training images held out for validation (0: test accuracy per epoch)", type=number(int, 0))
+    add_limit_flag(g, default=argparse.SUPPRESS)
+    flag("--full-c3", "connect every C3 map to all six S2 maps instead of LeCun's table", action="store_true")
+
+
+def recipe_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe flags given on the command line (absent ones are not in `args`), by Recipe field name;
+    "name" for --recipe, "full_c3" for --full-c3."""
+    given = {f.name: getattr(args, f.name) for f in fields(Recipe) if hasattr(args, f.name)}
+    if hasattr(args, "recipe"):
+        given["name"] = args.recipe
+    if hasattr(args, "full_c3"):
+        given["full_c3"] = args.full_c3
+    return given

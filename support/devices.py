@@ -1,6 +1,6 @@
 """Where the model runs and in what memory layout: the one place that chooses a device and places tensors."""
 
-from cli import UserError
+from support.cli import UserError
 
 import torch
 from torch import nn

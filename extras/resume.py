@@ -1,4 +1,5 @@
-"""Interrupted runs: the one owner of the resume file, from the Ctrl-C that writes it to the run that finishes it.
+"""Interrupted runs: the one owner of the resume file, from the stop signal that writes it to the run that
+finishes it.
 
     python main.py ...                                  # Ctrl-C: checkpoints/lenet5.resume.pt
     python main.py --resume checkpoints/lenet5.resume.pt
@@ -18,15 +19,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError, ignore_further_stops
+from support.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError
 
 import torch
 
-from distributed import World
-from helper import CheckpointError, load_checkpoint, save_checkpoint, state_digest, training_state
-from LeNet5 import LeNet5
-from optimizers import make_optimizer
-from recipes import Recipe, flag_text, recipe_from_saved
+from helper import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from support import signals
+from support.distributed import World
+from support.optimizers import make_optimizer
+from support.recipes import Recipe, flag_text, recipe_from_saved
 from train import TrainState
 
 
@@ -59,22 +60,20 @@ class Resume:
         """flags: the recipe flags given on the command line (Recipe field names; "name" for --recipe,
         "full_c3" for --full-c3); a resume continues its own recipe, so none may differ from it."""
         checkpoint = load_checkpoint(path, resumable=True)
-        if checkpoint.get("digest") != state_digest(checkpoint):
+        if not checkpoint.sealed():
             raise CheckpointError(
                 f"{path}: its contents changed after it was saved (the digest written with it does not match): "
                 "damaged or edited, it cannot be resumed safely; train anew"
             )
         recipe, config = _recorded(checkpoint, path)
         _refuse_other_flags(flags, recipe, config)
-        processes = checkpoint["train_state"].get("world_size", 1)
+        processes = checkpoint.train_state.get("world_size", 1)
         if processes != world.size:  # each process distorts its share with its own generator
             launcher = "python main.py" if processes == 1 else f"torchrun --nproc-per-node {processes} main.py"
             raise UserError(
                 f"--resume {path} was trained by {processes} process(es); resume it with as many ({launcher})"
             )
-        return cls(
-            Path(path), recipe, config, training_state(checkpoint), checkpoint.get("data", {}).get("fingerprint")
-        )
+        return cls(Path(path), recipe, config, checkpoint.training_state(), checkpoint.data.get("fingerprint"))
 
     def check_data(self, data_fingerprint: str) -> None:
         if self.data_fingerprint != data_fingerprint:
@@ -178,13 +177,12 @@ def _rng_inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:
     return None
 
 
-def _recorded(checkpoint: dict[str, Any], path: Path) -> tuple[Recipe, dict[str, Any]]:
+def _recorded(checkpoint: Checkpoint, path: Path) -> tuple[Recipe, dict[str, Any]]:
     """(recipe, model config) that a checkpoint recorded; a file from another version may carry
     fields this code does not know, or lack some it needs."""
     try:
-        recipe, config = recipe_from_saved(checkpoint["train_state"]["recipe"]), checkpoint["config"]
-        LeNet5(**config)
-        epoch = checkpoint["train_state"]["epoch"]
+        recipe, config = recipe_from_saved(checkpoint.train_state["recipe"]), checkpoint.config
+        epoch = checkpoint.train_state["epoch"]
         if type(epoch) is not int or not 0 <= epoch <= recipe.epochs:
             raise ValueError(f"its epoch {epoch!r} is not one of its recipe's")
     except (TypeError, KeyError, AttributeError, ValueError) as err:
@@ -230,7 +228,7 @@ class InterruptedRun:
     def save_and_exit(self, training: dict[str, Any], when: str, failure: str | None = None) -> None:
         """Rank 0 saves the resumable state and says how to continue; every process exits (130 after a
         Ctrl-C or SIGTERM, 1 when another process failed: `failure` says which and how)."""
-        ignore_further_stops()  # the run is ending: a second Ctrl-C, or torchrun's SIGTERM after a peer died, waits
+        signals.ignore_stops()  # the run is ending: a second Ctrl-C, or torchrun's SIGTERM after a peer died, waits
         if self.world.is_main:
             path = resume_path(self.out)
             self._save(path, training, when, failure)

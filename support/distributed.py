@@ -9,18 +9,18 @@ below returns its input, and no process group exists.
 
 import contextlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from cli import UserError, ignore_further_stops
+from support.cli import UserError, torchrun_rank
 
 import torch
 import torch.distributed as dist
+
+from support import signals
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ ONE = World()  # plain `python main.py`: a world of one process
 
 
 def launched_by_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it for every worker it starts
+    return torchrun_rank() is not None
 
 
 # A peer silent this long is taken for failed. LENET5_COLLECTIVE_TIMEOUT_S changes it (a slow network;
@@ -93,7 +93,7 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
         code = 130
-    ignore_further_stops()  # torchrun's SIGTERM may come now: the job is over
+    signals.ignore_stops()  # torchrun's SIGTERM may come now: the job is over
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or a full disk: that output is lost already
             stream.flush()
@@ -140,41 +140,31 @@ STOP_CHECK_STEPS = 10  # under torchrun, how often the processes agree on a pend
 
 
 class StopFlag:
-    """Ctrl-C under torchrun. Were each process to stop where the signal found it, some would be left
-    waiting inside a gradient all-reduce for a peer that has gone. Instead each only notes the
-    signal (SIGINT or SIGTERM), and all of them agree at fixed points (a tiny all-reduce every few
-    steps, and at the end of each epoch) to stop at that same point. In a world of one it does
-    nothing: Ctrl-C interrupts at once."""
+    """A stop signal under torchrun. Were each process to stop where the signal found it, some would be left
+    waiting inside a gradient all-reduce for a peer that has gone. Instead each only notes the signal
+    (signals.Noted), and all of them agree at fixed points (a tiny all-reduce every few steps, and at
+    the end of each epoch) to stop at that same point. In a world of one it does nothing: a stop
+    interrupts at once."""
 
     def __init__(self, world: World):
-        self.world, self.noted, self.previous = world, False, {}
+        self.world, self._held, self.noted = world, signals.Noted(), False
 
     def __enter__(self) -> "StopFlag":
         if self.world.distributed:
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self.previous[number] = signal.signal(number, self._note)
+            self._held.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-    def _note(self, signum: int, frame) -> None:
-        self.noted = True
+        self._held.__exit__(*exc)
+        self.noted = self.noted or self._held.noted
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        """Within the block, in any world, a SIGINT or SIGTERM is noted rather than raised: the block (the
-        end of an epoch: its record and its snapshot) always completes, and agreed() tells afterwards."""
-        if threading.current_thread() is not threading.main_thread():
+        """Within the block, in any world, a stop signal is noted rather than raised: the block (the end of an
+        epoch: its record and its snapshot) always completes, and agreed() tells afterwards."""
+        with signals.Noted() as held:
             yield
-            return
-        previous = {number: signal.signal(number, self._note) for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+        self.noted = self.noted or held.noted
 
     def check(self, step: int) -> None:
         """Every STOP_CHECK_STEPS steps, raise KeyboardInterrupt on every process once any of them noted a signal."""
@@ -183,9 +173,10 @@ class StopFlag:
 
     def agreed(self) -> bool:
         """True on every process as soon as any of them has noted a signal."""
+        noted = self.noted or self._held.noted
         if not self.world.distributed:
-            return self.noted
-        flag = torch.tensor([int(self.noted)])
+            return noted
+        flag = torch.tensor([int(noted)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 

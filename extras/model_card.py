@@ -1,10 +1,23 @@
-"""The model card: the README.md of a Hugging Face Hub export (weights_formats.write_hub), written from what
+"""The model card: the README.md of a Hugging Face Hub export (extras/exports.py), written from what
 the checkpoint recorded: what the model is, its measured accuracy, how it was trained, what it expects,
-what it is (not) for, how to load and publish it."""
+what it is (not) for, how to load and publish it. Every value taken from a checkpoint's metadata is
+escaped, so that no text in a file becomes markup (HTML, links, tables) on the Hub's page."""
 
+import html
+import json
+import re
+import shlex
 from typing import Any
 
 PUBLISH_COMMAND = "hf upload USER/lenet5-mnist {folder} ."
+# The card's last line: how export.py knows a folder as its own earlier export (and so may replace it).
+CARD_MARK = "<!-- written by the lenet5-mnist project's export.py; the next export to this folder replaces it -->"
+
+
+def text(value: Any) -> str:
+    """A metadata value as plain text in Markdown: HTML escaped, Markdown's punctuation backslashed, one line."""
+    escaped = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", escaped)
 
 
 def model_card(fields: dict[str, Any], folder_name: str) -> str:
@@ -16,21 +29,24 @@ def model_card(fields: dict[str, Any], folder_name: str) -> str:
         _card_recipe(fields.get("recipe")),
         _card_preprocessing(fields["preprocessing"]),
         _CARD_USE,
-        _CARD_LOAD.replace("{folder}", folder_name).replace("{publish}", PUBLISH_COMMAND.format(folder=folder_name)),
+        _CARD_LOAD.replace("{folder}", shlex.quote(folder_name))
+        .replace('"{python_folder}"', json.dumps(folder_name))
+        .replace("{publish}", PUBLISH_COMMAND.format(folder=shlex.quote(folder_name))),
+        CARD_MARK,
     ]
     return "\n\n".join(sections).strip() + "\n"
 
 
 def _card_header(fields: dict[str, Any]) -> str:
     c3 = "LeCun's C3 connection table" if fields["config"].get("c3_table", True) else "a fully connected C3"
-    parameters = fields["metrics"].get("parameters")
-    counted = f", {parameters:,} trainable parameters" if isinstance(parameters, int) else ""
+    parameters, epoch = fields["metrics"].get("parameters"), fields.get("epoch", 0)
+    counted = f", {parameters:,} trainable parameters" if type(parameters) is int else ""
     return (
         "---\nlibrary_name: pytorch\npipeline_tag: image-classification\n"
         "tags:\n- mnist\n- lenet-5\n- image-classification\ndatasets:\n- ylecun/mnist\nmetrics:\n- accuracy\n---\n\n"
         "# LeNet-5 trained on MNIST\n\n"
         f"LeNet-5 (LeCun et al., 1998) with tanh units, average pooling and {c3}{counted}, trained for "
-        f"{fields.get('epoch', 0)} epochs by the lenet5-mnist project's `main.py`. It reads a 32x32 "
+        f"{epoch if type(epoch) is int else '?'} epochs by the lenet5-mnist project's `main.py`. It reads a 32x32 "
         "grey digit and returns 10 logits, one per digit."
     )
 
@@ -38,28 +54,33 @@ def _card_header(fields: dict[str, Any]) -> str:
 def _card_results(fields: dict[str, Any]) -> str:
     metrics, recipe = fields["metrics"], fields.get("recipe") or {}
     accuracy, per_class = metrics.get("test_accuracy"), metrics.get("per_class_accuracy")
-    if not isinstance(accuracy, int | float):
+    if type(accuracy) not in (int, float):
         return "## Results\n\nThe checkpoint this was exported from recorded no test accuracy."
     limit, total = recipe.get("limit"), (fields.get("data") or {}).get("test")
+    limit = limit if type(limit) is int else None
     on = f"the first {limit:,} images of the MNIST test set" if limit else "the MNIST test set"
-    on += f" ({min(limit or total, total):,} images)" if isinstance(total, int) else ""
+    on += f" ({min(limit or total, total):,} images)" if type(total) is int else ""
     lines = ["## Results", "", f"Test accuracy on {on}: **{100 * accuracy:.2f} %**."]
     if isinstance(per_class, list) and len(per_class) == 10:
         lines += ["", "| digit | accuracy |", "|---|---|"]
-        lines += [f"| {d} | {'-' if a is None else f'{100 * a:.2f} %'} |" for d, a in enumerate(per_class)]
+        lines += [
+            f"| {d} | {f'{100 * a:.2f} %' if type(a) in (int, float) else '-'} |" for d, a in enumerate(per_class)
+        ]
     return "\n".join(lines)
 
 
 def _card_recipe(recipe: dict[str, Any] | None) -> str:
     if not recipe:
         return "## Training recipe\n\nNot recorded in the checkpoint this was exported from."
-    rows = [f"| {name} | {value} |" for name, value in recipe.items()]
+    rows = [f"| {text(name)} | {text(value)} |" for name, value in recipe.items()]
     optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "muon": "Muon (C5, F6) with AdamW (the rest)"}.get(
         recipe.get("optimizer"), "SGD"
     )
     how = f"{optimizer} on cross-entropy, the learning rate set per step."
     if recipe.get("ema_decay"):
-        how += f" The weights are an exponential moving average of the trained ones (decay {recipe['ema_decay']})."
+        how += (
+            f" The weights are an exponential moving average of the trained ones (decay {text(recipe['ema_decay'])})."
+        )
     return "\n".join(["## Training recipe", "", how, "", "| setting | value |", "|---|---|", *rows])
 
 
@@ -94,7 +115,7 @@ python predict.py my_digit.png --weights {folder}
 ```python
 from helper import load_model
 
-model, checkpoint = load_model("{folder}")  # LeNet5 in eval mode, and its config, metrics and recipe
+model, checkpoint = load_model("{python_folder}")  # LeNet5 in eval mode, and its config, metrics and recipe
 ```
 
 Anywhere else, with `LeNet5.py` from the project (it needs only torch) and huggingface_hub's mixin:
@@ -109,7 +130,7 @@ class HubLeNet5(LeNet5, PyTorchModelHubMixin):
     pass
 
 
-model = HubLeNet5.from_pretrained("{folder}").eval()  # or "USER/lenet5-mnist" once published
+model = HubLeNet5.from_pretrained("{python_folder}").eval()  # or "USER/lenet5-mnist" once published
 ```
 
 ## Publish

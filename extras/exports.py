@@ -1,0 +1,244 @@
+"""Exports of trained weights for other runtimes and for the Hugging Face Hub, each proven right before it is kept.
+
+One pipeline for every format (`export`): write it beside --out, run it in its own runtime on real
+images at two batch sizes, compare the logits with the checkpoint's within the format's tolerance,
+and only then rename it into place (with its contract, <out>.json, where the format cannot carry
+it). A failed check, a full disk or a Ctrl-C leaves what was at --out before.
+
+| format      | what it is                                   | read back with             | tolerance      |
+|-------------|----------------------------------------------|----------------------------|----------------|
+| onnx        | an ONNX graph, any batch size                | onnxruntime                | 1e-4           |
+| torchscript | a TorchScript program (C++ libtorch loads it)| torch.jit.load             | 1e-4           |
+| safetensors | the tensors, the metadata as JSON strings    | this project's reader      | 0 (bit for bit)|
+| hub         | a Hugging Face Hub folder (safetensors, config.json, model card) | this project's reader | 0 |
+"""
+
+import copy
+import io
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from support.cli import UserError
+
+import torch
+
+from extras.model_card import CARD_MARK, model_card
+from helper import Checkpoint, load_checkpoint
+from LeNet5 import INPUT_NORMALIZATION
+from support import portable
+from support.files import OutputPlan, atomic_folder, atomic_outputs, json_text
+
+
+def contract(num_classes: int) -> dict[str, Any]:
+    """What an exported model expects and returns."""
+    pad, mean, std = INPUT_NORMALIZATION["pad"], INPUT_NORMALIZATION["mean"], INPUT_NORMALIZATION["std"]
+    logits = {"name": "logits", "dtype": "float32", "shape": ["batch", num_classes], "note": "softmax: probabilities"}
+    return {
+        "input": {"name": "image", "dtype": "float32", "shape": ["batch", 1, 28 + 2 * pad, 28 + 2 * pad]},
+        "output": logits,
+        "preprocessing": [
+            "start from a uint8 28x28 MNIST-style digit: light ink (255) on black (0), centred",
+            f"pad {pad} pixels of 0 on every side -> {28 + 2 * pad}x{28 + 2 * pad}",
+            "x = pixel / 255",
+            f"x = (x - {mean}) / {std}",
+        ],
+        "mean": mean,
+        "std": std,
+    }
+
+
+# --- each format: write it, and run what was written --------------------------------------------
+
+
+def _plain(checkpoint: Checkpoint) -> torch.nn.Module:
+    """The model as exporters want it: on the CPU, in the standard memory layout."""
+    return copy.deepcopy(checkpoint.model("cpu")).to(memory_format=torch.contiguous_format)
+
+
+def write_onnx(checkpoint: Checkpoint, path: Path, name: str) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    example = (torch.zeros(2, 1, 32, 32),)
+    program = torch.onnx.export(_plain(checkpoint), example, input_names=["image"], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), dynamo=True, verbose=False)  # fmt: skip
+    path.write_bytes(program.model_proto.SerializeToString())
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"image": images.numpy()})[0])
+
+
+def write_torchscript(checkpoint: Checkpoint, path: Path, name: str) -> None:
+    # TorchScript is deprecated in favour of torch.export, but it is still what C++ (libtorch) and many
+    # deployments load; the warning says nothing the user can act on here.
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_plain(checkpoint)), buffer)
+    path.write_bytes(buffer.getvalue())  # Python's write: a full disk is one line (torch's C++ writer aborts)
+
+
+def run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.inference_mode():
+        return loaded(images)
+
+
+def _fields(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {**checkpoint.portable_fields(), "preprocessing": contract(checkpoint.config.get("num_classes", 10))}
+
+
+def write_safetensors(checkpoint: Checkpoint, path: Path, name: str) -> None:
+    path.write_bytes(portable.safetensors_bytes(checkpoint.state_dict, _fields(checkpoint)))
+
+
+def write_hub(checkpoint: Checkpoint, folder: Path, name: str) -> None:
+    """model.safetensors, config.json and README.md into an empty folder (atomic_folder moves it into place as
+    `name`, which the card's commands use)."""
+    fields = _fields(checkpoint)
+    (folder / portable.WEIGHTS_FILE).write_bytes(portable.safetensors_bytes(checkpoint.state_dict, fields))
+    (folder / portable.CONFIG_FILE).write_text(json_text(portable.hub_config(fields)))
+    (folder / portable.CARD_FILE).write_text(model_card(fields, name))
+
+
+def _reader(kind: str) -> Callable[[Path, torch.Tensor], torch.Tensor]:
+    def run(path: Path, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return load_checkpoint(path, kind=kind).model("cpu")(images)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    default_name: str  # in checkpoints/
+    folder: bool  # a folder, written whole
+    write: Callable[[Checkpoint, Path, str], None]  # (checkpoint, the temporary path, the final name)
+    run: Callable[[Path, torch.Tensor], torch.Tensor]  # logits from what was written, in its own runtime
+    runtime: str
+    tolerance: float  # the largest |logit difference| allowed; 0: bit for bit
+    sidecar: bool  # the contract goes beside it as <out>.json (the safetensors layouts carry it inside)
+    wrong_suffixes: tuple[str, ...] = ()
+
+
+FORMATS = {
+    "onnx": Format("onnx", "lenet5.onnx", False, write_onnx, run_onnx, "onnxruntime", 1e-4, True, (".pt", ".json")),
+    "torchscript": Format(
+        "torchscript",
+        "lenet5.torchscript.pt",
+        False,
+        write_torchscript,
+        run_torchscript,
+        "torch.jit.load",
+        1e-4,
+        True,
+        (".onnx", ".json"),
+    ),  # fmt: skip
+    "safetensors": Format(
+        "safetensors", "lenet5.safetensors", False, write_safetensors, _reader("safetensors"), "safetensors", 0.0, False
+    ),  # fmt: skip
+    "hub": Format("hub", "lenet5-hub", True, write_hub, _reader("hub"), "safetensors", 0.0, False),
+}
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def plan(fmt: Format, out: Path, weights: Path) -> None:
+    """--out for `fmt`, checked before any work: not the checkpoint read, the name the format takes, a place
+    that can be written; a hub folder only when it is new, empty, or an earlier export of this program's."""
+    outputs = OutputPlan({"--weights": weights})
+    example = fmt.default_name
+    if fmt.folder:
+        outputs.whole_folder(out, "--out")
+    else:
+        outputs.file(out, "--out", example=example)
+        if fmt.sidecar:
+            outputs.file(sidecar_path(out), "--out's .json")
+    if fmt.name == "safetensors" and out.suffix.lower() != portable.SUFFIX:
+        raise UserError(f"--out {out}: a safetensors export is named *.safetensors, e.g. {example}")
+    if out.suffix.lower() in fmt.wrong_suffixes:
+        raise UserError(f"--out {out}: a {fmt.name} export should not be named {out.suffix}; e.g. {example}")
+    if not fmt.folder:
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; a hub export is a folder: give a new folder's name")
+    if out.is_dir() and any(out.iterdir()) and not is_own_hub_export(out):
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise UserError(
+            f"--out {out} holds files that are not an earlier export of this program's ({found}); give a new or "
+            "empty folder"
+        )
+    created = [f for f in (out, *out.parents) if not f.exists()]  # the folders the check below creates
+    outputs.folder(out, "--out")  # the folder can be created and written
+    for unused in created:  # until an export succeeds: a failed one leaves no empty folder behind
+        unused.rmdir()
+
+
+def is_own_hub_export(folder: Path) -> bool:
+    """A folder this program wrote: exactly the hub files, a model that loads, and the card's mark."""
+    if sorted(p.name for p in folder.iterdir()) != sorted(portable.HUB_FILES):
+        return False
+    try:
+        load_checkpoint(folder, kind="hub")
+        return CARD_MARK in (folder / portable.CARD_FILE).read_text(encoding="utf-8")
+    except (UserError, OSError, UnicodeDecodeError):
+        return False
+
+
+def export(checkpoint: Checkpoint, fmt: Format, out: Path, images: torch.Tensor, source: str,
+           device: torch.device | str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Write `fmt` beside `out`, run it on `images` (batches of 1 and of the rest) in its runtime, compare with
+    the checkpoint's model on `device`, and move it into place only if it agrees; returns the check."""
+    model, batches = checkpoint.model(device), (images[:1], images[1:])  # (each compared at the same batch size)
+    with torch.inference_mode():
+        expected = torch.cat([model(batch.to(device)).float().cpu() for batch in batches])
+    with _staged(fmt, out) as (tmp, tmp_sidecar):
+        fmt.write(checkpoint, tmp, out.name)
+        got = torch.cat([fmt.run(tmp, batch) for batch in batches]).float()
+        difference = (got - expected).abs().max().item()
+        check = {
+            "images": len(images),
+            "argmax_identical": bool((got.argmax(1) == expected.argmax(1)).all()),
+            "max_abs_logit_diff": difference,
+        }
+        if not check["argmax_identical"] or difference > fmt.tolerance:
+            raise UserError(f"the {fmt.name} export does not match the checkpoint ({check}); nothing was written")
+        if tmp_sidecar is not None:
+            tmp_sidecar.write_text(json_text(sidecar(checkpoint, fmt, source, check)))
+    return check
+
+
+@contextmanager
+def _staged(fmt: Format, out: Path) -> Iterator[tuple[Path, Path | None]]:
+    """Temporary places beside `out` (and its .json) that take their names only when the block succeeds."""
+    if fmt.folder:
+        with atomic_folder(out) as tmp:
+            yield tmp, None
+    elif fmt.sidecar:
+        with atomic_outputs(out, sidecar_path(out)) as (tmp, tmp_sidecar):
+            yield tmp, tmp_sidecar
+    else:
+        with atomic_outputs(out) as (tmp,):
+            yield tmp, None
+
+
+def sidecar(checkpoint: Checkpoint, fmt: Format, source: str, check: dict[str, Any]) -> dict[str, Any]:
+    """<out>.json: the contract, where the weights came from, how the export was verified."""
+    fields = {**contract(checkpoint.config.get("num_classes", 10)), "format": fmt.name}
+    fields.update(weights=str(checkpoint.path), verified_on=source, verification=check)
+    fields["test_accuracy"] = checkpoint.metrics.get("test_accuracy")
+    return fields

@@ -1,0 +1,126 @@
+"""support/files.py: outputs planned before any work, written atomically, JSON written one way."""
+
+import json
+import os
+import stat
+import threading
+
+from support.cli import UserError
+
+import pytest
+
+from support.files import (
+    OutputPlan,
+    atomic_outputs,
+    atomic_torch_save,
+    check_output_dir,
+    check_output_file,
+    json_text,
+    write_json,
+)
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="is a directory; give a file name"):
+        check_output_file(tmp_path / "folder", "--out")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "x.pt", "--out")
+    with pytest.raises(UserError, match="cannot create"):
+        check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
+    check_output_file(tmp_path / "new" / "x.pt", "--out")
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
+    os.mkfifo(tmp_path / "fifo")
+    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
+        with pytest.raises(UserError, match="is not a regular file"):
+            check(tmp_path / "fifo")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
+
+
+def test_a_plan_refuses_outputs_that_collide_with_each_other_or_an_input(tmp_path):
+    plan = OutputPlan({"--weights": tmp_path / "model.pt"})
+    with pytest.raises(UserError, match="is the file given as --weights, which this command reads"):
+        plan.file(tmp_path / "model.pt", "--out")
+    plan.file(tmp_path / "reports" / "loss.png", "--out")
+    with pytest.raises(UserError, match=r"--report-dir's loss.png .* is also --out: one would replace the other"):
+        plan.folder(tmp_path / "reports", "--report-dir", ("metrics.json", "loss.png"))
+    plan.whole_folder(tmp_path / "hub", "--hub")
+    with pytest.raises(UserError, match="overlap, one inside the other"):
+        plan.file(tmp_path / "hub" / "config.json", "--other")
+    with pytest.raises(UserError, match="is also --out"):  # the same file by another path
+        plan.file(tmp_path / "reports" / ".." / "reports" / "loss.png", "--figure")
+
+
+def test_a_symlinked_output_is_written_through(tmp_path):
+    (tmp_path / "target.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    write_json({"a": 1}, tmp_path / "link.json")
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "target.json").read_text()) == {"a": 1}
+
+
+def test_atomic_save_leaves_old_file_intact_on_failure(tmp_path):
+    import torch
+
+    path = tmp_path / "x.pt"
+    atomic_torch_save({"v": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save({"v": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert os.listdir(tmp_path) == ["x.pt"]  # no temp file left behind
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json({"a": 1}, tmp_path / "a.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_json_is_strict_with_nan_as_null(tmp_path):
+    value = {"accuracy": float("nan"), "per_class": [0.5, float("inf"), None], "path": tmp_path}
+    write_json(value, tmp_path / "m.json")
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text) == {"accuracy": None, "per_class": [0.5, None, None], "path": str(tmp_path)}
+    assert "NaN" not in text and "Infinity" not in text and json_text(value) == text
+
+
+def test_two_writers_of_one_pair_never_mix_their_files(tmp_path, monkeypatch):
+    """Writer a has renamed its checkpoint and not yet its .json when writer b comes to replace the same pair.
+    b must wait for a's second rename (the folder's lock); without the lock, b's renames would come between
+    a's two and leave b's checkpoint beside a's .json."""
+    pair = tmp_path / "lenet5.pt", tmp_path / "lenet5.json"
+    a_halfway, b_renaming = threading.Event(), threading.Event()
+    replace = os.replace
+
+    def watched(source, target):
+        replace(source, target)
+        if threading.current_thread().name == "a" and target == pair[0]:
+            a_halfway.set()
+            b_renaming.wait(timeout=1.0)  # b, if it is not kept waiting, renames its pair now
+        if threading.current_thread().name == "b":
+            b_renaming.set()
+
+    monkeypatch.setattr(os, "replace", watched)
+
+    def writer() -> None:
+        if threading.current_thread().name == "b":
+            a_halfway.wait(timeout=10)
+        with atomic_outputs(*pair) as temps:
+            for tmp in temps:
+                tmp.write_text(threading.current_thread().name)
+
+    threads = [threading.Thread(target=writer, name=name) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {path.read_text() for path in pair} == {"b"}  # one writer's pair: b's, which came second
+    assert sorted(os.listdir(tmp_path)) == ["lenet5.json", "lenet5.pt"]

@@ -1,0 +1,109 @@
+"""The package's shape, read from the code's own imports: the root holds the six modules the mission names
+and the commands a user runs; dependencies point one way, down these layers, with no cycle; the core
+imports no optional feature; nothing edits sys.path; every link in the README resolves."""
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import PROJECT_DIR
+
+SIX = {"data", "LeNet5", "train", "eval", "helper", "main"}
+COMMANDS = {"main", "eval", "predict", "export", "app"}  # each runs as `python NAME.py`
+# Lower layers never import higher ones. A folder is one layer; the core is layers 0 to 4.
+LAYERS = [
+    {"LeNet5"},  # the model
+    {"support"},  # what the six lean on
+    {"data", "helper"},
+    {"train"},
+    {"eval"},
+    {"extras"},  # optional features, each a thin layer over the core
+    {"main", "predict", "export", "app"},  # the commands
+    {"scripts"},  # measurement and documentation scripts
+]
+CORE = set().union(*LAYERS[:5])
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package, by its import name."""
+    found = {path.stem: path for path in PROJECT_DIR.glob("*.py")}
+    for folder in ("support", "extras", "scripts"):
+        found |= {f"{folder}.{path.stem}": path for path in (PROJECT_DIR / folder).glob("*.py")}
+    return found
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The package's modules that `path` imports, anywhere in it (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in known}
+    return found - {path.stem}
+
+
+def layer(module: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if module.split(".")[0] in names)
+
+
+GRAPH = {name: imports(path, set(modules())) for name, path in modules().items()}
+
+
+def test_the_root_holds_the_six_modules_and_the_commands():
+    root = {path.stem for path in PROJECT_DIR.glob("*.py")}
+    assert root == SIX | COMMANDS
+    for name in COMMANDS:
+        assert 'if __name__ == "__main__":' in (PROJECT_DIR / f"{name}.py").read_text(), name
+    assert all(module in GRAPH for layer_ in LAYERS for module in layer_ if module in root)
+
+
+def test_dependencies_point_down_the_layers():
+    upward = [(a, b) for a, targets in GRAPH.items() for b in targets if layer(b) > layer(a)]
+    assert upward == []
+
+
+def test_the_core_imports_no_optional_feature_nor_a_command():
+    core = {name for name in GRAPH if name.split(".")[0] in CORE}
+    assert {"train", "data", "helper", "eval", "LeNet5", "support.cli"} <= core
+    reached = {b for a in core for b in GRAPH[a]}
+    assert not {name for name in reached if name.split(".")[0] in {"extras", "scripts", "main", "predict", "export"}}
+
+
+def test_no_import_cycle():
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in GRAPH[node]:
+                if nxt == start:
+                    return path
+                if nxt not in path:
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    assert [cycle for name in GRAPH if (cycle := cycle_from(name))] == []
+
+
+def test_the_layout_test_sees_a_cycle_and_an_upward_import(tmp_path):
+    """The checks above read real imports: a module importing up, or two importing each other, are found."""
+    (tmp_path / "a.py").write_text("import b\nfrom extras import tensorboard_log\n")
+    (tmp_path / "b.py").write_text("def f():\n    import a\n")
+    assert imports(tmp_path / "a.py", {"b", "extras.tensorboard_log"}) == {"b", "extras.tensorboard_log"}
+    assert imports(tmp_path / "b.py", {"a"}) == {"a"}
+
+
+def test_nothing_edits_sys_path():
+    code = [path for path in modules().values()] + list((PROJECT_DIR / "tests").glob("*.py"))
+    assert [str(path) for path in code if "sys.path." in path.read_text() and path.name != "test_layout.py"] == []
+
+
+def test_every_readme_link_resolves():
+    readme = (PROJECT_DIR / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert local, "the README links to the project's files"
+    assert [t for t in local if not (PROJECT_DIR / t).exists()] == []

@@ -1,0 +1,56 @@
+"""support/signals.py: every catchable signal that ends a process stops it one orderly way."""
+
+import os
+import signal
+import sys
+
+import pytest
+
+from support import signals
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.fixture(autouse=True)
+def handlers_restored():
+    saved = {number: signal.getsignal(number) for number in signals.STOP_SIGNALS}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+def test_the_stop_signals_are_those_that_end_a_process_by_default():
+    assert set(signals.STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"])
+def test_each_stop_raises_keyboard_interrupt(name):
+    signals.stop_raises()
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), getattr(signal, name))
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"])
+def test_a_stop_is_held_until_the_block_ends(name):
+    signals.stop_raises()
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals.deferred():
+            os.kill(os.getpid(), getattr(signal, name))
+            done.append("the block went on")
+    assert done == ["the block went on"]
+
+
+def test_noted_records_the_signal_and_puts_the_handlers_back():
+    signals.stop_raises()
+    before = {number: signal.getsignal(number) for number in signals.STOP_SIGNALS}
+    with signals.Noted() as held:
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert held.noted and held.signum == signal.SIGHUP
+    assert {number: signal.getsignal(number) for number in signals.STOP_SIGNALS} == before
+
+
+def test_ignoring_stops_lets_the_process_finish():
+    signals.ignore_stops()
+    for number in signals.STOP_SIGNALS:
+        os.kill(os.getpid(), number)  # nothing happens: the process is on its way out
