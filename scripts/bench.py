@@ -1,6 +1,6 @@
 """Speed as a user feels it: the time from typing the command to a model with 99.0 % test accuracy.
 
-    python -m scripts.bench --data-dir ../shared/mnist --rounds 2 --out docs/bench.json
+    python -m scripts.bench --data-dir ../shared/mnist --rounds 2 --out docs/outputs/bench.json
 
 Three sides, each launched as a fresh process and timed from launch (cold start: imports and
 data loading count) to the end of the first epoch whose test accuracy reaches --target:
@@ -14,7 +14,7 @@ the three sides (minutes per run, so it is not alternated). Other secondary numb
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
 and FLOPs per training image against the CPU's measured matmul peak. `--quick` is a seconds-long
 synthetic run that checks the machinery (for tests), not a measurement. The measured results are in
-the README and docs/bench_output.txt.
+the README and docs/outputs/bench_output.txt.
 """
 
 import argparse

@@ -9,14 +9,17 @@ lit, sometimes shadowed, grey or coloured, with sensor noise and JPEG compressio
 were read right, and which were not.
 """
 
-import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+from support.cli import CliParser, UserError, number, run_cli
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from data import DataSource
+from support.files import check_output_dir
 
 PHOTO = (640, 480)
 DESKS = [(92, 62, 40), (70, 70, 76), (40, 44, 60), (120, 84, 52), (30, 30, 30)]
@@ -73,21 +76,30 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def make(data_dir: Path, out: Path, count: int, seed: int) -> None:
-    from data import load_mnist
-
-    mnist = load_mnist(data_dir, cache_dir=None, download=False)
+    check_output_dir(out, "--out")
+    mnist = DataSource(data_dir, cache_dir=None, download=False).open()
+    if count > len(mnist.test_labels):
+        raise UserError(f"--count {count}: the test set has {len(mnist.test_labels):,} digits; give at most that")
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         image = photo(mnist.test_images[i].numpy(), rng)
-        image.save(out / f"{i:04d}_{int(mnist.test_labels[i])}.jpg", quality=int(rng.integers(70, 92)))
+        try:
+            image.save(out / f"{i:04d}_{int(mnist.test_labels[i])}.jpg", quality=int(rng.integers(70, 92)))
+        except OSError as err:
+            raise UserError(f"cannot write into {out}: {err.strerror or err}; {i} of {count} photos written") from None
     print(f"wrote {count} photos of MNIST test digits 0-{count - 1} to {out}")
 
 
-def score(results: list[dict]) -> None:
+def score(text: str) -> None:
+    try:
+        results = json.loads(text)
+        truths = [int(Path(r["path"]).stem.split("_")[1]) for r in results]
+    except (json.JSONDecodeError, RecursionError, TypeError, KeyError, IndexError, ValueError):
+        raise UserError("score reads `python predict.py DIR --json` of photos named NNNN_L.jpg on stdin") from None
+    if not results:
+        raise UserError("score: predict.py's JSON lists no images")
     wrong = []
-    for r in results:
-        truth = int(Path(r["path"]).stem.split("_")[1])
+    for r, truth in zip(results, truths):
         if r.get("prediction") != truth:
             wrong.append(f"{Path(r['path']).name}: {r.get('prediction', r.get('error'))}")
     right = len(results) - len(wrong)
@@ -95,21 +107,21 @@ def score(results: list[dict]) -> None:
     print("not read right:", ", ".join(wrong) if wrong else "none")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make", help="write the photos")
     m.add_argument("--data-dir", type=Path, required=True, help="folder with the MNIST files")
     m.add_argument("--out", type=Path, required=True, help="folder to write the photos into")
-    m.add_argument("--count", type=int, default=200, help="the first COUNT test digits")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--count", type=number(int, 1, 10_000), default=200, help="the first COUNT test digits")
+    m.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="seed of the photos' randomness")
     sub.add_parser("score", help="read predict.py --json from stdin")
     args = p.parse_args(argv)
     if args.command == "make":
         make(args.data_dir, args.out, args.count, args.seed)
     else:
-        score(json.load(sys.stdin))
+        score(sys.stdin.read())
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -2,7 +2,7 @@
 page in headless Chromium (Debian's chromium and chromium-driver), wait for the charts, save a PNG.
 
     python main.py --limit 2000 --epochs 1 --tensorboard /tmp/tbruns
-    python -m scripts.tensorboard_screenshot /tmp/tbruns --out docs/tensorboard.png
+    python -m scripts.tensorboard_screenshot /tmp/tbruns --out docs/figures/tensorboard.png
 """
 
 import socket
@@ -75,7 +75,8 @@ def screenshot(url: str, charts: int, size: tuple[int, int]) -> bytes:
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("logdir", type=Path, help="the folder given to main.py --tensorboard")
-    p.add_argument("--out", type=Path, default=PROJECT_DIR / "docs" / "tensorboard.png", help="PNG to write")
+    default = PROJECT_DIR / "docs" / "figures" / "tensorboard.png"
+    p.add_argument("--out", type=Path, default=default, help="PNG to write")
     p.add_argument("--tag-filter", default="train/", help="the tags shown first (a regular expression)")
     p.add_argument("--charts", type=number(int, 1), default=2, help="wait until this many charts are drawn")
     args = p.parse_args(argv)

@@ -2,7 +2,7 @@
 recipe builds it, Adam as optimizers.make_optimizer builds it and in PyTorch's default foreach kernel), the
 weight average's update, the loss with and without label smoothing, against one forward and backward
 pass of a batch of 64. Microseconds per call, the median of --repeats timings. The Adam values are
-the Adam candidate for `fast` in docs/tune_fast_output.txt (trial 14's, rounded).
+the Adam candidate for `fast` in docs/outputs/tune_fast_output.txt (trial 14's, rounded).
 
     python -m scripts.update_cost
 """

@@ -90,12 +90,19 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _program_name() -> str | None:
+    """`python -m scripts.NAME` for a script run as a module (argparse would say NAME.py); else argparse's own."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None and spec.name.startswith("scripts.") else None
+
+
 class CliParser(argparse.ArgumentParser):
     """argparse with the project's conventions: meaningful defaults in --help, one-line errors (exit 2)."""
 
-    def __init__(self, description: str | None):
+    def __init__(self, description: str | None = None, **kwargs):
         # allow_abbrev=False: `--res X` is not silently taken for --resume (or --out for --out-dir)
-        super().__init__(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+        kwargs.setdefault("prog", _program_name())
+        super().__init__(description=description, formatter_class=_HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         # Under torchrun every process parses the same flags: rank 0 alone says what is wrong with them.

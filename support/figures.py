@@ -22,15 +22,31 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
+    """The figure as a PNG, written atomically. Each figure lays itself out (layout="constrained") when it is
+    made: bbox_inches="tight" would draw it twice."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120)
     pyplot().close(fig)
+
+
+def mosaic(images: torch.Tensor, columns: int, gap: int = 4, fill: float = float("nan")) -> torch.Tensor:
+    """K x H x W images -> one (rows * (H + gap) - gap) x (columns * (W + gap) - gap) picture, NaN between them
+    (drawn as the background): one imshow for a whole grid, far cheaper than a subplot per image."""
+    count, height, width = images.shape
+    rows = max(1, -(-count // columns))
+    grid = torch.full((rows * (height + gap) - gap, columns * (width + gap) - gap), fill)
+    for k in range(count):
+        row, col = divmod(k, columns)
+        grid[
+            row * (height + gap) : row * (height + gap) + height, col * (width + gap) : col * (width + gap) + width
+        ] = images[k]
+    return grid
 
 
 def plot_loss(step_losses: list[float], steps_per_epoch: int, path: Path) -> None:
     """The training loss at every step, with each epoch's mean (the write-up's loss plot)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     steps = (torch.arange(1, len(step_losses) + 1) / steps_per_epoch).numpy()
     ax.plot(steps, step_losses, lw=0.5, alpha=0.5, label="per step")
     epochs = len(step_losses) // steps_per_epoch
@@ -45,7 +61,7 @@ def plot_loss(step_losses: list[float], steps_per_epoch: int, path: Path) -> Non
 def plot_accuracy(epochs: list[int], train: list[float], held_out: list[float], split: str, path: Path) -> None:
     """Train and held-out accuracy (fractions) per epoch."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     ax.plot(epochs, [100 * a for a in train], "o-", label="train (augmented, during the epoch)")
     ax.plot(epochs, [100 * a for a in held_out], "o-", label=split)
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="LeNet-5 accuracy")
@@ -57,7 +73,7 @@ def plot_accuracy(epochs: list[int], train: list[float], held_out: list[float], 
 def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
     """Heatmap with counts; rows are the true digit, columns the prediction."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     cm = torch.tensor(matrix, dtype=torch.float64)
     image = ax.imshow(torch.log1p(cm).numpy(), cmap="Blues")  # log scale: the diagonal would drown the errors
     for (i, j), count in zip(torch.cartesian_prod(torch.arange(10), torch.arange(10)).tolist(), cm.flatten()):
@@ -83,16 +99,22 @@ def plot_misclassified(
     wrong = (predictions != labels).nonzero().flatten()
     confidence = probabilities[wrong, predictions[wrong]]
     worst = wrong[confidence.argsort(descending=True)][:count]
-    cols = 8
-    rows = max(1, -(-len(worst) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.7), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, worst.tolist()):
-        ax.imshow(images[i].reshape(images.shape[-2:]).cpu().numpy(), cmap="gray")
+    columns, gap = 8, 16  # the gap above each digit holds its caption
+    height, width = images.shape[-2:]
+    digits = images[worst].reshape(-1, height, width).float().cpu()
+    rows = max(1, -(-len(worst) // columns))
+    fig, ax = plt.subplots(figsize=(columns * 1.4, rows * 1.7 + 0.5), layout="constrained")
+    ax.imshow(mosaic(digits, columns, gap).numpy(), cmap="gray", extent=None)
+    for k, i in enumerate(worst.tolist()):
+        row, col = divmod(k, columns)
         p = probabilities[i, predictions[i]]
-        ax.set_title(f"true {labels[i]}\npred {predictions[i]} ({p:.0%})", fontsize=8)
-    fig.suptitle(f"Most confidently wrong: {len(wrong)} of {len(labels)} test images misclassified")
+        caption = f"true {labels[i]}\npred {predictions[i]} ({p:.0%})"
+        ax.text(
+            col * (width + gap) + width / 2, row * (height + gap) - 1, caption, ha="center", va="bottom", fontsize=8
+        )
+    ax.set_ylim(rows * (height + gap) - gap - 0.5, -gap)  # room for the first row's captions
+    ax.axis("off")
+    ax.set_title(f"Most confidently wrong: {len(wrong)} of {len(labels)} test images misclassified")
     save_figure(fig, path)
 
 
@@ -100,7 +122,7 @@ def plot_filters(model: torch.nn.Module, path: Path) -> None:
     """The six 5x5 C1 kernels, each on its own symmetric colour scale (red +, blue -)."""
     plt = pyplot()
     weights = model.c1.weight.detach().cpu()[:, 0]  # 6 x 5 x 5
-    fig, axes = plt.subplots(1, 6, figsize=(9, 1.9))
+    fig, axes = plt.subplots(1, 6, figsize=(9, 1.9), layout="constrained")
     for k, (ax, kernel) in enumerate(zip(axes, weights)):
         limit = kernel.abs().max().item()
         ax.imshow(kernel.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
@@ -111,22 +133,23 @@ def plot_filters(model: torch.nn.Module, path: Path) -> None:
 
 
 def plot_feature_maps(maps: dict[str, torch.Tensor], raw: torch.Tensor, title: str, path: Path) -> None:
-    """The input digit, its 6 C1 maps (28x28) and 16 C3 maps (10x10), from LeNet5.feature_maps of one image."""
+    """The input digit, its 6 C1 maps (28x28) and 16 C3 maps (10x10), from LeNet5.feature_maps of one image,
+    each map numbered, on one colour scale (tanh's -1 to +1)."""
     plt = pyplot()
-    c1, c3 = maps["C1"][0].cpu(), maps["C3"][0].cpu()
-    fig, axes = plt.subplots(3, 8, figsize=(12, 5))
-    for ax in axes.flat:
+    c1, c3 = maps["C1"][0].float().cpu(), maps["C3"][0].float().cpu()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), width_ratios=[1, 2.2, 2.2], layout="constrained")
+    axes[0].imshow(raw.cpu().numpy(), cmap="gray")
+    axes[0].set_title(title, fontsize=10)
+    for ax, name, grid, columns, gap in ((axes[1], "C1", c1, 3, 3), (axes[2], "C3", c3, 4, 1)):
+        shown = ax.imshow(mosaic(grid, columns, gap).numpy(), cmap="viridis", vmin=-1, vmax=1)
+        size = grid.shape[-1] + gap
+        for k in range(len(grid)):
+            row, col = divmod(k, columns)
+            ax.text(col * size, row * size, str(k), color="white", fontsize=7, va="top", ha="left")
+        ax.set_title(f"{name}: {len(grid)} maps of {grid.shape[-2]}x{grid.shape[-1]}", fontsize=10)
+    for ax in axes:
         ax.axis("off")
-    axes[0, 0].imshow(raw.cpu().numpy(), cmap="gray")
-    axes[0, 0].set_title(title, fontsize=9)
-    for k in range(6):
-        axes[0, k + 2].imshow(c1[k].numpy(), cmap="viridis", vmin=-1, vmax=1)
-        axes[0, k + 2].set_title(f"C1 map {k}", fontsize=9)
-    for k in range(16):
-        ax = axes[1 + k // 8, k % 8]
-        ax.imshow(c3[k].numpy(), cmap="viridis", vmin=-1, vmax=1)
-        ax.set_title(f"C3 map {k}", fontsize=9)
-    fig.suptitle("Feature maps after tanh (yellow +1, purple -1)")
+    fig.colorbar(shown, ax=axes[1:], shrink=0.8, label="activation after tanh")
     save_figure(fig, path)
 
 

@@ -2,7 +2,7 @@
 with gradio_client, and drawn on with the mouse and by touch in headless Chromium when one is installed.
 
 The browser test's screenshot goes to $APP_SCREENSHOT when set (scripts/make_docs.sh copies it to
-docs/app.png), else into a temporary folder."""
+docs/figures/app.png), else into a temporary folder."""
 
 import os
 import socket
@@ -29,7 +29,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio", reason="app.py needs gradio: pip install -r requirements.txt")
 from gradio_client import Client, handle_file  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing")  # pandas 3 vs gradio 6.31
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing"),  # pandas 3 vs gradio 6.31
+    pytest.mark.xdist_group("app"),  # one served page for the whole file
+]
 COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 

@@ -109,6 +109,7 @@ def interrupted(tmp_path_factory):
     return root, data, flags, nodes
 
 
+@pytest.mark.xdist_group("ddp")  # shares the torchrun job of `interrupted`
 def test_ctrl_c_on_one_machine_stops_both_and_saves_once(interrupted, cli):
     root, _, flags, nodes = interrupted
     resume = root / "lenet5.resume.pt"
@@ -132,6 +133,7 @@ def resumed(interrupted):
     return root, data, flags, done
 
 
+@pytest.mark.xdist_group("ddp")  # shares the torchrun job of `interrupted`
 def test_rank_0_alone_writes_and_reports(resumed, cli):
     root, data, _, done = resumed
     assert "1 of 3 epochs done, continuing" in done.stdout and done.stdout.count("epoch 3/3:") == 1
@@ -147,6 +149,7 @@ def test_rank_0_alone_writes_and_reports(resumed, cli):
     assert checkpoint["metrics"]["test_accuracy"] == accuracy
 
 
+@pytest.mark.xdist_group("ddp")  # shares the torchrun job of `interrupted`
 def test_ddp_matches_one_process_on_the_same_global_batches(resumed, cli, tmp_path):
     """Interrupted on two machines, resumed on one with two processes: the weights of one uninterrupted
     process trained on the same global batches (the same SGD maths, summed in another order)."""
@@ -158,6 +161,7 @@ def test_ddp_matches_one_process_on_the_same_global_batches(resumed, cli, tmp_pa
         assert torch.allclose(ddp[key], one[key], atol=1e-5, rtol=0), (key, (ddp[key] - one[key]).abs().max())
 
 
+@pytest.mark.xdist_group("ddp")  # shares the torchrun job of `interrupted`
 def test_a_user_error_on_one_machine_ends_the_job_with_one_line(interrupted, tmp_path):
     _, data, flags, _ = interrupted
     mine = [*flags[2:], "--out", str(tmp_path / "lenet5.pt")]  # (the last --out wins)

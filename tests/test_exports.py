@@ -42,25 +42,6 @@ def test_export_is_verified_in_its_runtime(tmp_path, weights, tiny_model, fmt, c
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--out", "{tmp}"], "--out {tmp} is a directory"),
-        (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
-        (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
-        (["--format", "tflite"], "invalid choice: 'tflite'"),
-        (["--out", "{tmp}/model.pt"], "is the file given as --weights, which this command reads"),
-        (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
-        (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
-    ],
-)
-def test_export_cli_user_errors(cli, tmp_path, weights, args, message):
-    args = [a.format(tmp=tmp_path) for a in args]
-    done = cli("export", "--weights", weights, "--data-dir", tmp_path, "--no-download", *args)
-    assert_user_error(done, message.format(tmp=tmp_path))
-    assert not list(tmp_path.glob("*.onnx*"))
-
-
 @pytest.mark.parametrize("fmt, name", [("torchscript", "m.torchscript.pt"), ("hub", "hub")])
 def test_a_full_disk_keeps_the_previous_export(tmp_path, weights, cli, fmt, name):
     """Files may grow to 100 kB (RLIMIT_FSIZE; the weights alone are 240 kB): one line naming what was asked

@@ -96,14 +96,33 @@ def test_the_layout_test_sees_a_cycle_and_an_upward_import(tmp_path):
     assert imports(tmp_path / "b.py", {"a"}) == {"a"}
 
 
+def test_each_module_has_its_test_file():
+    """Tests mirror the modules: tests/test_NAME.py for NAME.py, support/NAME.py and extras/NAME.py; the scripts'
+    own tests in tests/test_scripts.py unless they have a file of their own."""
+    tests = {path.stem.lower() for path in (PROJECT_DIR / "tests").glob("test_*.py")}
+    mirrored = [name for name in modules() if not name.startswith("scripts.") and not name.endswith("__init__")]
+    missing = [name for name in mirrored if f"test_{name.split('.')[-1].lower()}" not in tests]
+    assert missing == [] and "test_scripts" in tests
+
+
 def test_nothing_edits_sys_path():
     code = [path for path in modules().values()] + list((PROJECT_DIR / "tests").glob("*.py"))
     assert [str(path) for path in code if "sys.path." in path.read_text() and path.name != "test_layout.py"] == []
 
 
-def test_every_readme_link_resolves():
+def test_every_link_in_the_readme_and_docs_resolves():
+    pages = [PROJECT_DIR / "README.md", *(PROJECT_DIR / "docs").glob("*.md")]
+    broken = []
+    for page in pages:
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+        local = [t for t in targets if not re.match(r"[a-z]+:", t)]
+        assert local or page.name != "README.md", "the README links to the project's files"
+        broken += [f"{page.name}: {t}" for t in local if not (page.parent / t).exists()]
+    assert broken == []
+
+
+def test_the_readme_stays_a_guide():
     readme = (PROJECT_DIR / "README.md").read_text()
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
-    local = [t for t in targets if not re.match(r"[a-z]+:", t)]
-    assert local, "the README links to the project's files"
-    assert [t for t in local if not (PROJECT_DIR / t).exists()] == []
+    assert len(readme.splitlines()) <= 250
+    for command in ("python main.py\n", "python eval.py --weights checkpoints/lenet5.pt\n", "pytest tests\n"):
+        assert command in readme, command  # the mission's three commands, verbatim

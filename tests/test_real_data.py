@@ -43,12 +43,12 @@ def test_committed_checkpoints_agree_with_an_independent_evaluation(mnist, name,
     path = PROJECT_DIR / "checkpoints" / name
     model, checkpoint = load_model(path)
     result = evaluate(model, eval_loader(mnist.test_images, mnist.test_labels, "cpu"), "cpu")
-    assert result.accuracy >= at_least and checkpoint["train_state"]["recipe"]["name"] == recipe
+    assert result.accuracy >= at_least and checkpoint.recipe["name"] == recipe
     assert result.accuracy == pytest.approx(independent_accuracy(model, mnist.test_images, mnist.test_labels), abs=2e-4)
     saved = json.loads(path.with_suffix(".json").read_text())
     assert result.accuracy == pytest.approx(saved["test_accuracy"], abs=2e-4)
-    assert checkpoint["metrics"] == saved  # the .json beside the checkpoint says what the checkpoint says
-    assert checkpoint["data"]["fingerprint"] == fingerprint(mnist)
+    assert checkpoint.metrics == saved  # the .json beside the checkpoint says what the checkpoint says
+    assert checkpoint.data["fingerprint"] == fingerprint(mnist)
 
 
 def test_predict_reads_real_digits_written_as_scans(mnist, tmp_path):

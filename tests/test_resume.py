@@ -1,15 +1,22 @@
 """resume.py: a resume file is whole or refused, checked before any training; saving one never loses
 what was there; a finished run removes it only once its checkpoint is safe."""
 
+import contextlib
 import copy
 import errno
+import importlib
+import io
 import os
 import pathlib
+import shutil
 import signal
+from pathlib import Path
+
+from support.cli import run_cli
 
 import pytest
 import torch
-from conftest import assert_user_error, write_idx_dir
+from conftest import Finished, assert_user_error, write_idx_dir
 
 from helper import state_digest
 
@@ -31,13 +38,8 @@ def interrupt_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(train, "place_batch", counting)
 
 
-@pytest.fixture
-def interrupted(cli, tmp_path, monkeypatch):
-    """A 3-epoch run (6 steps an epoch) stopped by Ctrl-C in epoch 2: its resume file holds epoch 1."""
-    return interrupt_a_run(cli, tmp_path, monkeypatch)
-
-
 def interrupt_a_run(cli, tmp_path, monkeypatch, *flags: str):
+    """A 3-epoch run (6 steps an epoch) stopped by Ctrl-C in epoch 2: its resume file holds epoch 1."""
     data = write_idx_dir(tmp_path / "mnist")
     common = ["--data-dir", str(data), *TINY, *flags, "--epochs", "3", "--report-dir", str(tmp_path / "reports")]
     out = tmp_path / "run" / "lenet5.pt"
@@ -46,6 +48,47 @@ def interrupt_a_run(cli, tmp_path, monkeypatch, *flags: str):
         done = cli("main", *common, "--out", out)
     assert done.returncode == 130 and "saved the state after epoch 1" in done.stdout, done.stderr
     return common, out, out.with_name("lenet5.resume.pt")
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(tmp_path_factory):
+    """interrupt_a_run once per optimizer for the whole file; each test that damages one gets a copy of its file."""
+    made = {}
+
+    def run(optimizer: str) -> tuple[list[str], Path]:
+        if optimizer not in made:
+            folder = tmp_path_factory.mktemp(f"interrupted-{optimizer}")
+            with pytest.MonkeyPatch.context() as patch:
+                common, _, resume = interrupt_a_run(in_process, folder, patch, "--optimizer", optimizer)
+            made[optimizer] = common, resume
+        return made[optimizer]
+
+    return run
+
+
+def in_process(module: str, *args) -> Finished:
+    """conftest's `cli` fixture, for a module-scoped fixture (which cannot take a function-scoped one)."""
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            run_cli(importlib.import_module(module).main, [str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+    return Finished(code, out.getvalue(), err.getvalue())
+
+
+def copy_of(run: tuple[list[str], Path], tmp_path: Path) -> tuple[list[str], Path, Path]:
+    """(flags, --out, resume file): a copy of an interrupted run's resume file, beside this test's own --out."""
+    common, saved = run
+    resume = tmp_path / "run" / "lenet5.resume.pt"
+    resume.parent.mkdir()
+    shutil.copy(saved, resume)
+    return common, resume.with_name("lenet5.pt"), resume
+
+
+@pytest.fixture
+def interrupted(interrupted_runs, tmp_path):
+    return copy_of(interrupted_runs("sgd"), tmp_path)
 
 
 def sealed(checkpoint: dict) -> dict:
@@ -117,8 +160,8 @@ MUON_DAMAGE = {  # the settings and buffers Muon adds, and those any optimizer's
 
 
 @pytest.mark.parametrize("kind", MUON_DAMAGE)
-def test_a_muon_resume_file_resumes_exactly_or_is_refused(cli, tmp_path, monkeypatch, kind):
-    common, out, resume = interrupt_a_run(cli, tmp_path, monkeypatch, "--optimizer", "muon")
+def test_a_muon_resume_file_is_refused_when_damaged(cli, interrupted_runs, tmp_path, kind):
+    common, out, resume = copy_of(interrupted_runs("muon"), tmp_path)
     checkpoint = torch.load(resume, weights_only=True)
     MUON_DAMAGE[kind][0](checkpoint["train_state"]["optimizer"])
     torch.save(sealed(checkpoint), resume)

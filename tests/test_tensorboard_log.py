@@ -16,6 +16,7 @@ from extras.tensorboard_log import TensorBoardLog
 from helper import load_checkpoint
 from support.recipes import Recipe, run_name
 
+pytestmark = pytest.mark.xdist_group("tensorboard")  # one logged run for the whole file
 EVERYTHING = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}  # 0: keep every event, not a sample
 
 

@@ -1,0 +1,70 @@
+"""export.py, the command: its flags and its --out, checked before any work; a folder replaced only when it
+holds an earlier export of this program's."""
+
+import pytest
+from conftest import assert_user_error
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{tmp}"], "--out {tmp} is a directory"),
+        (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
+        (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
+        (["--format", "tflite"], "invalid choice: 'tflite'"),
+        (["--out", "{tmp}/model.pt"], "is the file given as --weights, which this command reads"),
+        (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
+        (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
+    ],
+)
+def test_export_cli_user_errors(cli, tmp_path, weights, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    done = cli("export", "--weights", weights, "--data-dir", tmp_path, "--no-download", *args)
+    assert_user_error(done, message.format(tmp=tmp_path))
+    assert not list(tmp_path.glob("*.onnx*"))
+
+
+def test_hub_export_replaces_an_earlier_one_but_not_other_files(tmp_path, weights, cli):
+    folder = tmp_path / "hub"
+    for _ in range(2):
+        done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--data-dir", tmp_path,
+                   "--no-download", "--verify-images", "4")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    (folder / "notes.txt").write_text("mine")
+    done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--no-download")
+    assert_user_error(done, "holds files that are not an earlier export of this program's (README.md, config.json")
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "fmt, out, message",
+    [
+        ("safetensors", "lenet5.pt", "a safetensors export is named *.safetensors"),
+        ("hub", "model.pt", "is the file given as --weights, which this command reads"),
+        ("hub", "file.txt", "is a file; a hub export is a folder"),
+    ],
+)
+def test_export_refuses_a_wrong_out(tmp_path, weights, cli, fmt, out, message):
+    (tmp_path / "file.txt").write_text("x")
+    done = cli("export", "--weights", weights, "--format", fmt, "--out", tmp_path / out, "--no-download")
+    assert_user_error(done, message)
+
+
+def test_a_folder_with_the_hub_file_names_but_not_ours_is_left_alone(tmp_path, weights, cli):
+    """Only a folder that holds an earlier export of this program's is replaced: file names alone prove nothing."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "README.md").write_text("# my notes")
+    (folder / "config.json").write_text('{"architecture": "LeNet5"}')
+    done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--no-download")
+    assert_user_error(done, "holds files that are not an earlier export of this program's")
+    assert (folder / "README.md").read_text() == "# my notes" and sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json"
+    ]  # fmt: skip
+    args = ["--weights", weights, "--format", "hub", "--out", folder, "--no-download", "--verify-images", "4"]
+    (folder / "README.md").unlink()
+    (folder / "config.json").unlink()
+    assert cli("export", *args, "--data-dir", tmp_path).returncode == 0  # an empty folder: ours now
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace("<!-- written by", "<!-- edited by"))  # the user's card now
+    assert_user_error(cli("export", *args, "--data-dir", tmp_path), "not an earlier export of this program's")
