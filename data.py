@@ -13,7 +13,6 @@ import argparse
 import functools
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from support.augment import Augmentation
 from support.distributed import ONE, World
 from support.files import atomic_torch_save
 from support.idx import CUSTOM_FILES, MNIST, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
+from support.optional import attempt
 from support.recipes import Recipe, augmentation_for
 
 DEFAULT_DATA_DIR = PROJECT_DIR / "data"
@@ -85,13 +85,16 @@ def load_mnist(
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
         if len(images) != len(labels):
             raise DataError(f"{data_dir}: {len(images):,} {split} images but {len(labels):,} labels")
-    if cacheable:
-        try:
-            atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
-            atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
-        except UserError as err:  # a read-only project folder: work on, just without the cache
-            print(f"warning: {err} (the MNIST cache is skipped; pass --cache-dir to keep one)", file=sys.stderr)
+    if cacheable:  # an optional part: a read-only project folder works on, without the cache
+        attempt(
+            f"the MNIST cache in {cache_dir} (--cache-dir chooses another folder)", lambda: _save_cache(data, cache_dir)
+        )
     return data
+
+
+def _save_cache(data: MNIST, cache_dir: Path) -> None:
+    atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
+    atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
 
 
 def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:

@@ -6,7 +6,6 @@ confidently wrong digits, the C1 filters and the C1/C3 feature maps of one test 
 """
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from data import EVAL_BATCH_SIZE, add_data_args, data_source, eval_loader, prepr
 from helper import load_model
 from support.devices import choose_device, place_batch
 from support.figures import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
-from support.files import check_output_dir, write_json
+from support.files import OutputPlan, json_text, write_json
 
 
 @torch.inference_mode()
@@ -180,7 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = choose_device(args.device)
-    check_output_dir(args.report_dir, "--report-dir", files=REPORT_FILES + INSIDE_FILES)
+    OutputPlan({"the checkpoint given as --weights": args.weights}).folder(
+        args.report_dir, "--report-dir", REPORT_FILES + INSIDE_FILES
+    )
     model, checkpoint = load_model(args.weights, device)
     data = data_source(args).open()
     images, labels = data.test_images[: args.limit], data.test_labels[: args.limit]
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = write_report(result, images, args.report_dir, extra)
     paths += write_inside(model, images[args.index], int(labels[args.index]), args.report_dir)
     if args.json:
-        print(json.dumps({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}, indent=2))
+        print(json_text({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}), end="")
     else:
         print(format_report(result))
         print("wrote:", *[f"  {p}" for p in paths], sep="\n")

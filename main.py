@@ -31,9 +31,10 @@ from helper import save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
 from support import signals
 from support.devices import choose_device
-from support.distributed import World, agree, exit_skipping_teardown, join, one_job
+from support.distributed import World, agree, code_version, exit_skipping_teardown, join, one_job
 from support.figures import plot_accuracy, plot_loss
 from support.files import OutputPlan, resolve_output
+from support.optional import attempt
 from support.recipes import Recipe, add_recipe_args, recipe_flags, resolve_recipe, run_name
 from train import History, TrainingInterrupted, TrainState, fit
 
@@ -87,7 +88,7 @@ def plan_outputs(paths: Outputs, resume: Path | None) -> None:
         raise UserError(f"--out {paths.checkpoint}: the checkpoint's metrics go beside it as .json; give a .pt name")
     rewritten = {resolve_output(path, "--out") for path in (paths.checkpoint, resume_path(paths.checkpoint))}
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
-    plan = OutputPlan({"--resume": None if replaced else resume})
+    plan = OutputPlan({"the file given as --resume": None if replaced else resume})
     plan.file(paths.checkpoint, "--out")
     plan.file(paths.checkpoint.with_suffix(".json"), "--out's metrics file")
     plan.file(resume_path(paths.checkpoint), "--out's resume file")
@@ -138,7 +139,8 @@ def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, path
         setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, checked, interrupted)
     except UserError as err:
         error = err
-    agree(error, world)
+    facts = setup and {"recipe": asdict(setup.recipe), "model": setup.config, "data": setup.data["fingerprint"]}
+    agree(error, world, facts and {**facts, "code": code_version()})  # under torchrun: every process alike
     return setup
 
 
@@ -182,10 +184,13 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
         if setup.resume:
             setup.resume.finished(paths.checkpoint)
     print(f"\n{format_report(result)}")
-    report_dir = paths.report_dir
-    written += write_report(result, setup.loaders.test.dataset.images, report_dir, {"weights": str(paths.checkpoint)})
-    written += plot_history(state.history, report_dir)
-    written += tensorboard.finish(setup.recipe, setup.config, result.accuracy, report_dir / "misclassified.png")
+    # The checkpoint holds the run; what follows is optional (support/optional.py): a failure is one warning.
+    folder, images, weights = paths.report_dir, setup.loaders.test.dataset.images, str(paths.checkpoint)
+    written += (
+        attempt(f"the report in {folder}", lambda: write_report(result, images, folder, {"weights": weights})) or []
+    )
+    written += attempt(f"the loss and accuracy figures in {folder}", lambda: plot_history(state.history, folder)) or []
+    written += tensorboard.finish(setup.recipe, setup.config, result.accuracy, folder / "misclassified.png")
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in written], sep="\n")
 
 

@@ -8,7 +8,6 @@ the ink, longer side scaled to 20 px, centre of mass at the centre of a 28x28 fi
 padded and normalized exactly as in training (data.preprocess).
 """
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from extras.digits import ImageProblem, expand_paths, load_grayscale, to_mnist_d
 from helper import load_model
 from support.devices import choose_device
 from support.figures import plot_predictions
-from support.files import check_output_file
+from support.files import OutputPlan, json_text
 
 SHOWN = 50  # images in an --out figure at most (matplotlib draws nothing taller than 65,536 px)
 
@@ -71,7 +70,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 def as_json(results: list[dict[str, Any]]) -> str:
     public = [{k: v for k, v in r.items() if k not in ("name", "grey", "digit")} for r in results]
-    return json.dumps(public, indent=2, allow_nan=False)
+    return json_text(public).rstrip()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,16 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topk", type=number(int, 1, 10), default=3, help="how many of the most likely digits to list")
     p.add_argument("--out", type=Path, help="write a PNG figure: each input, its 28x28 version and the probabilities")
     args = p.parse_args(argv)
-    if args.out:
-        check_output_file(args.out, "--out", example="predictions.png")
-        if args.out.suffix.lower() != ".png":
-            raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
-    model, _ = load_model(args.weights, choose_device(args.device))
     paths = expand_paths(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
-    if args.out and args.out.resolve() in {path.resolve() for path in [*paths, args.weights]}:
-        raise UserError(f"--out {args.out} would overwrite one of the inputs; choose another file name")
+    if args.out:  # an input of the command is never its output
+        inputs = {"the checkpoint given as --weights": args.weights}
+        inputs |= {f"input image {n}": path for n, path in enumerate(paths, start=1)}
+        OutputPlan(inputs).file(args.out, "--out", example="predictions.png")
+        if args.out.suffix.lower() != ".png":
+            raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
+    model, _ = load_model(args.weights, choose_device(args.device))
     results = predict_paths(model, paths, args.topk, keep_images=args.out is not None)
     print(as_json(results) if args.json else "\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]

@@ -53,8 +53,10 @@ def load_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
                 grey = grey_from_image(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageProblem(f"too large to decode safely ({err})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise ImageProblem(f"not a readable image ({type(err).__name__})") from None
+    except UnidentifiedImageError:
+        raise ImageProblem("not an image: PNG, JPEG, BMP, GIF, WebP and TIFF files can be read") from None
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise ImageProblem("a damaged or truncated image file") from None
     return grey
 
 
@@ -65,11 +67,38 @@ def grey_from_image(image: "Image.Image") -> torch.Tensor:
     read alike: EXIF orientation applied, transparency handled by grey_from_rgba."""
     from PIL import ImageOps
 
-    rgba = ImageOps.exif_transpose(image).convert("RGBA")  # phones store rotation as a tag
-    factor = -(-max(rgba.size) // WORK_SIDE)
+    upright = ImageOps.exif_transpose(image)  # phones store rotation as a tag
+    factor = -(-max(upright.size) // WORK_SIDE)
+    if upright.mode in WIDE_MODES:  # 16-bit, 32-bit or float grey: by its own range, not clipped at 255
+        grey = torch.from_numpy(wide_grey(np.asarray(upright)))
+        return torch.nn.functional.avg_pool2d(grey[None, None], factor)[0, 0] if factor > 1 else grey
+    rgba = upright.convert("RGBA")
     if factor > 1:
         rgba = rgba.reduce(factor)  # box averages: thin strokes stay, fainter
     return grey_from_rgba(TF.pil_to_tensor(rgba).float())
+
+
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # PIL's modes of more than 8 bits per pixel
+
+
+def wide_grey(values: np.ndarray) -> np.ndarray:
+    """A 16-bit, 32-bit or float grey image -> float32 0..255 by its real range: whole numbers by their type's
+    (16 bits: 0..65535; 32 bits: 0..65535 when that holds them, else their own extremes), fractions as 0..1, and
+    any other floats by their own extremes. NaN and infinities count as the darkest value."""
+    fractions_allowed = np.issubdtype(values.dtype, np.floating)
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    values = np.where(finite, values, np.min(values[finite]) if finite.any() else 0.0)
+    low, high = float(values.min()), float(values.max())
+    if fractions_allowed and 0 <= low and high <= 1:
+        scale, offset = 255.0, 0.0
+    elif 0 <= low and high <= 255 and np.all(values == np.round(values)):
+        scale, offset = 1.0, 0.0
+    elif 0 <= low and high <= 65535 and np.all(values == np.round(values)):
+        scale, offset = 255 / 65535, 0.0
+    else:  # floats beyond 0..1, or 32-bit values: their own extremes
+        scale, offset = (255 / (high - low) if high > low else 0.0), low
+    return ((values - offset) * scale).astype(np.float32)
 
 
 def grey_from_rgba(pixels: torch.Tensor) -> torch.Tensor:
@@ -106,12 +135,41 @@ def to_mnist_digit(grey: torch.Tensor) -> torch.Tensor:
 
 
 def plain_ink(grey: torch.Tensor) -> torch.Tensor:
-    """Light ink on black for an image whose border is its background: inverted when the border is light,
-    the background's grey level removed."""
-    border = torch.cat([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if border.median() > 127:  # dark ink on light paper: MNIST digits are light on dark
-        grey, border = 255 - grey, 255 - border
-    return (grey - border.median()).clamp(min=0)
+    """Light ink on black, the background's grey level removed. Which side is ink is judged from the whole image:
+    split in two by Otsu's threshold, the ink is the smaller part (a digit covers a fifth of its picture or less,
+    so a thin light frame round a light digit on black does not make the frame the background); only when the
+    two parts are near even does the border decide."""
+    values = grey.numpy()
+    light = torch.from_numpy(values > _otsu(values)) if np.ptp(values) >= MIN_CONTRAST else grey > 127
+    share = light.float().mean().item()
+    border = torch.cat([light[0], light[-1], light[:, 0], light[:, -1]]).float().mean().item()
+    dark_ink = share > 0.6 or (0.4 <= share <= 0.6 and border > 0.5)
+    if dark_ink:  # dark ink on light paper: MNIST digits are light on dark
+        grey, light = 255 - grey, ~light
+    background = grey[~light] if (~light).any() else grey.flatten()
+    return without_frame((grey - background.median()).clamp(min=0))
+
+
+def without_frame(ink: torch.Tensor) -> torch.Tensor:
+    """The ink without a frame round the picture: a mark that lies along the edges, touching three sides or four,
+    is dropped when other ink remains (a tightly cropped digit that touches every side is kept)."""
+    marks, count = ndimage.label(ink.numpy() > 0.15 * float(ink.max()))
+    if count < 2:
+        return ink
+    band = max(2, round(0.04 * min(ink.shape)))
+    edge = np.ones(ink.shape, dtype=bool)
+    edge[band:-band, band:-band] = False
+    index = range(1, count + 1)
+    sizes = ndimage.sum(np.ones(ink.shape), marks, index)
+    along = ndimage.sum(edge, marks, index) / sizes
+    sides = [
+        np.isin(np.arange(1, count + 1), np.unique(side)) for side in (marks[0], marks[-1], marks[:, 0], marks[:, -1])
+    ]
+    frame = (along > 0.6) & (np.sum(sides, axis=0) >= 3)
+    if frame.all() or not frame.any():
+        return ink
+    dropped = np.isin(marks, np.flatnonzero(frame) + 1)
+    return ink.masked_fill(torch.from_numpy(ndimage.binary_dilation(dropped, iterations=1)), 0.0)
 
 
 def _ink_box(ink: torch.Tensor) -> tuple[slice, slice]:

@@ -160,7 +160,7 @@ def sidecar_path(out: Path) -> Path:
 def plan(fmt: Format, out: Path, weights: Path) -> None:
     """--out for `fmt`, checked before any work: not the checkpoint read, the name the format takes, a place
     that can be written; a hub folder only when it is new, empty, or an earlier export of this program's."""
-    outputs = OutputPlan({"--weights": weights})
+    outputs = OutputPlan({"the checkpoint given as --weights": weights})
     example = fmt.default_name
     if fmt.folder:
         outputs.whole_folder(out, "--out")

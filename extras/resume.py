@@ -27,6 +27,7 @@ from helper import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from support import signals
 from support.distributed import World
 from support.optimizers import make_optimizer
+from support.optional import attempt
 from support.recipes import Recipe, flag_text, recipe_from_saved
 from train import TrainState
 
@@ -100,9 +101,10 @@ class Resume:
         print(f"resuming {self.path}: {state.epoch} of {self.recipe.epochs} epochs done, {done}")
 
     def finished(self, out: Path) -> None:
-        """The finished checkpoint is safely written at `out`: the resume file's run is complete."""
+        """The finished checkpoint is safely written at `out`: the resume file's run is complete, and the file is
+        removed; one that cannot be (a read-only folder) is a warning, since the run itself is saved."""
         if self.path.name.endswith(".resume.pt") and self.path.resolve() != out.resolve():
-            self.path.unlink(missing_ok=True)
+            attempt(f"removing {self.path} (delete it yourself)", lambda: self.path.unlink(missing_ok=True))
 
 
 def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:

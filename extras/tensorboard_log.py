@@ -14,6 +14,9 @@ the loop gets no extra host synchronisation. A log made without a folder does no
 what the other processes under torchrun, and runs without --tensorboard, get.
 """
 
+import contextlib
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from support.optional import OptionalPart
 from support.recipes import Recipe, run_name
 from train import EpochStats, TrainState
 
@@ -29,14 +33,26 @@ KERNEL_ZOOM = 8  # C1's kernels are 5x5 pixels: too small to see at TensorBoard'
 
 
 class TensorBoardLog:
+    """The log of one run. An optional part (support/optional.py): a log that cannot be written (a full disk, its
+    folder removed mid-run) is one warning, then skipped; training goes on and the checkpoint is saved."""
+
     def __init__(self, run_dir: Path | None):
         self.run_dir = run_dir
         self.writer = None
+        self.part = OptionalPart("the TensorBoard log")
         if run_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.writer = self.part(lambda: _summary_writer(run_dir))
+            self._thread_errors = _route_writer_thread_errors(self.part)
         self.steps_logged = self.epochs_logged = 0
+
+    def close(self) -> None:
+        """Close the files (quietly, when the log has failed) and put back the threads' error hook."""
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+        if getattr(self, "_thread_errors", None) is not None:
+            threading.excepthook, self._thread_errors = self._thread_errors, None
 
     @classmethod
     def start(cls, root: Path | None, recipe: Recipe) -> "TensorBoardLog":
@@ -53,7 +69,14 @@ class TensorBoardLog:
 
     @property
     def enabled(self) -> bool:
-        return self.writer is not None
+        return self.writer is not None and not self.part.failed
+
+    def _guarded(self, action: Callable[[], Any]) -> Any:
+        """action() as an optional part; after a failure the writer is closed and the log stays off."""
+        result = self.part(action)
+        if self.part.failed:
+            self.close()
+        return result
 
     def log_steps(self, losses: Sequence[float], lrs: Sequence[float] | None, first_step: int) -> None:
         """Per-step training loss (and learning rate), steps numbered from 1 over the whole run."""
@@ -79,8 +102,10 @@ class TensorBoardLog:
     def after_epoch(self, state: TrainState) -> None:
         """For train.fit's on_epoch: whatever the history holds that is not logged yet (after a
         --resume, the epochs before it too), then this epoch's weights; written to disk at once."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._guarded(lambda: self._log_new_epochs(state))
+
+    def _log_new_epochs(self, state: TrainState) -> None:
         history, lr_at = state.history, scheduled_lr(state.scheduler)
         new_losses = history.step_losses[self.steps_logged :]
         first = self.steps_logged + 1
@@ -97,6 +122,12 @@ class TensorBoardLog:
         """The final metrics, the hparams and the misclassified grid; closes the files. Returns the run folder."""
         if not self.enabled:
             return []
+        written = self._guarded(lambda: self._finish(recipe, config, test_accuracy, misclassified_png))
+        return written or []
+
+    def _finish(
+        self, recipe: Recipe, config: dict[str, Any], test_accuracy: float, misclassified_png: Path | None
+    ) -> list[Path]:
         from torch.utils.tensorboard.summary import hparams
 
         metrics = {"final/test_accuracy": test_accuracy}
@@ -108,8 +139,32 @@ class TensorBoardLog:
             self.writer._get_file_writer().add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value)
-        self.writer.close()
+        self.writer.flush()
+        self.close()
         return [self.run_dir]
+
+
+def _route_writer_thread_errors(part: OptionalPart) -> Callable:
+    """The event files are written by a thread of TensorBoard's own; when a write fails there (a full disk, the
+    folder removed), that thread dies with a traceback on stderr. It becomes the part's one warning instead.
+    Returns the hook it replaced."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        if any("tensorboard" in frame.filename and "writer" in frame.filename for frame in frames):
+            part.fail(args.exc_value)
+        else:
+            previous(args)
+
+    threading.excepthook = hook
+    return previous
+
+
+def _summary_writer(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir))
 
 
 def scheduled_lr(scheduler: Any) -> Callable[[int], float] | None:

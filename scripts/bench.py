@@ -19,7 +19,6 @@ the README and docs/outputs/bench_output.txt.
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import sys
@@ -39,7 +38,7 @@ from eval import predict
 from LeNet5 import LeNet5
 from scripts.runs import Run, run_main, run_timed
 from support.devices import choose_device, place_model
-from support.files import check_output_file, write_json
+from support.files import check_output_file, json_text, write_json
 from support.recipes import Recipe
 from support.synthetic import synthetic_mnist
 from train import TrainState, train_one_epoch
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             write_json(result, args.out)
             print(f"wrote {args.out}")
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json_text(result), end="")
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from optuna.trial import Trial, TrialState
 from data import MNIST, add_data_args, data_source, make_loaders
 from support import signals
 from support.devices import choose_device
-from support.files import check_output_file, write_json
+from support.files import check_output_file, json_text, write_json
 from support.recipes import DISTORTIONS, Recipe, add_recipe_args, resolve_recipe
 from train import TrainingDiverged, TrainingInterrupted, TrainState, fit
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     result = guard(lambda: summary(study, args.storage, args.val_size, args.seed))
     if args.out:
         write_json(result, args.out)
-    print(json.dumps(result, indent=2) if args.json else format_summary(result))
+    print(json_text(result).rstrip() if args.json else format_summary(result))
 
 
 # --- the search space ---------------------------------------------------------------------------

@@ -7,7 +7,9 @@ Plain `python main.py` never touches any of this: its World is a world of one, e
 below returns its input, and no process group exists.
 """
 
+import atexit
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from support.cli import UserError, torchrun_rank
+from support.cli import PROJECT_DIR, UserError, torchrun_rank
 
 import torch
 import torch.distributed as dist
@@ -94,6 +96,8 @@ def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
     except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
         code = 130
     signals.ignore_stops()  # torchrun's SIGTERM may come now: the job is over
+    with contextlib.suppress(Exception):  # what the libraries registered to run at exit (milliseconds): matplotlib
+        atexit._run_exitfuncs()  # removes the temporary folder it made when HOME is not writable, for one
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or a full disk: that output is lost already
             stream.flush()
@@ -202,16 +206,52 @@ def peer_failed(err: BaseException, world: World) -> bool:
     return peer_failure(err, world) is not None
 
 
-def agree(error: UserError | None, world: World) -> None:
+def agree(error: UserError | None, world: World, facts: dict[str, Any] | None = None) -> None:
     """A collective check-point: if any rank failed, every rank raises the first failure (a user error on
-    one machine, e.g. a wrong --data-dir there, then ends the whole job with one clear line)."""
+    one machine, e.g. a wrong --data-dir there, then ends the whole job with one clear line). Otherwise
+    every rank's `facts` (its recipe, the data's fingerprint, the code's version) must equal rank 0's: a
+    process started with another --lr, other data or other code would train a model of its own, silently."""
     if not world.distributed:
         if error is not None:
             raise error
         return
-    failures = [(rank, message) for rank, message in enumerate(gather(error and str(error), world)) if message]
+    gathered = gather((error and str(error), facts), world)
+    failures = [(rank, message) for rank, (message, _) in enumerate(gathered) if message]
     if failures:
         rank, message = failures[0]
-        agreed = UserError(f"rank {rank}: {message}")
-        agreed.everywhere = True  # every process raises it: rank 0 alone reports it
-        raise agreed
+        raise _everywhere(f"rank {rank}: {message}")
+    reference = gathered[0][1] or {}
+    for rank, (_, theirs) in enumerate(gathered[1:], start=1):
+        differences = _differences(reference, theirs or {})
+        if differences:
+            raise _everywhere(
+                f"rank {rank} was started unlike rank 0 ({'; '.join(differences[:3])}): start every process "
+                "with the same flags, data and code"
+            )
+
+
+def _everywhere(message: str) -> UserError:
+    agreed = UserError(message)
+    agreed.everywhere = True  # every process raises it: rank 0 alone reports it
+    return agreed
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """'name: theirs (rank 0: ours)' for every leaf where two nested dicts differ."""
+    found = []
+    for key in sorted(set(ours) | set(theirs), key=str):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key} {b!r} (rank 0: {a!r})")
+    return found
+
+
+def code_version() -> str:
+    """A digest of the package's Python files: the processes of one job must run the same code."""
+    digest = hashlib.sha256()
+    for path in sorted(PROJECT_DIR.glob("*.py")) + sorted(PROJECT_DIR.glob("*/*.py")):
+        if path.parent.name in ("support", "extras") or path.parent == PROJECT_DIR:
+            digest.update(path.relative_to(PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -73,8 +73,8 @@ class OutputPlan:
     output's file or one of the command's inputs: one would silently replace the other."""
 
     def __init__(self, inputs: dict[str, Path | None] | None = None):
-        """inputs: what the command reads, by the flag that names it (None: not given)."""
-        self._inputs = {resolve_output(path, flag): flag for flag, path in (inputs or {}).items() if path}
+        """inputs: what the command reads, each by what it is ("the checkpoint given as --weights"; None: not given)."""
+        self._inputs = {resolve_output(path, what): what for what, path in (inputs or {}).items() if path}
         self._outputs: dict[Path, str] = {}
 
     def file(self, path: Path, flag: str, example: str = "lenet5.pt") -> Path:
@@ -97,8 +97,7 @@ class OutputPlan:
     def _claim(self, path: Path, what: str) -> None:
         key = resolve_output(path, what)
         if key in self._inputs:
-            raise UserError(f"{what} {path} is the file given as {self._inputs[key]}, which this command reads; "
-                            "choose another name")  # fmt: skip
+            raise UserError(f"{what} {path} is {self._inputs[key]}, which this command reads; choose another name")
         if key in self._outputs:
             raise UserError(f"{what} {path} is also {self._outputs[key]}: one would replace the other; "
                             "give them different names")  # fmt: skip

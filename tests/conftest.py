@@ -16,6 +16,7 @@ import torch
 
 from data import write_mnist
 from helper import save_checkpoint
+from support import signals
 from support.synthetic import synthetic_digits, synthetic_mnist
 
 N_TRAIN, N_TEST = 96, 40
@@ -65,7 +66,7 @@ def cli(capsys, monkeypatch):
     def run(module: str, *args: str) -> Finished:
         entry = importlib.import_module(module)
         capsys.readouterr()
-        handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {number: signal.getsignal(number) for number in signals.STOP_SIGNALS}
         try:
             run_cli(entry.main, [str(a) for a in args])
             code = 0

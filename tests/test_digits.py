@@ -1,4 +1,5 @@
 import importlib.util
+import io
 
 import numpy as np
 import pytest
@@ -55,14 +56,21 @@ def test_dark_ink_becomes_light():
     assert digit[14, 14] > 200 and digit[0, 0] == 0
 
 
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    draw_seven().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
-        (lambda p: p.write_text("not an image"), "not a readable image"),
+        (lambda p: p.write_text("not an image"), "not an image: PNG, JPEG, BMP, GIF, WebP and TIFF files can be read"),
+        (lambda p: p.write_bytes(png_bytes()[:300]), "a damaged or truncated image file"),
         (lambda p: Image.new("RGB", (60, 60), "white").save(p, format="PNG"), "no digit found"),
         (lambda p: None, "no such file"),
     ],
-    ids=["text-file", "blank", "missing"],
+    ids=["text-file", "truncated", "blank", "missing"],
 )
 def test_bad_images_raise_image_problem(tmp_path, content, message):
     path = tmp_path / "x.png"
@@ -146,3 +154,34 @@ def test_a_jpeg_is_decoded_reduced_and_a_larger_png_refused(tmp_path):
     with pytest.raises(ImageProblem, match=r"too large: 6000 x 4000 pixels \(limit 8,000,000\)"):
         load_grayscale(tmp_path / "big.png", max_pixels=8_000_000)
     assert max(load_grayscale(tmp_path / "big.png").shape) <= WORK_SIDE
+
+
+def test_a_light_digit_on_black_with_a_thin_white_frame_is_read_light_on_dark():
+    """The frame is light, but the picture is mostly dark: the ink is the smaller, light part (the border alone said
+    dark ink on light paper and read the frame as the digit)."""
+    grey = torch.zeros(60, 60)
+    grey[:2], grey[-2:], grey[:, :2], grey[:, -2:] = 255, 255, 255, 255  # the frame
+    grey[12:48, 27:33] = 255  # a "1"
+    digit = to_mnist_digit(grey)
+    check_mnist_like(digit)
+    rows, cols = (digit > 64).nonzero(as_tuple=True)
+    assert cols.max() - cols.min() < 8 and rows.max() - rows.min() >= 18  # a tall thin stroke, not a square frame
+
+
+@pytest.mark.parametrize(
+    "mode, paper, ink",
+    [("I;16", 60_000, 2_000), ("I", 0, 50_000), ("F", 0.95, 0.05), ("F", -3.0, 7.5)],
+    ids=["16-bit", "32-bit", "float 0-1", "float, any range"],
+)
+def test_high_bit_depth_images_are_read_by_their_range(tmp_path, mode, paper, ink):
+    """A 16-bit PNG, a 32-bit or float TIFF: every value above 255 was clipped to white ("no digit found")."""
+    values = np.full((64, 64), paper, dtype={"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])
+    values[12:52, 28:36] = ink
+    image = Image.fromarray(values, mode=mode if mode != "I;16" else None)
+    path = tmp_path / ("digit.png" if mode == "I;16" else "digit.tif")
+    image.save(path)
+    with Image.open(path) as reopened:
+        assert reopened.mode.startswith(mode[:1])  # really stored wide
+    grey = load_grayscale(path)
+    assert 0 <= grey.min() and grey.max() <= 255 and grey.max() - grey.min() > 150  # (not clipped to one value)
+    check_mnist_like(to_mnist_digit(grey))

@@ -75,8 +75,8 @@ def counting(*args):
     calls[0] += 1
     if calls[0] == int(os.environ["FAULT_AT_STEP"]) and os.environ["RANK"] == os.environ["FAULT_RANK"]:
         kind = os.environ.get("FAULT_KIND", "ctrl-c")
-        if kind == "ctrl-c":
-            os.killpg(os.getpgrp(), signal.SIGINT)
+        if kind in ("ctrl-c", "hup"):  # a Ctrl-C in the terminal, or the terminal closed: the whole group
+            os.killpg(os.getpgrp(), signal.SIGINT if kind == "ctrl-c" else signal.SIGHUP)
         elif kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         else:  # silent, as a hung process is, but ended by torchrun's SIGTERM as one would be
@@ -85,15 +85,17 @@ def counting(*args):
     return place(*args)
 train.place_batch = counting
 sys.argv = [os.path.join(os.environ["PROJECT_DIR"], "main.py"), *sys.argv[1:]]
+if os.environ["RANK"] == os.environ["FAULT_RANK"]:  # flags of this rank's own (FAULT_ARGS), as a mistyped command
+    sys.argv += os.environ.get("FAULT_ARGS", "").split()
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def faulty_main(tmp_path: Path, rank: int, step: int, kind: str = "ctrl-c") -> tuple[Path, dict[str, str]]:
+def faulty_main(tmp_path: Path, rank: int, step: int, kind: str = "ctrl-c", args: str = "") -> tuple[Path, dict]:
     script = tmp_path / "faulty_main.py"
     script.write_text(FAULTY_MAIN)
     env = {"PROJECT_DIR": str(PROJECT_DIR), "PYTHONPATH": str(PROJECT_DIR), "FAULT_RANK": str(rank),
-           "FAULT_AT_STEP": str(step), "FAULT_KIND": kind}  # fmt: skip
+           "FAULT_AT_STEP": str(step), "FAULT_KIND": kind, "FAULT_ARGS": args}  # fmt: skip
     return script, env
 
 
@@ -255,3 +257,32 @@ def test_rank_variables_without_torchrun_are_one_line(cli, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     done = cli("main")
     assert_user_error(done, "RANK and WORLD_SIZE are set, but this process was not started by torchrun")
+
+
+def test_ranks_started_unlike_each_other_stop_with_one_line(tmp_path):
+    """Rank 1 started with another --lr and fewer epochs: one line names the rank and the differences, before any
+    training (a rank with fewer epochs was reported as "stopped answering" at the end)."""
+    args, said = "--lr 0.02 --epochs 2", "recipe.epochs 2 (rank 0: 3); recipe.lr 0.02 (rank 0: 0.01)"
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "lenet5.pt"
+    flags = ["--data-dir", str(data), *FLAGS, "--out", str(out), "--report-dir", str(tmp_path / "r")]
+    script, env = faulty_main(tmp_path, rank=1, step=10**9, args=args)
+    done = torchrun("--standalone", "--nproc-per-node", "2", str(script), *flags, env=env)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == [f"error: rank 1 was started unlike rank 0 ({said}): start every process with the same flags, "
+                    "data and code"], done.stderr[-3000:]  # fmt: skip
+    assert "epoch 1/" not in done.stdout and not out.exists()
+
+
+def test_closing_the_terminal_of_a_torchrun_job_saves_the_finished_epochs(tmp_path):
+    """SIGHUP to torchrun and its workers (the terminal closed) during epoch 2: they stop together, rank 0 saves
+    epoch 1 once and says how to continue."""
+    data = write_idx_dir(tmp_path / "mnist", n_train=640, n_test=50)  # 20 steps an epoch
+    out = tmp_path / "lenet5.pt"
+    flags = ["--data-dir", str(data), *FLAGS, "--out", str(out), "--report-dir", str(tmp_path / "r")]
+    script, env = faulty_main(tmp_path, rank=0, step=25, kind="hup")
+    done = torchrun("--standalone", "--nproc-per-node", "2", str(script), *flags, env=env, start_new_session=True)
+    resume = out.with_name("lenet5.resume.pt")
+    assert done.returncode != 0 and done.stdout.count(f"interrupted: saved the state after epoch 1 to {resume}") == 1
+    assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()
+    assert not any(f'{PROJECT_DIR / name}", line' in done.stderr for name in ("main.py", "train.py")), done.stderr

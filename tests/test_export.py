@@ -12,7 +12,7 @@ from conftest import assert_user_error
         (["--verify-images", "1"], "argument --verify-images: must be an integer >= 2 and <= 10000, got 1"),
         (["--weights", "{tmp}/none.pt"], "no such checkpoint"),
         (["--format", "tflite"], "invalid choice: 'tflite'"),
-        (["--out", "{tmp}/model.pt"], "is the file given as --weights, which this command reads"),
+        (["--out", "{tmp}/model.pt"], "is the checkpoint given as --weights, which this command reads"),
         (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
         (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
     ],
@@ -40,7 +40,7 @@ def test_hub_export_replaces_an_earlier_one_but_not_other_files(tmp_path, weight
     "fmt, out, message",
     [
         ("safetensors", "lenet5.pt", "a safetensors export is named *.safetensors"),
-        ("hub", "model.pt", "is the file given as --weights, which this command reads"),
+        ("hub", "model.pt", "is the checkpoint given as --weights, which this command reads"),
         ("hub", "file.txt", "is a file; a hub export is a folder"),
     ],
 )

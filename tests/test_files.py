@@ -39,8 +39,8 @@ def test_output_checks(tmp_path):
 
 
 def test_a_plan_refuses_outputs_that_collide_with_each_other_or_an_input(tmp_path):
-    plan = OutputPlan({"--weights": tmp_path / "model.pt"})
-    with pytest.raises(UserError, match="is the file given as --weights, which this command reads"):
+    plan = OutputPlan({"the checkpoint given as --weights": tmp_path / "model.pt"})
+    with pytest.raises(UserError, match="is the checkpoint given as --weights, which this command reads"):
         plan.file(tmp_path / "model.pt", "--out")
     plan.file(tmp_path / "reports" / "loss.png", "--out")
     with pytest.raises(UserError, match=r"--report-dir's loss.png .* is also --out: one would replace the other"):

@@ -244,12 +244,16 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_trained_weights(cli, tmp_p
 
 
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
-    """`python main.py | grep -m1 "epoch 1/"`: the reader goes away, the run still saves its checkpoint."""
+    """`python main.py | grep -m1 "epoch 1/"`: the reader goes away, the run still saves its checkpoint. (With a
+    HOME that cannot be written, too: matplotlib then makes a temporary folder, which the exit removes.)"""
     data = write_idx_dir(tmp_path / "mnist", n_train=160)
-    out = tmp_path / "lenet5.pt"
+    out, temporary = tmp_path / "lenet5.pt", tmp_path / "tmp"
+    temporary.mkdir()
     command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "2", "--out", str(out)]
     command += ["--report-dir", str(tmp_path / "reports")]
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "HOME": "/proc/self", "TMPDIR": str(temporary), "MPLCONFIGDIR": ""}
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)  # fmt: skip
     for line in process.stdout:
         if line.startswith("epoch 1/"):
             break
@@ -258,6 +262,7 @@ def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     assert process.wait(timeout=120) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
     assert torch.load(out, weights_only=True)["epoch"] == 2 and out.with_suffix(".json").exists()
+    assert "Matplotlib created a temporary cache directory" in stderr and not list(temporary.glob("matplotlib-*"))
 
 
 # Sends the signal while `import torch` is running, as a Ctrl-C right after pressing Enter (or a
@@ -316,3 +321,25 @@ def test_too_little_memory_to_load_torch_is_one_line():
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: cannot load the libraries this program needs (")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP", "SIGQUIT"])
+def test_every_stop_signal_saves_the_finished_epochs(cli, tmp_path, monkeypatch, name):
+    """Closing the terminal (SIGHUP) or Ctrl-\\ (SIGQUIT) in epoch 2 saves epoch 1 as a Ctrl-C does, exit 130."""
+    import train
+
+    place, calls = train.place_batch, []
+
+    def signalled_at_step_9(*args):
+        calls.append(1)
+        if len(calls) == 9:  # epoch 2 of 6-step epochs
+            os.kill(os.getpid(), getattr(signal, name))
+        return place(*args)
+
+    monkeypatch.setattr(train, "place_batch", signalled_at_step_9)
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "run" / "lenet5.pt"
+    done = cli("main", "--data-dir", data, *TINY, "--epochs", "3", "--out", out, "--report-dir", tmp_path / "r")
+    resume = out.with_name("lenet5.resume.pt")
+    assert done.returncode == 130 and f"saved the state after epoch 1 to {resume}" in done.stdout, done.stderr
+    assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()

@@ -53,7 +53,7 @@ def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, 
     "args, message",
     [
         (["--out", "{tmp}"], "--out {tmp} is a directory; give a file name"),
-        (["--out", "{tmp}/seven.png"], "would overwrite one of the inputs"),
+        (["--out", "{tmp}/seven.png"], "is input image 1, which this command reads; choose another name"),
         (["--out", "{tmp}/figure.jpg"], "the figure is a PNG; give a name ending in .png"),
         (["--topk", "0"], "argument --topk: must be an integer >= 1 and <= 10, got 0"),
         (["--weights", "{tmp}"], "is a directory; pass the checkpoint file"),

@@ -242,3 +242,25 @@ def test_adam_and_a_weight_average_resume_only_when_whole(cli, tmp_path, monkeyp
     torch.save(saved, resume)
     assert cli("main", *common, "--out", out, "--resume", resume).returncode == 0
     assert torch.load(out, weights_only=True)["train_state"]["average"]["updates"] == 18  # 3 epochs of 6 steps
+
+
+def test_a_resume_file_that_cannot_be_removed_is_a_warning_after_the_save(cli, interrupted, monkeypatch):
+    """A resume file in a folder that cannot be written: the finished checkpoint is saved elsewhere, the report is
+    written, and the file that could not be removed is one warning (it was a traceback before the report)."""
+    common, _, resume = interrupted
+    out = resume.parent.parent / "elsewhere" / "lenet5.pt"
+    unlink = pathlib.Path.unlink
+
+    def read_only(self, *args, **kwargs):
+        if self == resume:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    done = cli("main", *common, "--out", out, "--resume", resume)
+    assert done.returncode == 0 and out.exists() and resume.exists(), done.stderr
+    assert (
+        done.stderr.startswith(f"warning: removing {resume} (delete it yourself) failed")
+        and "Traceback" not in done.stderr
+    )
+    assert "Accuracy of the network on test images" in done.stdout

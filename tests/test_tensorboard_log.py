@@ -93,3 +93,48 @@ def test_tensorboard_folder_that_is_a_file_is_one_line(tmp_path, cli):
     done = cli("main", "--data-dir", data, "--allow-custom-data", "--no-download", "--epochs", "1", *outputs)
     assert_user_error(done, "is a file, not a folder")
     assert not (tmp_path / "m.pt").exists()
+
+
+def run_with_a_failing_log(tmp_path, cli, monkeypatch, fault) -> tuple:
+    data = write_idx_dir(tmp_path / "mnist", gz=False)
+    out = tmp_path / "run" / "lenet5.pt"
+    fault(monkeypatch)
+    flags = ["--data-dir", data, "--allow-custom-data", "--no-download", "--batch-size", "16", "--epochs", "2"]
+    done = cli("main", *flags, "--out", out, "--report-dir", tmp_path / "r", "--tensorboard", tmp_path / "runs")
+    return done, out
+
+
+def folder_removed_after_epoch_1(monkeypatch) -> None:
+    """Someone cleans runs/ while the run goes on: the log's folder disappears before epoch 1 is logged."""
+    import shutil
+
+    from extras import tensorboard_log
+
+    log_epochs = tensorboard_log.TensorBoardLog._log_new_epochs
+
+    def removed_first(self, state):
+        shutil.rmtree(self.run_dir)
+        return log_epochs(self, state)
+
+    monkeypatch.setattr(tensorboard_log.TensorBoardLog, "_log_new_epochs", removed_first)
+
+
+def disk_full_at_the_start(monkeypatch) -> None:
+    import errno
+    import os
+
+    from torch.utils.tensorboard import writer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.FileWriter, "__init__", full)
+
+
+@pytest.mark.parametrize("fault", [folder_removed_after_epoch_1, disk_full_at_the_start])
+def test_a_log_that_cannot_be_written_is_one_warning_and_the_run_goes_on(tmp_path, cli, monkeypatch, fault):
+    done, out = run_with_a_failing_log(tmp_path, cli, monkeypatch, fault)
+    assert done.returncode == 0 and out.exists() and out.with_suffix(".json").exists(), done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: the TensorBoard log failed")]
+    assert len(warnings) == 1 and "Traceback" not in done.stderr and "Exception in thread" not in done.stderr
+    assert "epoch 2/2" in done.stdout and "Accuracy of the network on test images" in done.stdout
