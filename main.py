@@ -190,7 +190,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
         attempt(f"the report in {folder}", lambda: write_report(result, images, folder, {"weights": weights})) or []
     )
     written += attempt(f"the loss and accuracy figures in {folder}", lambda: plot_history(state.history, folder)) or []
-    written += tensorboard.finish(setup.recipe, setup.config, result.accuracy, folder / "misclassified.png")
+    written += tensorboard.finish(setup.recipe, setup.config, result, images)
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in written], sep="\n")
 
 

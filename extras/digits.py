@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MIN_CONTRAST = 32  # grey levels between ink and background below which we call the image blank
+MIN_SIDE = 8  # pixels: a picture narrower or lower than this holds no readable digit
 MAX_PIXELS = 40_000_000  # a photo is at most a few tens of megapixels; more is a decompression bomb
 WORK_SIDE = 1024  # longer side an image is reduced to before any work: the digit ends up 20 px tall anyway
 THIN, MNIST_STROKE = 0.07, 0.10  # stroke width / digit height: below THIN, thickened to MNIST's thinnest
@@ -54,7 +55,7 @@ def load_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageProblem(f"too large to decode safely ({err})") from None
     except UnidentifiedImageError:
-        raise ImageProblem("not an image: PNG, JPEG, BMP, GIF, WebP and TIFF files can be read") from None
+        raise ImageProblem("not an image (PNG, JPEG, BMP, GIF, WebP and TIFF files can be read)") from None
     except (OSError, ValueError, SyntaxError, EOFError):
         raise ImageProblem("a damaged or truncated image file") from None
     return grey
@@ -118,6 +119,8 @@ def to_mnist_digit(grey: torch.Tensor) -> torch.Tensor:
     """H x W grey image (0..255) -> uint8 28 x 28 MNIST-style digit: light ink on black, 20 px box, centred by mass.
 
     A photo of a sheet of paper on a darker surround is read inside the sheet, its lighting evened out."""
+    if min(grey.shape) < MIN_SIDE:
+        raise ImageProblem(f"no digit found (the picture is only {grey.shape[1]} x {grey.shape[0]} pixels)")
     sheet = find_sheet(grey)
     if sheet is None:
         ink = plain_ink(grey)

@@ -3,11 +3,16 @@
 Each run gets a folder of its own under the given one, named YYYYMMDD-HHMMSS_<recipe>-seed<N> so that
 runs sort by start time. In it:
 
-- scalars: the loss and learning rate of every step (train/), the mean loss and the train and
-  held-out accuracy of every epoch (epoch/), and the final test accuracy (final/);
-- histograms of every weight and bias, and an image of the six C1 kernels, at every epoch's end;
-- the misclassified grid that eval.write_report drew, at the end;
-- the recipe and the model config as hparams, beside the final metrics.
+- scalars: the loss and learning rate of every step (train/), the train and held-out accuracy of
+  every epoch (epoch/), and the final test accuracy (final/). (An epoch's mean loss is not a chart of its
+  own: with a point or two per run, TensorBoard's default "ignore outliers" scaling drew it off the chart;
+  the per-step loss, smoothed, shows it.)
+- histograms of every weight and bias, and the six C1 kernels with their colour scale, at every epoch's end;
+- the most confidently wrong test digits at the end, drawn for TensorBoard's card (12, captions readable
+  without "show actual image size");
+- the settings the recipe used as hparams, in their own types (booleans as booleans), beside the final
+  metrics; settings that did nothing in this run (beta2 for SGD, the distortions without --augment,
+  ema_decay 0, ...) are left out.
 
 Everything is read from what training keeps anyway (TrainState.history, at each epoch's end), so
 the loop gets no extra host synchronisation. A log made without a folder does nothing: that is
@@ -25,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from eval import Evaluation
+from support.figures import filters_figure, misclassified_figure
 from support.optional import OptionalPart
-from support.recipes import Recipe, run_name
+from support.recipes import DISTORTIONS, Recipe, run_name
 from train import EpochStats, TrainState
-
-KERNEL_ZOOM = 8  # C1's kernels are 5x5 pixels: too small to see at TensorBoard's 1:1
 
 
 class TensorBoardLog:
@@ -91,13 +96,12 @@ class TensorBoardLog:
         """The epoch's mean loss and accuracies; with the model, its weight histograms and C1 kernels."""
         if not self.enabled:
             return
-        self.writer.add_scalar("epoch/train_loss", stats.train_loss, stats.epoch)
         self.writer.add_scalar("epoch/train_accuracy", stats.train_accuracy, stats.epoch)
         self.writer.add_scalar(f"epoch/{stats.eval_split}_accuracy", stats.eval_accuracy, stats.epoch)
         if model is not None:
             for name, value in model.named_parameters():
                 self.writer.add_histogram(f"weights/{name}", value.detach().float().cpu(), stats.epoch)
-            self.writer.add_image("c1_kernels", c1_kernel_grid(model), stats.epoch)
+            self.writer.add_figure("c1_kernels", filters_figure(model), stats.epoch)
 
     def after_epoch(self, state: TrainState) -> None:
         """For train.fit's on_epoch: whatever the history holds that is not logged yet (after a
@@ -116,32 +120,65 @@ class TensorBoardLog:
         self.steps_logged, self.epochs_logged = len(history.step_losses), len(history.epochs)
         self.writer.flush()
 
-    def finish(
-        self, recipe: Recipe, config: dict[str, Any], test_accuracy: float, misclassified_png: Path | None = None
-    ) -> list[Path]:
-        """The final metrics, the hparams and the misclassified grid; closes the files. Returns the run folder."""
+    def finish(self, recipe: Recipe, config: dict[str, Any], result: Evaluation, images: torch.Tensor) -> list[Path]:
+        """The final metrics, the hparams and the misclassified digits; closes the files. Returns the run folder.
+        images: the evaluated test images, in the order of `result`."""
         if not self.enabled:
             return []
-        written = self._guarded(lambda: self._finish(recipe, config, test_accuracy, misclassified_png))
+        written = self._guarded(lambda: self._finish(recipe, config, result, images))
         return written or []
 
-    def _finish(
-        self, recipe: Recipe, config: dict[str, Any], test_accuracy: float, misclassified_png: Path | None
-    ) -> list[Path]:
-        from torch.utils.tensorboard.summary import hparams
-
-        metrics = {"final/test_accuracy": test_accuracy}
-        if misclassified_png is not None and misclassified_png.is_file():
-            self.writer.add_image("misclassified", read_png(misclassified_png), dataformats="HWC")
-        params = {**asdict(recipe), **config}
-        # add_hparams would write them through a second writer, into a sub-folder: a run of its own in TensorBoard
-        for summary in hparams({k: _hparam(v) for k, v in params.items()}, metrics):
+    def _finish(self, recipe: Recipe, config: dict[str, Any], result: Evaluation, images: torch.Tensor) -> list[Path]:
+        metrics = {"final/test_accuracy": result.accuracy}
+        wrong = misclassified_figure(images, result.labels, result.predictions, result.probabilities, 12, 4, 14)
+        self.writer.add_figure("misclassified", wrong)
+        for summary in hparam_summaries(recipe_hparams(recipe, config), metrics):
+            # (add_hparams would write them through a second writer, into a sub-folder: a run of its own)
             self.writer._get_file_writer().add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value)
         self.writer.flush()
         self.close()
         return [self.run_dir]
+
+
+def recipe_hparams(recipe: Recipe, config: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """The settings this run used, in their own types: those that did nothing in it are left out."""
+    values = {**asdict(recipe), **config}
+    unused = {"beta2"} if recipe.optimizer == "sgd" else {"nesterov"}
+    if not recipe.augment:
+        unused |= set(DISTORTIONS)
+    elif recipe.elastic_alpha == 0:
+        unused |= {"elastic_alpha", "elastic_sigma"}  # (alpha 0: no elastic distortion)
+    unused |= {name for name in ("ema_decay", "warmup_epochs", "weight_decay") if values[name] == 0}
+    unused |= {name for name, value in values.items() if value is None}  # limit: all the data
+    return {name: value for name, value in values.items() if name not in unused}
+
+
+def hparam_summaries(params: dict[str, bool | int | float | str], metrics: dict[str, float]) -> tuple:
+    """torch's hparams() summaries, with booleans as TensorBoard booleans: torch tests for numbers before
+    booleans, and a bool is an int, so it would show True as 1.0000."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams
+
+    booleans = {name for name, value in params.items() if isinstance(value, bool)}
+    experiment, start, end = hparams({k: str(v) if k in booleans else v for k, v in params.items()}, metrics)
+    for summary, fix in ((experiment, _bool_infos), (start, _bool_values)):
+        data = plugin_data_pb2.HParamsPluginData.FromString(summary.value[0].metadata.plugin_data.content)
+        fix(data, {name: params[name] for name in booleans}, api_pb2)
+        summary.value[0].metadata.plugin_data.content = data.SerializeToString()
+    return experiment, start, end
+
+
+def _bool_infos(data, booleans: dict[str, bool], api_pb2) -> None:
+    for info in data.experiment.hparam_infos:
+        if info.name in booleans:
+            info.type = api_pb2.DATA_TYPE_BOOL
+
+
+def _bool_values(data, booleans: dict[str, bool], api_pb2) -> None:
+    for name, value in booleans.items():
+        data.session_start_info.hparams[name].bool_value = value
 
 
 def _route_writer_thread_errors(part: OptionalPart) -> Callable:
@@ -173,26 +210,3 @@ def scheduled_lr(scheduler: Any) -> Callable[[int], float] | None:
         return None
     base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
     return lambda step: base * factor(step - 1)  # step n runs after n - 1 scheduler steps
-
-
-def c1_kernel_grid(model: nn.Module) -> torch.Tensor:
-    """C1's kernels side by side, 3 x H x W in 0..1: grey is 0, white positive, black negative."""
-    from torchvision.utils import make_grid
-
-    kernels = model.c1.weight.detach().float().cpu().contiguous()  # 6 x 1 x 5 x 5
-    scaled = 0.5 + 0.5 * kernels / kernels.abs().max().clamp_min(1e-12)
-    zoomed = torch.nn.functional.interpolate(scaled, scale_factor=KERNEL_ZOOM, mode="nearest")
-    return make_grid(zoomed, nrow=len(kernels), padding=2, pad_value=1.0)
-
-
-def read_png(path: Path) -> Any:
-    """H x W x 3 uint8 (numpy), as add_image takes it with dataformats="HWC"."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _hparam(value: Any) -> bool | int | float | str:
-    return value if isinstance(value, bool | int | float | str) else str(value)

@@ -15,8 +15,7 @@ mkdir -p docs/outputs docs/figures
 cp reports/{loss,accuracy,confusion_matrix,misclassified,filters,feature_maps}.png docs/figures/
 "$PY" predict.py examples/ --out docs/figures/predictions.png | tee docs/outputs/predict_output.txt
 # The app's screenshot: the browser test takes it (needs Chromium; see the README's "Draw a digit").
-APP_SCREENSHOT=reports/app.png "$PY" -m pytest -n 0 -q tests/test_app.py -k drawing_with_the_mouse
-cp reports/app.png docs/figures/app.png
+APP_SCREENSHOTS=docs/figures "$PY" -m pytest -n 0 -q tests/test_app.py -k "drawing_with_the_mouse or phone"
 
 # Three seeds of each recipe, each a fresh `python main.py` process; one torchrun row for comparison.
 "$PY" -m scripts.seeds --data-dir "$MNIST_DIR" --out docs/outputs/seeds.json | tee docs/outputs/seeds_output.txt
@@ -61,9 +60,10 @@ done | tee docs/outputs/default_ablation_output.txt
 # Time to 99 % against the reference write-up's pipeline, alternating sides.
 "$PY" -m scripts.bench --data-dir "$MNIST_DIR" --profile --out docs/outputs/bench.json | tee docs/outputs/bench_output.txt
 
-# TensorBoard's Scalars page for the quick smoke run (its checkpoint and reports go to a temporary folder).
+# TensorBoard's Scalars page for the README's example run (its checkpoint and reports go to a temporary folder).
 tb=$(mktemp -d)
-"$PY" main.py --data-dir "$MNIST_DIR" --limit 2000 --epochs 1 --tensorboard "$tb/runs" --out "$tb/lenet5.pt" \
+"$PY" main.py --data-dir "$MNIST_DIR" --recipe fast --limit 10000 --tensorboard "$tb/runs" --out "$tb/lenet5.pt" \
   --report-dir "$tb/reports" > /dev/null
-"$PY" -m scripts.tensorboard_screenshot "$tb/runs" --out docs/figures/tensorboard.png
+"$PY" -m scripts.tensorboard_screenshot "$tb/runs" --out docs/figures/tensorboard.png --tag-filter "train/|epoch/" \
+  --charts 4
 rm -rf "$tb"

@@ -95,41 +95,57 @@ def plot_misclassified(
 
     images: the evaluated images in loader order (N x H x W, or N x 1 x H x W).
     """
+    save_figure(misclassified_figure(images, labels, predictions, probabilities, count), path)
+
+
+def misclassified_figure(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predictions: torch.Tensor,
+    probabilities: torch.Tensor,
+    count: int = 24,
+    columns: int = 8,
+    fontsize: int = 8,
+):
+    """The figure of plot_misclassified (TensorBoard logs a smaller one: fewer columns, larger captions)."""
     plt = pyplot()
     wrong = (predictions != labels).nonzero().flatten()
     confidence = probabilities[wrong, predictions[wrong]]
     worst = wrong[confidence.argsort(descending=True)][:count]
-    columns, gap = 8, 16  # the gap above each digit holds its caption
+    gap = 16  # the gap above each digit holds its caption
     height, width = images.shape[-2:]
     digits = images[worst].reshape(-1, height, width).float().cpu()
     rows = max(1, -(-len(worst) // columns))
     fig, ax = plt.subplots(figsize=(columns * 1.4, rows * 1.7 + 0.5), layout="constrained")
-    ax.imshow(mosaic(digits, columns, gap).numpy(), cmap="gray", extent=None)
+    ax.imshow(mosaic(digits, columns, gap).numpy(), cmap="gray")
     for k, i in enumerate(worst.tolist()):
         row, col = divmod(k, columns)
-        p = probabilities[i, predictions[i]]
-        caption = f"true {labels[i]}\npred {predictions[i]} ({p:.0%})"
-        ax.text(
-            col * (width + gap) + width / 2, row * (height + gap) - 1, caption, ha="center", va="bottom", fontsize=8
-        )
+        caption = f"true {labels[i]}\npred {predictions[i]} ({probabilities[i, predictions[i]]:.0%})"
+        x, y = col * (width + gap) + width / 2, row * (height + gap) - 1
+        ax.text(x, y, caption, ha="center", va="bottom", fontsize=fontsize)
     ax.set_ylim(rows * (height + gap) - gap - 0.5, -gap)  # room for the first row's captions
     ax.axis("off")
     ax.set_title(f"Most confidently wrong: {len(wrong)} of {len(labels)} test images misclassified")
-    save_figure(fig, path)
+    return fig
 
 
 def plot_filters(model: torch.nn.Module, path: Path) -> None:
-    """The six 5x5 C1 kernels, each on its own symmetric colour scale (red +, blue -)."""
+    """The six 5x5 C1 kernels on one symmetric colour scale, with it (red +, blue -)."""
+    save_figure(filters_figure(model), path)
+
+
+def filters_figure(model: torch.nn.Module):
     plt = pyplot()
-    weights = model.c1.weight.detach().cpu()[:, 0]  # 6 x 5 x 5
-    fig, axes = plt.subplots(1, 6, figsize=(9, 1.9), layout="constrained")
-    for k, (ax, kernel) in enumerate(zip(axes, weights)):
-        limit = kernel.abs().max().item()
-        ax.imshow(kernel.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
+    weights = model.c1.weight.detach().float().cpu()[:, 0]  # 6 x 5 x 5
+    limit = weights.abs().max().item() or 1.0
+    fig, axes = plt.subplots(2, 3, figsize=(5.6, 4.2), layout="constrained")
+    for k, (ax, kernel) in enumerate(zip(axes.flat, weights)):
+        shown = ax.imshow(kernel.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
         ax.set_title(f"C1 map {k}", fontsize=9)
         ax.axis("off")
-    fig.suptitle("C1 filters (5x5)")
-    save_figure(fig, path)
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="weight")
+    fig.suptitle("C1 filters (5x5), one colour scale")
+    return fig
 
 
 def plot_feature_maps(maps: dict[str, torch.Tensor], raw: torch.Tensor, title: str, path: Path) -> None:
