@@ -12,13 +12,15 @@ extras/demo.py.
 
 import errno
 import ipaddress
+import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, add_weights_flag, number, run_cli
 
-from extras.demo import CSS, PHONE_HEAD, Offered, build, example_files, gradio, keep_uploads_for, offered_checkpoints
+from extras.demo import CSS, PHONE_HEAD, Offered, build, example_files, keep_uploads_for, offered_checkpoints
 from support.devices import choose_device
 from support.files import check_output_dir
 
@@ -35,11 +37,10 @@ def display_name(path: Path) -> str:
 
 
 def upload_folder() -> Path:
-    """Where Gradio keeps uploads ($GRADIO_TEMP_DIR, else the system's temporary folder): checked before starting."""
-    gradio()
-    from gradio.utils import get_upload_folder
-
-    folder = Path(get_upload_folder())
+    """Where Gradio keeps uploads ($GRADIO_TEMP_DIR, else the system's temporary folder's gradio/), checked before
+    Gradio is imported: Gradio makes folders there as it is imported, a traceback when it cannot (its own
+    gradio.utils.get_upload_folder says the same place)."""
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
     check_output_dir(folder, "GRADIO_TEMP_DIR (where the page keeps uploads)")
     return folder
 
@@ -117,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=number(int, 0, 65535), default=7860, help="port to serve on (0: any free port)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link (needs the internet)")
     args = p.parse_args(argv)
+    upload_folder()
     offered = offered_checkpoints(args.weights, CHECKPOINT_DIR, choose_device(args.device), display_name)
     port = claim_port(args.host, args.port)
-    upload_folder()
     demo = serve(offered, args.host, port, args.share)
     print(f"LeNet-5 digit demo on {demo.local_url}  (Ctrl-C stops it)", flush=True)
     if warning := exposure_warning(args.host, port):
