@@ -98,7 +98,10 @@ def plan_outputs(paths: Outputs, resume: Path | None) -> None:
 
 
 def print_architecture(model: LeNet5) -> None:
-    print(f"LeNet-5 ({'LeCun C3 table' if model.config['c3_table'] else 'full C3'}):")
+    kind = ("the 1998 paper's network, " if model.lecun1998 else "") + (
+        "LeCun C3 table" if model.config["c3_table"] else "full C3"
+    )
+    print(f"LeNet-5 ({kind}):")
     for name, description, params in layer_table(model):
         print(f"  {name:<7} {description:<34} {params:>7,}")
     print(f"  {'total':<42} {count_parameters(model):>7,} trainable parameters")
@@ -130,7 +133,9 @@ def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, path
         else:
             overrides = {k: v for k, v in flags.items() if k not in ("name", "full_c3")}
             recipe = resolve_recipe(flags.get("name", "default"), overrides)
-            config = {"c3_table": not flags.get("full_c3", False)}
+            config = {"c3_table": not flags.get("full_c3", False)} | (
+                {"lecun1998": True} if recipe.network == "lecun1998" else {}
+            )
         mnist = source.open()
         data = {"fingerprint": fingerprint(mnist), "train": len(mnist.train_labels), "test": len(mnist.test_labels)}
         if checked:

@@ -28,14 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import Loaders
+from lecun1998.training import SDLM, curvature, global_step, map_loss
 from LeNet5 import LeNet5
 from support.devices import place_batch, place_model
 from support.distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
 from support.optimizers import make_optimizer
 from support.recipes import Recipe
 
-# A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding.
+# A uniform guess over 10 digits costs ln(10) = 2.3; ten times that means the weights are exploding. (The 1998
+# MAP criterion starts near 84, the RBF penalties' size: only a loss beyond any penalty means it there.)
 EXPLODED_LOSS = 10 * math.log(10)
+EXPLODED_MAP_LOSS = 1000.0
 
 
 class TrainingDiverged(UserError):
@@ -110,6 +113,8 @@ def make_scheduler(
         "linear": lambda step: max(0.0, 1 - step / total),
         "cosine": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
         "constant": lambda step: 1.0,
+        # the 1998 paper's global step, pass by pass, relative to its first (appendix C)
+        "lecun1998": lambda step: global_step(step // steps_per_epoch) / global_step(0),
     }
     if recipe.schedule not in factors:
         raise UserError(f"--schedule {recipe.schedule!r} is not one of {', '.join(factors)}")
@@ -207,10 +212,20 @@ class EpochResult:
     images_per_second: float  # all processes together
 
 
+def loss_function(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss a recipe names: cross-entropy (with its label smoothing), or the 1998 paper's MAP criterion."""
+    if recipe.loss == "map":
+        return lambda outputs, labels: map_loss(outputs, labels) / len(labels)
+    return lambda outputs, labels: F.cross_entropy(outputs, labels, label_smoothing=recipe.label_smoothing)
+
+
 def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 200) -> EpochResult:
     """One pass over the training loader: forward, loss, backward, step, for every batch."""
     model, optimizer, scheduler = state.network, state.optimizer, state.scheduler
     device, world, epoch = state.device, state.world, state.epoch + 1
+    loss_of = loss_function(state.recipe)
+    if isinstance(optimizer, SDLM):  # the 1998 paper's optimizer: its curvature, from 500 patterns, before each pass
+        optimizer.set_curvature(curvature(state.model, *curvature_patterns(loader, state.recipe.seed, epoch)))
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -221,7 +236,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 2
     for step, (images, labels) in enumerate(bar, start=1):
         images, labels = place_batch(images, device), labels.to(device, non_blocking=True)
         logits = model(images)  # N x 10
-        loss = F.cross_entropy(logits, labels, label_smoothing=state.recipe.label_smoothing)
+        loss = loss_of(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -234,20 +249,29 @@ def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 2
         seen += len(labels)
         if step % log_interval == 0:  # the only host syncs inside the epoch
             running = sum_over_ranks(torch.stack(step_losses[-log_interval:]).mean(), world).item() / world.size
-            check_loss(running, epoch, step)
+            check_loss(running, epoch, step, state.recipe.loss)
             bar.set_postfix(loss=f"{running:.4f}", img_s=f"{world.size * seen / (time.perf_counter() - start):,.0f}")
             if world.is_main:
                 tqdm.write(f"[{epoch}, {step:5d}] loss: {running:.4f}")
     losses = sum_over_ranks(torch.stack(step_losses).float(), world).cpu() / world.size
-    check_loss(losses.mean().item(), epoch, len(step_losses))
+    check_loss(losses.mean().item(), epoch, len(step_losses), state.recipe.loss)
     seconds = time.perf_counter() - start
     correct, seen = sum_over_ranks(correct, world).item(), seen * world.size
     return EpochResult(losses.tolist(), losses.mean().item(), correct / max(1, seen), seconds, seen / seconds)
 
 
-def check_loss(loss: float, epoch: int, step: int) -> None:
+def curvature_patterns(loader: DataLoader, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 500 training patterns (as they are, undistorted) that the 1998 optimizer's curvature is estimated on
+    before pass `epoch`: drawn by the seed and the epoch alone, so a resumed run draws the same."""
+    dataset = loader.dataset
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1_000 + epoch))[:500]
+    chosen = chosen.to(dataset.images.device)
+    return place_batch(dataset.images[chosen], dataset.images.device), dataset.labels[chosen]
+
+
+def check_loss(loss: float, epoch: int, step: int, kind: str = "cross_entropy") -> None:
     """Stop a run whose loss is not finite or has exploded: its weights are garbage."""
-    if not math.isfinite(loss) or loss > EXPLODED_LOSS:
+    if not math.isfinite(loss) or loss > (EXPLODED_MAP_LOSS if kind == "map" else EXPLODED_LOSS):
         raise TrainingDiverged(
             f"the loss {'became' if not math.isfinite(loss) else 'exploded to'} {loss:.4g} at epoch {epoch}, "
             f"step {step}: training stopped and nothing was saved; lower --lr or check the data"

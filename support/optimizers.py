@@ -9,11 +9,14 @@ optimizer object, so the schedule, the checkpoint and an exact resume treat it l
 
 import torch
 
+from lecun1998.training import MU, SDLM
 from LeNet5 import LeNet5
 from support.recipes import Recipe
 
 
 def make_optimizer(model: LeNet5, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sdlm":  # the 1998 paper's; its curvature is set before each pass (train.py)
+        return SDLM(model.parameters(), lr=recipe.lr, mu=MU, patterns_per_step=recipe.batch_size)
     if recipe.optimizer == "sgd":
         nesterov = recipe.nesterov and recipe.momentum > 0
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,

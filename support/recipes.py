@@ -11,22 +11,26 @@ from support.cli import UserError, add_limit_flag, number
 
 from support.augment import Augmentation
 
-SCHEDULES = ("linear", "cosine", "constant")
-OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
+SCHEDULES = ("linear", "cosine", "constant", "lecun1998")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon", "sdlm")
+LOSSES = ("cross_entropy", "map")
+NETWORKS = ("lenet5", "lecun1998")
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = "default"  # the named recipe these values started from (RECIPES)
+    network: str = "lenet5"  # "lenet5" (LeNet5.py), or "lecun1998": the 1998 paper's (LeNet5(lecun1998=True))
     epochs: int = 10
     batch_size: int = 64  # the global batch: all processes together, under torchrun
-    optimizer: str = "sgd"  # "sgd", "adam"/"adamw" (torch.optim.Adam/AdamW), or "muon" (optimizers.MuonAndAdamW)
+    optimizer: str = "sgd"  # "sgd", "adam"/"adamw", "muon" (optimizers.MuonAndAdamW), "sdlm" (the 1998 paper's)
     lr: float = 0.01  # the write-up's learning rate: the peak of the schedule
     momentum: float = 0.95  # SGD's momentum, or Adam's beta1 (as torch's OneCycleLR treats it; muon: AdamW's)
     beta2: float = 0.999  # Adam's second-moment decay (SGD: unused)
     nesterov: bool = True  # SGD only (muon: Muon's own momentum is Nesterov's, 0.95, whatever this says)
     weight_decay: float = 0.0  # SGD and Adam: an L2 penalty in the gradient; AdamW and muon: decoupled decay
-    schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr
+    schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr, "lecun1998"
+    loss: str = "cross_entropy"  # or "map": the 1998 paper's MAP criterion over its RBF penalties
     warmup_epochs: float = 0.0  # first, a linear ramp of the learning rate from 0 over this many epochs
     augment: bool = True  # random rotation, zoom and shift of each training image
     rotation: float = 10.0  # with augment: turned by up to +-this many degrees
@@ -43,7 +47,8 @@ class Recipe:
 
 # Fields added after checkpoints were first saved, with the values that reproduce how those were trained.
 ADDED_FIELDS: dict[str, Any] = {
-    "optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0, "rotation": 10.0, "zoom": 0.1, "shift": 2.0
+    "optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0, "rotation": 10.0, "zoom": 0.1, "shift": 2.0,
+    "network": "lenet5", "loss": "cross_entropy",
 }  # fmt: skip
 
 
@@ -77,6 +82,22 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
             "shift": 1.0,
         },
     ),
+    "lecun1998": (
+        "LeNet-5 as the 1998 paper trained it: its network (RBF output, scaled tanh, trainable subsampling), MAP "
+        "loss and stochastic diagonal Levenberg-Marquardt, 20 passes",
+        {
+            "network": "lecun1998",
+            "loss": "map",
+            "optimizer": "sdlm",
+            "lr": 5e-4,  # appendix C's global step for the first two passes; the schedule lowers it
+            "schedule": "lecun1998",
+            "epochs": 20,
+            "batch_size": 1,  # one pattern at a time, as the paper
+            "momentum": 0.0,
+            "nesterov": False,
+            "augment": False,
+        },
+    ),
 }
 
 
@@ -100,6 +121,12 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
     if recipe.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {recipe.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if recipe.loss == "map" and recipe.network != "lecun1998":
+        raise UserError("--loss map scores the 1998 network's RBF penalties: add --network lecun1998")
+    if recipe.network == "lecun1998" and recipe.optimizer == "muon":
+        raise UserError("--optimizer muon is for LeNet5.py's network: use sdlm, sgd, adam or adamw with lecun1998")
+    if recipe.optimizer == "sdlm" and recipe.momentum != 0:
+        raise UserError("--optimizer sdlm takes no momentum: give --momentum 0")
     if recipe.optimizer == "sgd" and "beta2" in overrides:
         raise UserError("--beta2 is Adam's: drop it, or add --optimizer adam")
     if recipe.optimizer != "sgd":
@@ -138,6 +165,7 @@ def recipe_from_saved(values: Any) -> Recipe:
     wrong = [f.name for f in fields(Recipe) if not _fits(values[f.name], f.default)]
     recipe = Recipe(**values)
     bad_range = recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.optimizer not in OPTIMIZERS
+    bad_range |= recipe.schedule not in SCHEDULES or recipe.loss not in LOSSES or recipe.network not in NETWORKS
     bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1
     bad_range |= any(getattr(recipe, name) > limit for name, limit in AFFINE_LIMITS.items())
     if wrong or bad_range:
@@ -179,8 +207,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
     flag("--epochs", "passes over the training set", type=number(int, 1, 10_000))
     flag("--batch-size", "training images per optimizer step", type=number(int, 1))
-    flag("--optimizer", "torch.optim.SGD, Adam, AdamW, or muon (Muon on C5 and F6, AdamW on the rest)",
-         choices=OPTIMIZERS)  # fmt: skip
+    flag("--network", "lenet5 (LeNet5.py) or lecun1998 (the 1998 paper's: RBF output, its squashing)",
+         choices=NETWORKS)  # fmt: skip
+    flag("--optimizer", "torch.optim.SGD, Adam, AdamW, muon (Muon on C5 and F6, AdamW on the rest), or sdlm "
+         "(the 1998 paper's stochastic diagonal Levenberg-Marquardt)", choices=OPTIMIZERS)  # fmt: skip
+    flag("--loss", "cross_entropy, or map (the 1998 paper's criterion; needs --network lecun1998)", choices=LOSSES)
     flag("--lr", "learning rate, the schedule's peak", type=number(float, 0, low_open=True))
     flag("--momentum", "SGD momentum, or Adam's beta1 (muon: AdamW's)", type=number(float, 0, 0.999))
     flag("--beta2", "Adam's second-moment decay", type=number(float, 0, 0.9999))
