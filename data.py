@@ -3,7 +3,9 @@
 The four official IDX files are read once, verified (magic number, shape, count, label
 range, MD5 of the decompressed bytes), and cached as torchvision's legacy ``training.pt`` /
 ``test.pt`` pairs ``(uint8 images N x 28 x 28, int64 labels N)``, whose MD5s are checked again
-on every load. Padding 28 -> 32 and
+on every load. The cache stands for the files it was made from (their sizes and SHA-256s, in
+``sources.json``): a data folder whose files differ (damaged, truncated, others) is read again,
+and a folder named with --data-dir or $MNIST_DIR must hold them. Padding 28 -> 32 and
 normalization are applied once to the whole uint8 tensor, and the loaders hand out batches
 by indexing that tensor: no per-sample Python work, which is what makes the usual
 ``ToTensor()``-per-image pipeline slow.
@@ -12,9 +14,11 @@ by indexing that tensor: no per-sample Python work, which is what makes the usua
 import argparse
 import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from support.cli import PROJECT_DIR, UserError
 
@@ -24,7 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from LeNet5 import INPUT_NORMALIZATION
 from support.augment import Augmentation
 from support.distributed import ONE, World
-from support.files import atomic_torch_save
+from support.files import atomic_torch_save, kind_of, remove_if_empty, write_json
 from support.idx import CUSTOM_FILES, MNIST, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from support.optional import attempt
 from support.recipes import Recipe, augmentation_for
@@ -49,14 +53,19 @@ def write_mnist(directory: Path, data: "MNIST", gz: bool = True) -> Path:
 
 
 def find_idx_files(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] | None:
-    """Paths of all four files in data_dir or torchvision's data_dir/MNIST/raw; None if any is missing."""
+    """Paths of all four files in data_dir or torchvision's data_dir/MNIST/raw; None if any is missing.
+    A pipe, a device or a folder under one of the names is named (a DataError), not passed over as missing."""
     found = {}
     for key, spec in files.items():
         candidates = [d / n for d in (data_dir, data_dir / "MNIST" / "raw") for n in (spec.name + ".gz", spec.name)]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
+        for path in candidates:
+            if path.is_file():
+                found[key] = path
+                break
+            if path.exists():
+                raise DataError(f"{path} is not a regular file ({kind_of(path)}); put the MNIST file itself there")
+        else:
             return None
-        found[key] = path
     return found
 
 
@@ -65,20 +74,27 @@ def load_mnist(
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     files: dict[str, IdxFile] = MNIST_FILES,
     download: bool = True,
+    cache_alone: bool = False,
 ) -> MNIST:
-    """The verified MNIST tensors: from the .pt cache when valid, else from the IDX files.
+    """The verified MNIST tensors: from the .pt cache when it stands for data_dir's files, else from the files.
 
     Only data verified against the official checksums is cached; ``files=CUSTOM_FILES`` reads
-    your own IDX files with the structure checks alone and never touches the cache.
+    your own IDX files with the structure checks alone and never touches the cache. The cache is
+    used when data_dir's four files are byte for byte those it was made from (a SHA-256 of 11 MB:
+    milliseconds, against a second to decompress and verify them); cache_alone: also when data_dir
+    holds none of them (the project's own data/, whose files may have been deleted after the cache was made).
     """
     cacheable = cache_dir is not None and all(f.md5 for f in files.values())
-    if cacheable and (cached := _load_cache(cache_dir, files)) is not None:
-        return cached
     paths = find_idx_files(data_dir, files)
+    if cacheable and (paths is not None or cache_alone):
+        cached = _load_cache(cache_dir, files) if paths is None or _made_from(cache_dir, paths) else None
+        if cached is not None:
+            return cached
     if paths is None and download and files is MNIST_FILES:  # never official MNIST in place of your own files
         paths = _try_download(data_dir, files)
     if paths is None:
         raise DataError(_missing_message(data_dir, files, tried_download=download and files is MNIST_FILES))
+    record = _sources(paths) if cacheable else {}  # (before reading: a file replaced meanwhile is not vouched for)
     tensors = {key: read_idx(path, files[key]) for key, path in paths.items()}
     data = MNIST(**tensors)
     for split in ("train", "test"):
@@ -87,14 +103,43 @@ def load_mnist(
             raise DataError(f"{data_dir}: {len(images):,} {split} images but {len(labels):,} labels")
     if cacheable:  # an optional part: a read-only project folder works on, without the cache
         attempt(
-            f"the MNIST cache in {cache_dir} (--cache-dir chooses another folder)", lambda: _save_cache(data, cache_dir)
+            f"the MNIST cache in {cache_dir} (--cache-dir chooses another folder)",
+            lambda: _save_cache(data, cache_dir, record),
         )
     return data
 
 
-def _save_cache(data: MNIST, cache_dir: Path) -> None:
+CACHE_FILES = ("training.pt", "test.pt", "sources.json")  # what the cache folder holds
+
+
+def _save_cache(data: MNIST, cache_dir: Path, sources: dict[str, dict[str, Any]]) -> None:
     atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
     atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
+    write_json(sources, cache_dir / "sources.json")  # last: the files it names are verified, and cached
+
+
+def _sources(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Each file's size and SHA-256, as it is on disk (compressed or not)."""
+    return {key: {"size": path.stat().st_size, "sha256": _sha256(path)} for key, path in paths.items()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _made_from(cache_dir: Path, paths: dict[str, Path]) -> bool:
+    """Whether the cache was made from exactly these files (the sizes first: a truncated file costs no hashing)."""
+    try:
+        recorded = json.loads((cache_dir / "sources.json").read_text())
+        if {key: recorded[key]["size"] for key in paths} != {key: p.stat().st_size for key, p in paths.items()}:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):  # none yet (a cache of an older version), or damaged
+        return False
+    return recorded == _sources(paths)
 
 
 def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:
@@ -127,9 +172,13 @@ def _try_download(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] 
     """torchvision's downloader, into data_dir/MNIST/raw (where find_idx_files looks); None when offline."""
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
+    raw = data_dir / "MNIST" / "raw"
+    made = [folder for folder in (raw, raw.parent) if not folder.exists()]
     try:
         TorchvisionMNIST(str(data_dir), train=True, download=True)
     except Exception:  # no network (the usual case here): the caller explains how to fix it
+        for folder in made:  # the downloader's empty folders do not stay behind
+            remove_if_empty(folder)
         return None
     return find_idx_files(data_dir, files)
 
@@ -300,10 +349,36 @@ class DataSource:
     cache_dir: Path | None = DEFAULT_CACHE_DIR
     allow_custom: bool = False
     download: bool = True
+    named_by: str | None = "the data folder"  # "--data-dir", "MNIST_DIR"; None: the default data/, which the
+    # cache alone may stand for; a folder someone named must exist and hold the files
+
+    @property
+    def files(self) -> dict[str, IdxFile]:
+        return CUSTOM_FILES if self.allow_custom else MNIST_FILES
+
+    def check(self) -> None:
+        """A data folder that was named exists and is a folder: a mistyped --data-dir is refused at once, not
+        replaced by the cache of other files."""
+        if self.named_by is None or self.data_dir.is_dir():
+            return
+        if not self.data_dir.exists():
+            raise DataError(f"{self.named_by} {self.data_dir}: no such folder; pass the folder that holds the four "
+                            "MNIST files (an empty one for the download)")  # fmt: skip
+        raise DataError(f"{self.named_by} {self.data_dir} is {kind_of(self.data_dir)}, not a folder; pass the folder "
+                        "that holds the four MNIST files")  # fmt: skip
+
+    def inputs(self) -> dict[str, Path | None]:
+        """What open() reads, by what it is, for an OutputPlan: the data files found, and the cache's."""
+        self.check()
+        found = find_idx_files(self.data_dir, self.files) or {}
+        inputs: dict[str, Path | None] = {f"the data file {path.name}": path for path in found.values()}
+        if self.cache_dir is not None and not self.allow_custom:
+            inputs |= {f"the data cache's {name} (--cache-dir)": self.cache_dir / name for name in CACHE_FILES}
+        return inputs
 
     def open(self) -> MNIST:
-        files = CUSTOM_FILES if self.allow_custom else MNIST_FILES
-        return load_mnist(self.data_dir, self.cache_dir, files, self.download)
+        self.check()
+        return load_mnist(self.data_dir, self.cache_dir, self.files, self.download, cache_alone=self.named_by is None)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -317,4 +392,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def data_source(args: argparse.Namespace) -> DataSource:
     """The DataSource that add_data_args' flags describe: --data-dir, else $MNIST_DIR, else data/."""
-    return DataSource(resolve_data_dir(args.data_dir), args.cache_dir, args.allow_custom_data, not args.no_download)
+    named_by = "--data-dir" if args.data_dir else "MNIST_DIR" if os.environ.get("MNIST_DIR") else None
+    return DataSource(
+        resolve_data_dir(args.data_dir), args.cache_dir, args.allow_custom_data, not args.no_download, named_by
+    )

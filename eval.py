@@ -7,6 +7,7 @@ confidently wrong digits, the C1 filters and the C1/C3 feature maps of one test 
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from support.cli import (
     add_report_dir_flag,
     add_weights_flag,
     number,
+    print_results,
     run_cli,
 )
 
@@ -31,7 +33,7 @@ from data import EVAL_BATCH_SIZE, add_data_args, data_source, eval_loader, prepr
 from helper import load_model
 from support.devices import choose_device, place_batch
 from support.figures import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
-from support.files import OutputPlan, json_text, write_json
+from support.files import OutputPlan, atomic_outputs, json_text
 
 
 @torch.inference_mode()
@@ -135,32 +137,47 @@ def format_report(result: Evaluation) -> str:
 
 
 REPORT_FILES = ("metrics.json", "confusion_matrix.png", "misclassified.png")  # what write_report writes
-INSIDE_FILES = ("filters.png", "feature_maps.png")  # and write_inside
+INSIDE_FILES = ("filters.png", "feature_maps.png")  # and inside_figures
 
 
 def write_report(
-    result: Evaluation, images: torch.Tensor, out_dir: Path, extra: dict[str, Any] | None = None
+    result: Evaluation,
+    images: torch.Tensor,
+    out_dir: Path,
+    extra: dict[str, Any] | None = None,
+    figures: dict[str, Callable[[Path], None]] | None = None,
 ) -> list[Path]:
-    """metrics.json, confusion_matrix.png and misclassified.png in out_dir; returns the paths written.
+    """metrics.json, confusion_matrix.png and misclassified.png in out_dir, and `figures` (file name: a function
+    that draws it at a path); returns the paths written. They replace an earlier report's files all at once,
+    or, when any cannot be written (a full disk), none does: a report folder never mixes two runs.
 
     images: the evaluated images, in loader order (for the misclassified grid).
     """
-    paths = [out_dir / name for name in REPORT_FILES]
-    write_json({**result.metrics(), **(extra or {})}, paths[0])
-    plot_confusion_matrix(result.confusion_matrix, paths[1])
-    plot_misclassified(images, result.labels, result.predictions, result.probabilities, paths[2])
+    metrics = json_text({**result.metrics(), **(extra or {})}).encode()
+    writers = {
+        REPORT_FILES[0]: lambda path: path.write_bytes(metrics),
+        REPORT_FILES[1]: lambda path: plot_confusion_matrix(result.confusion_matrix, path),
+        REPORT_FILES[2]: lambda path: plot_misclassified(
+            images, result.labels, result.predictions, result.probabilities, path
+        ),
+        **(figures or {}),
+    }
+    paths = [out_dir / name for name in writers]
+    with atomic_outputs(*paths) as temps:
+        for write, tmp in zip(writers.values(), temps):
+            write(tmp)
     return paths
 
 
-@torch.inference_mode()
-def write_inside(model: nn.Module, digit: torch.Tensor, label: int, out_dir: Path) -> list[Path]:
-    """filters.png (the C1 kernels) and feature_maps.png (C1 and C3 of one uint8 28x28 digit)."""
-    paths = [out_dir / name for name in INSIDE_FILES]
-    plot_filters(model, paths[0])
-    device = next(model.parameters()).device
-    maps = model.feature_maps(place_batch(preprocess(digit), device))
-    plot_feature_maps(maps, digit, f"input ({label})", paths[1])
-    return paths
+def inside_figures(model: nn.Module, digit: torch.Tensor, label: int) -> dict[str, Callable[[Path], None]]:
+    """filters.png (the C1 kernels) and feature_maps.png (C1 and C3 of one uint8 28x28 digit), for write_report."""
+
+    @torch.inference_mode()
+    def feature_maps(path: Path) -> None:
+        maps = model.feature_maps(place_batch(preprocess(digit), next(model.parameters()).device))
+        plot_feature_maps(maps, digit, f"input ({label})", path)
+
+    return {INSIDE_FILES[0]: lambda path: plot_filters(model, path), INSIDE_FILES[1]: feature_maps}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -189,10 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--index {args.index} must be below {len(labels)}, the number of test images evaluated")
     result = evaluate(model, eval_loader(images, labels, device, args.batch_size), device)
     extra = {"weights": str(args.weights), "epoch": checkpoint.epoch}
-    paths = write_report(result, images, args.report_dir, extra)
-    paths += write_inside(model, images[args.index], int(labels[args.index]), args.report_dir)
+    figures = inside_figures(model, images[args.index], int(labels[args.index]))
+    paths = write_report(result, images, args.report_dir, extra, figures)
     if args.json:
-        print(json_text({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}), end="")
+        print_results(json_text({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}))
     else:
         print(format_report(result))
         print("wrote:", *[f"  {p}" for p in paths], sep="\n")

@@ -268,6 +268,21 @@ def _tensor_problem(checkpoint: Checkpoint) -> str | None:
     broken = [name for name, value in tensors.items() if not torch.isfinite(value).all()]
     if broken:
         return f"holds NaN or infinite weights ({', '.join(broken)}): the run that wrote it diverged; retrain it"
+    return _buffer_problem(checkpoint)
+
+
+def _buffer_problem(checkpoint: Checkpoint) -> str | None:
+    """LeNet5's buffers are constants its config implies (c3.mask: LeCun's C3 table; output.centres: the 1998
+    network's digit bitmaps), never trained: a file whose buffers differ was edited or damaged (a C3 mask of
+    ones would silently turn the masked weights on)."""
+    with torch.random.fork_rng(devices=[]):  # building the model draws its initial weights: leave the seed alone
+        expected = dict(LeNet5(**checkpoint.config).named_buffers())
+    changed = [name for name, like in expected.items() if not torch.equal(checkpoint.state_dict[name], like)]
+    if changed:
+        return (
+            f"its {' and '.join(changed)} (constants that its model config implies, never trained) differ from "
+            "LeNet5's: the file was edited or damaged; retrain or export it again"
+        )
     return None
 
 

@@ -13,9 +13,11 @@ A stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT) saves a resumable checkpoint; `
 """
 
 import argparse
+import contextlib
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from support import signals
 from support.devices import choose_device
 from support.distributed import World, agree, code_version, exit_skipping_teardown, join, one_job
 from support.figures import plot_accuracy, plot_loss
-from support.files import OutputPlan, resolve_output
+from support.files import OutputPlan, new_folder, refuse_special_file, remove_if_empty, resolve_output
 from support.optional import attempt
 from support.recipes import Recipe, add_recipe_args, recipe_flags, resolve_recipe, run_name
 from train import History, TrainingInterrupted, TrainState, fit
@@ -41,7 +43,7 @@ from train import History, TrainingInterrupted, TrainState, fit
 CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
 REPORT_DIR = PROJECT_DIR / "reports"
 EXPERIMENT_DIR = PROJECT_DIR / "runs"
-HISTORY_FILES = ("loss.png", "accuracy.png")  # what plot_history writes
+HISTORY_FILES = ("loss.png", "accuracy.png")  # what history_figures draws
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Outputs:
     checkpoint: Path  # with its metrics .json beside it, and its .resume.pt when stopped
     report_dir: Path
     tensorboard: Path | None  # a folder for TensorBoard's run folders, or None
+    folder: Path | None = None  # an experiment's own folder (runs/<time>_...), made when the run starts
+    checkpoint_flag: str = "--out"  # how the checkpoint's path was chosen, for the messages about it
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -74,26 +78,52 @@ def outputs(flags: dict[str, Any], out: Path | None, report_dir: Path | None, re
     name = flags.get("name", "default")
     experiment = bool(set(flags) - {"name"})
     folder = EXPERIMENT_DIR / run_name(name, flags.get("seed", Recipe.seed))
+    flag = "--out"
     if out is None:
         named = CHECKPOINT_DIR / ("lenet5.pt" if name == "default" else f"lenet5-{name}.pt")
         out = finished_path(resume) if resume else folder / "lenet5.pt" if experiment else named
+        flag = "--resume's finished checkpoint" if resume else flag
     if report_dir is None:
         report_dir = folder / "reports" if experiment and not resume else REPORT_DIR
-    return Outputs(out, report_dir, tensorboard)
+    used = folder in (out.parent, report_dir.parent) and not resume
+    return Outputs(out, report_dir, tensorboard, folder if used else None, flag)
 
 
-def plan_outputs(paths: Outputs, resume: Path | None) -> None:
-    """Every output checked before any work starts: writable, and none another output or an input."""
+@contextlib.contextmanager
+def own_folder(paths: Outputs, is_main: bool) -> Iterator[Outputs]:
+    """An experiment's folder, made now and for this run alone (two runs started in the same second get two:
+    the second one's name ends in -2); removed at the end when nothing was written into it (a refused run,
+    or one stopped before it saved anything). Yields the paths in the folder actually made."""
+    if paths.folder is None or not is_main:  # (under torchrun, rank 0 alone writes)
+        yield paths
+        return
+    made = new_folder(paths.folder, "the run's folder (--out and --report-dir choose others)")
+
+    def moved(path: Path) -> Path:
+        return made / path.relative_to(paths.folder) if path.is_relative_to(paths.folder) else path
+
+    try:
+        yield replace(paths, checkpoint=moved(paths.checkpoint), report_dir=moved(paths.report_dir), folder=made)
+    finally:
+        remove_if_empty(made)
+
+
+def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | None] | None = None) -> None:
+    """Every output checked before any work starts: writable, and none another output or an input (`inputs`:
+    the data files, by what each is; --resume is added here)."""
+    if resume:  # (its default --out is beside it: a pipe given as --resume is named as that)
+        refuse_special_file(resolve_output(resume, "--resume"), "--resume", "pass the file an interrupted run saved")
+    out = paths.checkpoint_flag
     if paths.checkpoint.suffix == ".json":
-        raise UserError(f"--out {paths.checkpoint}: the checkpoint's metrics go beside it as .json; give a .pt name")
-    rewritten = {resolve_output(path, "--out") for path in (paths.checkpoint, resume_path(paths.checkpoint))}
+        raise UserError(f"{out} {paths.checkpoint}: the checkpoint's metrics go beside it as .json; give a .pt name")
+    rewritten = {resolve_output(path, out) for path in (paths.checkpoint, resume_path(paths.checkpoint))}
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
-    plan = OutputPlan({"the file given as --resume": None if replaced else resume})
-    plan.file(paths.checkpoint, "--out")
-    plan.file(paths.checkpoint.with_suffix(".json"), "--out's metrics file")
-    plan.file(resume_path(paths.checkpoint), "--out's resume file")
+    plan = OutputPlan({**(inputs or {}), "the file given as --resume": None if replaced else resume})
+    plan.file(paths.checkpoint, out)
+    plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file")
+    plan.file(resume_path(paths.checkpoint), f"{out}'s resume file")
     plan.folder(paths.report_dir, "--report-dir", REPORT_FILES + HISTORY_FILES)
-    if paths.tensorboard:
+    if paths.tensorboard:  # (its run folders are new ones inside it: the folder itself must be free)
         plan.folder(paths.tensorboard, "--tensorboard")
 
 
@@ -102,9 +132,11 @@ def print_architecture(model: LeNet5) -> None:
         "LeCun C3 table" if model.config["c3_table"] else "full C3"
     )
     print(f"LeNet-5 ({kind}):")
-    for name, description, params in layer_table(model):
-        print(f"  {name:<7} {description:<34} {params:>7,}")
-    print(f"  {'total':<42} {count_parameters(model):>7,} trainable parameters")
+    rows = layer_table(model)
+    width = max(len(description) for _, description, _ in rows)
+    for name, description, params in rows:
+        print(f"  {name:<7} {description:<{width}} {params:>7,}")
+    print(f"  {'total':<{width + 8}} {count_parameters(model):>7,} trainable parameters")
 
 
 @dataclass(frozen=True)
@@ -126,7 +158,7 @@ def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, path
     error = setup = None
     try:
         if world.is_main:
-            plan_outputs(paths, resume)
+            plan_outputs(paths, resume, source.inputs())
         checked = Resume.open(resume, flags, world) if resume else None
         if checked:
             recipe, config = checked.recipe, checked.config
@@ -156,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     flags = recipe_flags(args)
     paths = outputs(flags, args.out, args.report_dir, args.resume, args.tensorboard)
     world, device = join(choose_device(args.device))  # one process; or one of torchrun's, with its device
-    with one_job(world):
+    with one_job(world), own_folder(paths, world.is_main) as paths:
         setup = prepare(flags, args.resume, data_source(args), paths, argv, world, device)
         recipe, loaders = setup.recipe, setup.loaders
         processes = f" x {world.size} processes" if world.distributed else ""
@@ -190,11 +222,16 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
             setup.resume.finished(paths.checkpoint)
     print(f"\n{format_report(result)}")
     # The checkpoint holds the run; what follows is optional (support/optional.py): a failure is one warning.
+    # The report and the figures replace an earlier run's together, or not at all: never a mixed set.
     folder, images, weights = paths.report_dir, setup.loaders.test.dataset.images, str(paths.checkpoint)
+    figures = history_figures(state.history)
     written += (
-        attempt(f"the report in {folder}", lambda: write_report(result, images, folder, {"weights": weights})) or []
+        attempt(
+            f"the report and figures in {folder}",
+            lambda: write_report(result, images, folder, {"weights": weights}, figures),
+        )
+        or []
     )
-    written += attempt(f"the loss and accuracy figures in {folder}", lambda: plot_history(state.history, folder)) or []
     written += tensorboard.finish(setup.recipe, setup.config, result, images)
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in written], sep="\n")
 
@@ -219,15 +256,15 @@ def save_trained(out: Path, training: dict[str, Any], setup: Setup, result: Eval
     return [out, json_path]
 
 
-def plot_history(history: History, report_dir: Path) -> list[Path]:
-    paths = [report_dir / name for name in HISTORY_FILES]
-    plot_loss(history.step_losses, history.steps_per_epoch, paths[0])
+def history_figures(history: History) -> dict[str, Callable[[Path], None]]:
+    """The loss and accuracy figures, by file name, each drawn by a function of the path to write."""
     epochs = history.epochs
-    plot_accuracy(
-        [e.epoch for e in epochs], [e.train_accuracy for e in epochs], [e.eval_accuracy for e in epochs],
-        epochs[0].eval_split if epochs else "test", paths[1],
-    )  # fmt: skip
-    return paths
+    split = epochs[0].eval_split if epochs else "test"
+    accuracy = [e.epoch for e in epochs], [e.train_accuracy for e in epochs], [e.eval_accuracy for e in epochs]
+    return {
+        HISTORY_FILES[0]: lambda path: plot_loss(history.step_losses, history.steps_per_epoch, path),
+        HISTORY_FILES[1]: lambda path: plot_accuracy(*accuracy, split, path),
+    }
 
 
 if __name__ == "__main__":

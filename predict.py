@@ -20,6 +20,7 @@ from support.cli import (
     add_json_flag,
     add_weights_flag,
     number,
+    print_results,
     run_cli,
 )
 
@@ -93,12 +94,15 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
     model, _ = load_model(args.weights, choose_device(args.device))
     results = predict_paths(model, paths, args.topk, keep_images=args.out is not None)
-    print(as_json(results) if args.json else "\n".join(format_result(r) for r in results))
+    if not args.json:
+        print("\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]
     if args.out and classified:
         plot_predictions(classified[:SHOWN], args.out)
         shown = f" (the first {SHOWN} of {len(classified)} images)" if len(classified) > SHOWN else ""
         print(f"wrote {args.out}{shown}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:  # last: stdout that cannot take it is an error, after the figure is safe
+        print_results(as_json(results))
     failed = len(results) - len(classified)
     if failed:
         print(f"{failed} of {len(results)} images could not be classified", file=sys.stderr)

@@ -15,7 +15,9 @@ import io
 import json
 import math
 import os
+import stat
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from torch import nn
 
 from data import preprocess
 from eval import classify
-from extras.digits import IMAGE_SUFFIXES, ImageProblem, grey_from_image, load_grayscale, to_mnist_digit
+from extras.digits import IMAGE_SUFFIXES, ImageProblem, NoDigit, Source, load_grayscale, read_grayscale, to_mnist_digit
 from helper import Checkpoint, CheckpointError, load_checkpoint
 from support import portable
 from support.devices import place_batch
@@ -107,15 +109,39 @@ class Offered:
     model: nn.Module
 
 
+MAX_CHECKPOINT_BYTES = 50 * 2**20  # a LeNet-5 checkpoint, training state and all, is well under 1 MB
+
+
 def candidates(folder: Path) -> list[Path]:
-    """The checkpoints of a folder, in the picker's order: .pt files, .safetensors files, hub folders."""
+    """The checkpoints of a folder, in the picker's order: .pt files, .safetensors files, hub folders. Whatever is
+    named as a checkpoint counts, even when it is not a file (a pipe, a folder, a broken link): the page then says
+    why it is not offered, rather than leaving it out in silence."""
     if not folder.is_dir():
         return []
     entries = sorted(folder.iterdir())
-    pts = [p for p in entries if p.suffix == ".pt" and not p.name.endswith(".resume.pt") and p.is_file()]
-    exports = [p for p in entries if p.suffix == portable.SUFFIX and p.is_file()]
-    hubs = [p for p in entries if p.is_dir() and portable.claims(p)]
+    pts = [p for p in entries if p.suffix == ".pt" and not p.name.endswith(".resume.pt")]
+    exports = [p for p in entries if p.suffix == portable.SUFFIX]
+    hubs = [p for p in entries if p.suffix not in (".pt", portable.SUFFIX) and p.is_dir() and portable.claims(p)]
     return pts + exports + hubs
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` cannot be a checkpoint, found without reading it (the reader would read a 20 GB file whole, and
+    wait for ever on a pipe); None when it may be one. A .pt that torch.save wrote is a zip archive."""
+    try:
+        info = path.stat()
+    except OSError as err:  # a broken or looping link, no permission
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(info.st_mode):
+        return None if portable.claims(path) and path.suffix != ".pt" else f"a folder, not a {path.suffix} file"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe, a device or a socket)"
+    if info.st_size > MAX_CHECKPOINT_BYTES:
+        return (f"not a checkpoint ({info.st_size / 2**20:,.0f} MB, where a LeNet-5 checkpoint is well under "
+                f"{MAX_CHECKPOINT_BYTES // 2**20} MB)")  # fmt: skip
+    if path.suffix == ".pt" and not zipfile.is_zipfile(path):
+        return "not a readable checkpoint: the file is damaged, truncated or of another kind (not a zip archive)"
+    return None
 
 
 def offered_checkpoints(weights: Path, folder: Path, device: torch.device | str, shown_as) -> list[Offered]:
@@ -124,6 +150,9 @@ def offered_checkpoints(weights: Path, folder: Path, device: torch.device | str,
     offered, seen = [], set()
     for n, path in enumerate([weights, *candidates(folder)]):
         try:
+            # (--weights that is no file at all: the reader's own words, "no such checkpoint; train one ...")
+            if (n > 0 or Path(path).is_file()) and (problem := not_a_checkpoint(Path(path))):
+                raise CheckpointError(f"{path}: {problem}")
             checkpoint = load_checkpoint(path)
         except CheckpointError as err:
             if n == 0:
@@ -249,21 +278,52 @@ def look(model: nn.Module, grey: torch.Tensor, shown: str = "") -> Outputs:
     return top, f"<p><strong>{html.escape(read)}</strong></p>", seen, c1, c3, shown
 
 
+def cannot_read(problem: ImageProblem) -> Outputs:
+    """The page's words for a picture it cannot read ("not an image (...)", "too large: ...", "a damaged ..."), or
+    for one that holds no digit ("no digit found (the picture is only 1 x 1 pixels)")."""
+    if isinstance(problem, NoDigit):
+        return message(sentence(str(problem)))
+    return message(f"Your picture cannot be read: {problem}.")
+
+
 def read_upload(model: nn.Module, path: str | None) -> Outputs:
     """An uploaded file, opened by the page itself (not Gradio), with the page's smaller pixel limit."""
     if path is None:
         return idle()
     try:
         grey = load_grayscale(Path(path), max_pixels=PAGE_MAX_PIXELS)
-    except ImageProblem as problem:  # "not an image (...)", "too large: ...", "a damaged or truncated image file"
-        return message(f"Your picture cannot be read: {problem}.")
+    except ImageProblem as problem:
+        return cannot_read(problem)
     return look(model, grey, shown_back(grey))
 
 
 def canvas_grey(editor: dict[str, Any] | None) -> torch.Tensor | None:
-    """The Sketchpad's composite (strokes on a transparent canvas) as grey, through digits.py like any file."""
-    composite = (editor or {}).get("composite")
-    return None if composite is None else grey_from_image(composite)
+    """The Sketchpad's composite (strokes on a transparent canvas: a file, or its bytes; see canvas_component) as
+    grey, through digits.py like any upload, with the page's pixel limit; an ImageProblem when it cannot be read."""
+    composite: Source | None = (editor or {}).get("composite")
+    return None if composite is None else read_grayscale(composite, max_pixels=PAGE_MAX_PIXELS)
+
+
+def read_by_the_page(canvas):
+    """`canvas` (a gr.Sketchpad), its drawing passed to the page's handler unread: Gradio would decode it first,
+    whatever it is, and a caller of the API can send anything as the drawing (a text file, a 30000 x 30000
+    picture); the page reads it itself (canvas_grey) and answers in its own words, not with Gradio's traceback.
+    (Set on the instance: Gradio writes a .pyi beside any module that defines a subclass of a component.)"""
+
+    def preprocess(payload) -> dict[str, Any] | None:
+        """{"composite": the drawing's file or bytes, or None}."""
+        if payload is None:
+            return None
+        composite = payload.composite
+        if payload.id is not None:  # the browser sends the drawing ahead, as blobs (ImageEditor.accept_blobs)
+            stored = canvas.blob_storage.pop(payload.id, None)
+            composite = None if stored is None else stored.composite
+        if composite is not None and not isinstance(composite, bytes):
+            composite = Path(composite.path)
+        return {"background": None, "layers": [], "composite": composite}
+
+    canvas.preprocess = preprocess
+    return canvas
 
 
 def handlers(models: dict[str, nn.Module]):
@@ -274,7 +334,10 @@ def handlers(models: dict[str, nn.Module]):
         return *read_upload(models[name], path), None, path
 
     def from_canvas(editor: dict[str, Any] | None, path: str | None, name: str) -> tuple:
-        grey = canvas_grey(editor)
+        try:
+            grey = canvas_grey(editor)
+        except ImageProblem as problem:
+            return *cannot_read(problem), None
         blank = grey is None or grey.min() == grey.max()
         if path is not None and blank:  # cleared for that upload: keep it
             return (gradio().skip(),) * 7
@@ -283,7 +346,10 @@ def handlers(models: dict[str, nn.Module]):
     def from_either(editor: dict[str, Any] | None, path: str | None, name: str) -> Outputs:
         if path is not None:
             return read_upload(models[name], path)
-        grey = canvas_grey(editor)
+        try:
+            grey = canvas_grey(editor)
+        except ImageProblem as problem:
+            return cannot_read(problem)
         return idle() if grey is None or grey.min() == grey.max() else look(models[name], grey)
 
     return from_upload, from_canvas, from_either
@@ -320,16 +386,18 @@ def build(offered: list[Offered], examples: list[Path]):
                     "the network read it.")  # fmt: skip
         with gr.Row(equal_height=False):
             with gr.Column(min_width=320, scale=4):
-                canvas = gr.Sketchpad(
-                    label="Draw one digit",
-                    type="pil",
-                    image_mode="RGBA",
-                    format="png",
-                    canvas_size=(CANVAS, CANVAS),
-                    brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
-                    layers=False,
-                    height=440,
-                    elem_id="canvas",
+                canvas = read_by_the_page(
+                    gr.Sketchpad(
+                        label="Draw one digit",
+                        type="pil",
+                        image_mode="RGBA",
+                        format="png",
+                        canvas_size=(CANVAS, CANVAS),
+                        brush=gr.Brush(default_size=BRUSH, colors=["#000000"], color_mode="fixed"),
+                        layers=False,
+                        height=440,
+                        elem_id="canvas",
+                    )
                 )
                 upload = gr.UploadButton("Upload a picture of a digit", file_types=["image"], elem_id="upload")
                 uploaded = gr.State(None)  # the path of the upload on the page, if any

@@ -6,6 +6,8 @@ centred by their centre of mass in a 28x28 field; an image that is made to look 
 read as well as the test set is. data.preprocess then pads and normalizes it as in training.
 """
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,34 +33,89 @@ class ImageProblem(Exception):
     """This image cannot be classified (unreadable, too large, no digit); the others still are."""
 
 
+class NoDigit(ImageProblem):
+    """The picture was read, and holds no digit (blank, too small): "no digit found (...)"."""
+
+
 def load_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """H x W float tensor in 0..255, upright (EXIF orientation applied), at most WORK_SIDE px on its
     longer side; transparent pixels become a background that contrasts with the ink.
 
     An image that would decode to more than max_pixels is refused unread; a JPEG is decoded at 1/2
     to 1/8 of its size when that still leaves WORK_SIDE px, so a large photo costs little."""
-    from PIL import Image, UnidentifiedImageError
-
     if not Path(path).is_file():
         raise ImageProblem("no such file" if not Path(path).exists() else "not a file")
+    return read_grayscale(Path(path), max_pixels)
+
+
+Source = Path | bytes  # an image file, or the bytes of one (what a drawing canvas sends)
+
+
+def read_grayscale(source: Source, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """load_grayscale's reading, of a file or of the bytes of one: every way it can fail is an ImageProblem."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(_readable(source)) as image:
                 width, height = image.size
                 image.draft(None, (WORK_SIDE, WORK_SIDE))  # JPEG only; other formats ignore it
-                for limit, pixels in ((MAX_PIXELS, width * height), (max_pixels, image.width * image.height)):
+                decoded = image.width * image.height
+                for limit, pixels in ((own_limit(image.format, max_pixels), width * height), (max_pixels, decoded)):
                     if pixels > limit:
-                        raise ImageProblem(f"too large: {width} x {height} pixels (limit {limit:,})")
+                        raise ImageProblem(too_large(width, height, limit))
                 image.seek(0)  # GIF and other animations: the first frame
                 grey = grey_from_image(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageProblem(f"too large to decode safely ({err})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own limit, as it opens the file
+        declared = declared_size(source)
+        if declared is None:
+            raise ImageProblem("too large to decode safely") from None
+        (width, height), kind = declared
+        raise ImageProblem(too_large(width, height, own_limit(kind, max_pixels))) from None
     except UnidentifiedImageError:
         raise ImageProblem("not an image (PNG, JPEG, BMP, GIF, WebP and TIFF files can be read)") from None
     except (OSError, ValueError, SyntaxError, EOFError):
         raise ImageProblem("a damaged or truncated image file") from None
     return grey
+
+
+def own_limit(kind: str | None, max_pixels: int) -> int:
+    """The most pixels a picture of this format may have: max_pixels, but a JPEG is decoded smaller (draft)."""
+    return MAX_PIXELS if kind == "JPEG" else min(MAX_PIXELS, max_pixels)
+
+
+def too_large(width: int, height: int, limit: int) -> str:
+    return f"too large: {width} x {height} pixels (limit {limit:,})"
+
+
+def _readable(source: Source):
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def declared_size(source: Source) -> tuple[tuple[int, int], str] | None:
+    """The width and height an image's header declares, and its format, read by the PIL plugin that claims it
+    without the decompression-bomb check that Image.open makes (nothing decoded); None when no plugin reads it."""
+    from PIL import Image
+
+    Image.init()
+    with contextlib.ExitStack() as stack:
+        try:
+            file = stack.enter_context(open(source, "rb") if isinstance(source, Path) else io.BytesIO(source))
+            prefix = file.read(16)
+        except OSError:
+            return None
+        for name in Image.ID:
+            factory, accepts = Image.OPEN[name]
+            if accepts is not None and not accepts(prefix):
+                continue
+            file.seek(0)
+            try:
+                header = stack.enter_context(factory(file, ""))
+                return header.size, header.format
+            except Exception:  # (not this plugin's format after all: the next one)
+                continue
+    return None
 
 
 def grey_from_image(image: "Image.Image") -> torch.Tensor:
@@ -72,11 +129,15 @@ def grey_from_image(image: "Image.Image") -> torch.Tensor:
     factor = -(-max(upright.size) // WORK_SIDE)
     if upright.mode in WIDE_MODES:  # 16-bit, 32-bit or float grey: by its own range, not clipped at 255
         grey = torch.from_numpy(wide_grey(np.asarray(upright)))
-        return torch.nn.functional.avg_pool2d(grey[None, None], factor)[0, 0] if factor > 1 else grey
-    rgba = upright.convert("RGBA")
-    if factor > 1:
-        rgba = rgba.reduce(factor)  # box averages: thin strokes stay, fainter
-    return grey_from_rgba(TF.pil_to_tensor(rgba).float())
+        grey = torch.nn.functional.avg_pool2d(grey[None, None], factor)[0, 0] if factor > 1 else grey
+    else:
+        rgba = upright.convert("RGBA")
+        if factor > 1:
+            rgba = rgba.reduce(factor)  # box averages: thin strokes stay, fainter
+        grey = grey_from_rgba(TF.pil_to_tensor(rgba).float())
+    if min(grey.shape) < MIN_SIDE:  # said here, where the picture's own size is known (not the reduced one's)
+        raise NoDigit(too_small(*upright.size))
+    return grey
 
 
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # PIL's modes of more than 8 bits per pixel
@@ -115,19 +176,23 @@ def grey_from_rgba(pixels: torch.Tensor) -> torch.Tensor:
     return grey
 
 
+def too_small(width: int, height: int) -> str:
+    return f"no digit found (the picture is only {width} x {height} pixels)"
+
+
 def to_mnist_digit(grey: torch.Tensor) -> torch.Tensor:
     """H x W grey image (0..255) -> uint8 28 x 28 MNIST-style digit: light ink on black, 20 px box, centred by mass.
 
     A photo of a sheet of paper on a darker surround is read inside the sheet, its lighting evened out."""
     if min(grey.shape) < MIN_SIDE:
-        raise ImageProblem(f"no digit found (the picture is only {grey.shape[1]} x {grey.shape[0]} pixels)")
+        raise NoDigit(too_small(grey.shape[1], grey.shape[0]))
     sheet = find_sheet(grey)
     if sheet is None:
         ink = plain_ink(grey)
     elif (ink := ink_on_sheet(grey, sheet)) is None:
-        raise ImageProblem("no digit found on the sheet of paper")
+        raise NoDigit("no digit found on the sheet of paper")
     if ink.max() < MIN_CONTRAST:
-        raise ImageProblem("no digit found (the image is blank or has no contrast)")
+        raise NoDigit("no digit found (the image is blank or has no contrast)")
     ink = thicken(ink * (255 / ink.max()))
     digit = ink[_ink_box(ink)]  # crop to the ink's bounding box
     height, width = digit.shape

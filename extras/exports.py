@@ -182,10 +182,7 @@ def plan(fmt: Format, out: Path, weights: Path) -> None:
             f"--out {out} holds files that are not an earlier export of this program's ({found}); give a new or "
             "empty folder"
         )
-    created = [f for f in (out, *out.parents) if not f.exists()]  # the folders the check below creates
-    outputs.folder(out, "--out")  # the folder can be created and written
-    for unused in created:  # until an export succeeds: a failed one leaves no empty folder behind
-        unused.rmdir()
+    outputs.folder(out, "--out")  # the folder can be created and written (the check leaves none behind)
 
 
 def is_own_hub_export(folder: Path) -> bool:

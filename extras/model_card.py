@@ -41,11 +41,17 @@ def _card_header(fields: dict[str, Any]) -> str:
     c3 = "LeCun's C3 connection table" if fields["config"].get("c3_table", True) else "a fully connected C3"
     parameters, epoch = fields["metrics"].get("parameters"), fields.get("epoch", 0)
     counted = f", {parameters:,} trainable parameters" if type(parameters) is int else ""
+    network = (
+        "as the 1998 paper built it: its scaled tanh, trainable subsampling, "
+        "and ten RBF units over fixed 7x12 digit bitmaps as the output (the logits are minus their penalties); with"
+        if fields["config"].get("lecun1998")
+        else "with tanh units, average pooling and"
+    )
     return (
         "---\nlibrary_name: pytorch\npipeline_tag: image-classification\n"
         "tags:\n- mnist\n- lenet-5\n- image-classification\ndatasets:\n- ylecun/mnist\nmetrics:\n- accuracy\n---\n\n"
         "# LeNet-5 trained on MNIST\n\n"
-        f"LeNet-5 (LeCun et al., 1998) with tanh units, average pooling and {c3}{counted}, trained for "
+        f"LeNet-5 (LeCun et al., 1998) {network} {c3}{counted}, trained for "
         f"{epoch if type(epoch) is int else '?'} epochs by the lenet5-mnist project's `main.py`. It reads a 32x32 "
         "grey digit and returns 10 logits, one per digit."
     )
@@ -73,10 +79,10 @@ def _card_recipe(recipe: dict[str, Any] | None) -> str:
     if not recipe:
         return "## Training recipe\n\nNot recorded in the checkpoint this was exported from."
     rows = [f"| {text(name)} | {text(value)} |" for name, value in recipe.items()]
-    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "muon": "Muon (C5, F6) with AdamW (the rest)"}.get(
-        recipe.get("optimizer"), "SGD"
-    )
-    how = f"{optimizer} on cross-entropy, the learning rate set per step."
+    optimizer = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "muon": "Muon (C5, F6) with AdamW (the rest)",
+                 "sdlm": "Stochastic diagonal Levenberg-Marquardt"}.get(recipe.get("optimizer"), "SGD")  # fmt: skip
+    loss = "the 1998 paper's MAP criterion" if recipe.get("loss") == "map" else "cross-entropy"
+    how = f"{optimizer} on {loss}, the learning rate set per step."
     if recipe.get("ema_decay"):
         how += (
             f" The weights are an exponential moving average of the trained ones (decay {text(recipe['ema_decay'])})."

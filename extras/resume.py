@@ -38,12 +38,11 @@ def resume_path(out: Path) -> Path:
 
 
 def finished_path(resume: Path) -> Path:
-    """Where a resumed run writes its finished checkpoint: where the interrupted one would have."""
-    return (
-        resume.with_name(resume.name.removesuffix(".resume.pt") + ".pt")
-        if resume.name.endswith(".resume.pt")
-        else resume
-    )
+    """Where a resumed run writes its finished checkpoint: where the interrupted one would have (x.resume.pt ->
+    x.pt); a resume file under another name: that name as a .pt (a x.pt itself, continued in place)."""
+    if resume.name.endswith(".resume.pt"):
+        return resume.with_name(resume.name.removesuffix(".resume.pt") + ".pt")
+    return resume.with_suffix(".pt") if resume.suffix else resume.with_name(resume.name + ".pt")
 
 
 @dataclass(frozen=True)

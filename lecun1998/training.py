@@ -23,7 +23,7 @@ from torch import nn
 
 from lecun1998.layers import A, S, Subsampling
 
-J = 0.1  # the MAP criterion's constant: not printed in the paper (see the README for how it was chosen)
+J = 0.1  # the MAP criterion's constant: the paper does not print it (docs/lecun1998.md: why this value)
 MU = 0.02  # appendix C: keeps the step finite where the curvature is near zero
 CURVATURE_PATTERNS = 500  # appendix C: the curvature is estimated on this many patterns before each pass
 # Appendix C's global step per pass: 0.0005 for 2 passes, 0.0002 for 3, 0.0001 for 3, 0.00005 for 4, then 0.00001.
@@ -80,7 +80,7 @@ class SDLM(torch.optim.Optimizer):
 
 
 @torch.no_grad()
-def curvature(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, j: float = J) -> list[torch.Tensor]:
+def curvature(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, j: float | None = J) -> list[torch.Tensor]:
     """The Gauss-Newton estimate of d2E/dw2 for every parameter of a LeNet5(lecun1998=True), averaged over the
     patterns, in model.parameters() order. Second derivatives are back-propagated layer by layer (appendix C):
 
@@ -91,11 +91,13 @@ def curvature(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, j: f
     and, at the top, for the RBF penalties and the MAP criterion (p_i = exp(-y_i) / (exp(-j) + sum exp(-y)),
     p_j = 1 - sum_i p_i the extra class's): d2E/dy_i2 = p_i (1 - p_i), and at F6's output
     d2E/dx2 = sum_i (2 (x - w_i))^2 d2E/dy_i2 + 2 p_j (the RBFs' own curvature, positive).
+    j=None: cross-entropy over the ten outputs instead (no extra class, so no p_j term).
     """
     layers, stack = _record(model, images)
     x6 = stack.pop()  # F6's output
     penalties = model.output.penalties(x6)
-    p = torch.softmax(torch.cat([-penalties, torch.full_like(penalties[:, :1], -j)], 1), 1)[:, :10]
+    extra = [] if j is None else [torch.full_like(penalties[:, :1], -j)]
+    p = torch.softmax(torch.cat([-penalties, *extra], 1), 1)[:, :10]
     second = p * (1 - p)  # d2E/dy2, N x 10
     distance = 2 * (x6.unsqueeze(1) - model.output.centres.unsqueeze(0))  # N x 10 x 84
     # Each RBF is a squared distance, whose own second derivative, 2, enters through dE/dy: sum_i (1[i=D] - p_i) 2

@@ -2,13 +2,16 @@
 
     python -m scripts.bench --data-dir ../shared/mnist --rounds 2 --out docs/outputs/bench.json
 
-Three sides, each launched as a fresh process and timed from launch (cold start: imports and
+Four sides, each launched as a fresh process and timed from launch (cold start: imports and
 data loading count) to the end of the first epoch whose test accuracy reaches --target:
 - baseline: scripts/baseline.py, the reference write-up's pipeline (per-sample PIL transforms,
   SGD lr 0.01 momentum 0.9 constant, batch 64, a .item() per step), capped at 20 epochs;
+- peer: scripts/peer.py, the fastest public MNIST training we know of (tuomaso/train_mnist_fast,
+  a 215k-parameter ReLU network, one epoch), timed to the end of its run;
 - fast: `python main.py --recipe fast`;
 - default: `python main.py`.
-They alternate (A B C A C B ...) so that drift of the machine hits all alike. A secondary line times
+They alternate (the baseline, then the others in an order that turns each round) so that drift of
+the machine hits all alike; every side runs with the same threads. A secondary line times
 `python main.py --recipe best` the same way to --best-target (99.5 %), --best-rounds times, after
 the three sides (minutes per run, so it is not alternated). Other secondary numbers:
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
@@ -43,8 +46,8 @@ from support.recipes import Recipe
 from support.synthetic import synthetic_mnist
 from train import TrainState, train_one_epoch
 
-SIDES = ("baseline", "fast", "default")
-QUICK_SIDES = ("baseline", "fast")  # --quick checks the machinery; the default side runs the same code as fast
+SIDES = ("baseline", "peer", "fast", "default")
+QUICK_SIDES = ("baseline", "peer", "fast")  # --quick checks the machinery; default runs the same code as fast
 BASELINE_EPOCHS = 20
 BEST_TARGET = 0.995
 
@@ -56,15 +59,19 @@ def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick
         command = ["-m", "scripts.baseline", *data_flags, "--epochs", epochs]
         command += ["--stop-at", str(target), "--out", str(out_dir / "baseline.json")]
         return run_timed(command, out_dir / "baseline.json", out_dir / "train.log", target)
+    if side == "peer":
+        command = ["-m", "scripts.peer", *data_flags, "--out", str(out_dir / "peer.json")]
+        return run_timed(command, out_dir / "peer.json", out_dir / "train.log", target)
     flags = [*data_flags, "--recipe", side] + (["--epochs", "1"] if quick else [])
     return run_main(flags, out_dir, target)
 
 
 def round_order(sides: list[str], round_number: int) -> list[str]:
-    """The baseline first, then the package's sides, reversed every other round: the side that starts
-    right after the baseline's minutes of full load takes turns, so that neither always inherits it."""
+    """The baseline first, then the other sides, turned by one place every round: the side that starts
+    right after the baseline's minutes of full load takes turns, so that none always inherits it."""
     first, rest = sides[0], sides[1:]
-    return [first, *(rest if round_number % 2 else rest[::-1])]
+    turn = (round_number - 1) % len(rest)
+    return [first, *rest[turn:], *rest[:turn]]
 
 
 def time_to_accuracy(data_flags: list[str], device_flags: list[str], rounds: int, target: float, quick: bool):
@@ -126,6 +133,10 @@ def summarize_sides(runs: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
         bound = base if base is not None else summary["baseline"]["wall_seconds"]
         summary[side]["times_sooner_than_baseline"] = bound / mine if mine else None
         summary[side]["times_sooner_is_lower_bound"] = base is None
+    peer = summary.get("peer", {}).get("seconds_to_target")
+    for side in set(summary) - {"baseline", "peer"}:  # the peer's time is to the end of its one run
+        mine = summary[side]["seconds_to_target"]
+        summary[side]["times_sooner_than_peer"] = peer / mine if peer and mine else None
     return summary
 
 
@@ -201,16 +212,22 @@ def machine(device: torch.device) -> dict[str, Any]:
 def print_report(r: dict[str, Any]) -> None:
     m, t = r["machine"], r["target"]
     print(f"\nmachine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {m['device']}; data: {r['data']}")
-    header = f"{'side':<9}{f's to {100 * t:.1f}%':>12}{'x sooner':>10}{'epochs':>14}{'final test acc':>22}"
-    print(header + f"{'train img/s':>13}")
+    header = f"{'side':<9}{f's to {100 * t:.1f}%':>12}{'vs baseline':>12}{'vs peer':>9}{'epochs':>10}"
+    print(header + f"{'final test acc':>22}{'train img/s':>13}")
     for side, row in r["sides"].items():
         seconds = f"{row['seconds_to_target']:.1f}" if row["seconds_to_target"] else "not reached"
         ratio = row.get("times_sooner_than_baseline")
         ratio = ("-" if side == "baseline" else "?") if ratio is None else f"{ratio:.1f}x"
         ratio = (">=" if row.get("times_sooner_is_lower_bound") else "") + ratio
+        peer = row.get("times_sooner_than_peer")
+        peer = f"{peer:.2f}x" if peer else "-"
         finals = ", ".join(f"{100 * a:.2f}" for a in row["final_test_accuracy"])
         epochs = ", ".join(str(e) for e in row["epoch_reached"])
-        print(f"{side:<9}{seconds:>12}{ratio:>10}{epochs:>14}{finals:>22}{row['images_per_second']:>13,.0f}")
+        print(f"{side:<9}{seconds:>12}{ratio:>12}{peer:>9}{epochs:>10}{finals:>22}{row['images_per_second']:>13,.0f}")
+    if "peer" in r["sides"] and "fast" in r["sides"]:
+        ratio = r["sides"]["fast"].get("times_sooner_than_peer")
+        said = f"{ratio:.2f}x as soon as" if ratio else "not comparable with (one side missed the target)"
+        print(f"fast reached {100 * t:.1f}% {said} the peer (tuomaso/train_mnist_fast), launch to result")
     best = r.get("best")
     if best:
         seconds = f"{best['seconds_to_target']:.1f} s" if best["seconds_to_target"] else "not reached"

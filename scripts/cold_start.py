@@ -29,8 +29,7 @@ PHASES = [
     ("main", "evaluate", "final evaluation (test set)"),
     ("main", "save_trained", "checkpoint and its .json"),
     ("main", "format_report", "text report"),
-    ("main", "write_report", "report: metrics.json, 2 figures"),
-    ("main", "plot_history", "loss and accuracy figures"),
+    ("main", "write_report", "report: metrics.json, 4 figures"),
 ]
 TOP_IMPORTS = 6
 

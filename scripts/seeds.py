@@ -10,10 +10,24 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from support.cli import PROJECT_DIR, CliParser, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
 
 from scripts.runs import run_main
-from support.files import check_output_dir, check_output_file, write_json
+from support.files import OutputPlan, write_json
+
+
+def plan_outputs(seeds: list[int], out_dir: Path, out: Path | None) -> None:
+    """Each seed once, into a folder of its own under out_dir (its checkpoint, metrics, log and report): the
+    summary --out may be none of those."""
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise UserError(f"--seeds gives {', '.join(map(str, repeated))} more than once; give each seed once")
+    plan = OutputPlan()
+    plan.folder(out_dir, "--out-dir")
+    for seed in seeds:
+        plan.whole_folder(out_dir / f"seed{seed}", f"seed {seed}'s run folder")
+    if out:
+        plan.file(out, "--out", example="results.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = p.parse_known_args(argv)  # anything else goes to main.py as is
     if {"--report-dir", "--resume"} & set(extra):
         p.error("main.py's --out, --report-dir and --resume are set per seed (under --out-dir); leave them out")
-    check_output_dir(args.out_dir, "--out-dir")
-    if args.out:
-        check_output_file(args.out, "--out", example="results.json")
+    plan_outputs(args.seeds, args.out_dir, args.out)
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     rows = []
     header = f"{'seed':>4} {'final test acc':>15} {'99.0% at epoch':>15} {'s to 99.0%':>11} {'train s':>8}"

@@ -9,6 +9,11 @@ the size of all gradients (61,706 floats: DDP sends C3's masked weights too) on 
 
     python -m scripts.step_cost                                     # 1 process, its share = 64
     torchrun --standalone --nproc-per-node 2 -m scripts.step_cost   # 2 processes, 32 each
+    python -m scripts.step_cost --batch-size 256 --optimizer muon --compile   # the fast recipe's step, compiled too
+
+--optimizer muon / muon-conv times the fast recipe's optimizer (Muon on C5 and F6, or on the filters too);
+--compile adds the same step through torch.compile(model): its first call (the compilation, timed once) and
+its time per step after.
 """
 
 import os
@@ -25,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from LeNet5 import LeNet5
 from support.augment import Augmentation
 from support.devices import place_batch, place_model
+from support.optimizers import make_optimizer
+from support.recipes import resolve_recipe
 
 
 def ms_per_call(fn, calls: int, warmup: int = 50, repeats: int = 5) -> float:
@@ -45,14 +52,24 @@ def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=64, help="the global batch, split over processes")
     p.add_argument("--steps", type=number(int, 1, 100_000), default=400, help="timed calls per repeat (5 repeats)")
+    p.add_argument("--optimizer", choices=("sgd", "muon", "muon-conv"), default="sgd", help="the step's optimizer")
+    p.add_argument("--compile", action="store_true", help="also time the step of torch.compile(model)")
     args = p.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must split evenly over {world} processes")
-    measure(args.batch_size, args.steps)
+    measure(args.batch_size, args.steps, args.optimizer, args.compile)
 
 
-def measure(global_batch: int, steps: int) -> None:
+def make_step_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
+    """The default recipe's SGD, or the fast recipe's Muon and AdamW (with the filters under Muon: muon-conv)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+    fast = resolve_recipe("fast", {"muon_conv": name == "muon-conv"})
+    return make_optimizer(getattr(model, "_orig_mod", model), fast)  # (a compiled model's own parameters)
+
+
+def measure(global_batch: int, steps: int, optimizer_name: str = "sgd", compiled: bool = False) -> None:
     """Print the per-step timings of this process (under torchrun: of every process, from rank 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -69,7 +86,7 @@ def measure(global_batch: int, steps: int) -> None:
         augmentation(dataset[index], generator)
 
     def step_of(model: torch.nn.Module):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
+        optimizer = make_step_optimizer(getattr(model, "module", model), optimizer_name)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
@@ -82,6 +99,12 @@ def measure(global_batch: int, steps: int) -> None:
         "gather+distort": ms_per_call(load_batch, steps),
         "step": ms_per_call(step_of(place_model(LeNet5(), "cpu")), steps),
     }
+    if compiled:
+        step = step_of(torch.compile(place_model(LeNet5(), "cpu")))
+        start = time.perf_counter()
+        step()  # the compilation
+        parts["compile (first call)"] = (time.perf_counter() - start) * 1e3
+        parts["compiled step"] = ms_per_call(step, steps)
     if world > 1:
         # as train.py wraps it: C3's mask is a constant buffer, not broadcast every step
         ddp = DistributedDataParallel(place_model(LeNet5(), "cpu"), forward_sync_buffers=False)

@@ -3,7 +3,8 @@
 Handwriting varies in slant, size, position and in the wobble of the pen. Showing the small
 network that variation keeps it from memorizing the training set. Two kinds, both expressed as
 one sampling grid, so a batch costs one ``F.grid_sample`` whatever is switched on:
-- affine: rotation, scale and shift (LeCun et al., 1998, trained on such distortions);
+- affine: rotation, scale, shift, horizontal shear and squeeze (LeCun et al., 1998, trained on translations,
+  scaling, squeezing and shearing);
 - elastic: a random displacement field per image, smoothed by one Gaussian blur and scaled by
   alpha pixels (Simard, Steinkraus & Platt, 2003: 99.6 % with a simple convolutional network).
 Blank pixels stay background; a generator makes every draw reproducible. The random numbers are
@@ -26,21 +27,23 @@ class Augmentation:
     rotation: float = 10.0  # degrees, uniform in +-rotation
     zoom: float = 0.1  # a scale factor, uniform in 1 +- zoom
     shift: float = 2.0  # pixels on each axis, uniform in +-shift
+    shear: float = 0.0  # horizontal shear: x moves by up to +-shear times y
+    squeeze: float = 0.0  # width times 1 + s and height divided by it, s uniform in +-squeeze
     elastic_alpha: float = 0.0  # elastic displacement strength in pixels (0: off)
     elastic_sigma: float = 4.0  # smoothness of the elastic field: the Gaussian's std in pixels
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """N x 1 x H x W normalized images -> the same, distorted (`generator` on the images' device)."""
-        grid = affine_grid(images.shape, generator, self.rotation, self.zoom, self.shift)
+        grid = affine_grid(images.shape, generator, self.rotation, self.zoom, self.shift, self.shear, self.squeeze)
         if self.elastic_alpha > 0:  # (the affine-only path draws exactly what it always has)
             grid = grid + elastic_field(images.shape, generator, self.elastic_alpha, self.elastic_sigma)
         return warp(images, grid)
 
 
-def affine_grid(
-    shape: torch.Size, generator: torch.Generator, rotation: float, zoom: float, shift: float
-) -> torch.Tensor:
-    """A sampling grid (N x H x W x 2, coordinates in [-1, 1]) that rotates, zooms and shifts each image."""
+def affine_grid(shape: torch.Size, generator: torch.Generator, rotation: float, zoom: float, shift: float,
+                shear: float = 0.0, squeeze: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """A sampling grid (N x H x W x 2, coordinates in [-1, 1]) that rotates, zooms, shifts, shears and squeezes
+    each image."""
     n, _, height, _ = shape
     uniform = torch.rand(n, 4, generator=generator, device=generator.device)
     uniform = uniform * 2 - 1  # n x 4, each in [-1, 1): rotation, zoom, shift x, shift y
@@ -49,6 +52,14 @@ def affine_grid(
     cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
     offset = uniform[:, 2:] * (2 * shift / height)  # affine_grid coordinates span [-1, 1]
     theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    if shear or squeeze:  # drawn after the others: without them, every other recipe draws what it always has
+        more = torch.rand(n, 2, generator=generator, device=generator.device) * 2 - 1
+        stretch = 1 + more[:, 1] * squeeze
+        zero = torch.zeros_like(stretch)
+        # The grid maps output to input pixels: the inverse of shearing x by k y and scaling by (s, 1 / s).
+        inverse = torch.stack([torch.stack([1 / stretch, -more[:, 0] * shear * stretch], 1),
+                               torch.stack([zero, stretch], 1)], 1)  # fmt: skip
+        theta = torch.cat([theta[:, :, :2] @ inverse, theta[:, :, 2:]], 2)
     return F.affine_grid(theta, list(shape), align_corners=False)
 
 

@@ -13,16 +13,18 @@ Exit statuses, the same for every entry point (and the README's table):
 """
 
 import argparse
+import atexit
 import contextlib
 import io
 import math
 import os
 import re
+import struct
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from support import signals
 
@@ -36,6 +38,7 @@ DEFAULT_CHECKPOINT = PROJECT_DIR / "checkpoints" / "lenet5.pt"  # what main.py w
 DEFAULT_REPORT_DIR = PROJECT_DIR / "reports"
 DEVICES = ("auto", "cpu", "cuda", "mps", "xpu")
 FLOAT32_MAX = 3.4028234663852886e38  # training runs in float32: a larger value would overflow there
+FLOAT32_TINY = 1.401298464324817e-45  # float32's smallest positive value (subnormal): below about half of it is 0
 
 
 def _one_line_while_starting(kind: type, error: BaseException, traceback) -> None:
@@ -52,17 +55,22 @@ def _one_line_while_starting(kind: type, error: BaseException, traceback) -> Non
     sys.__excepthook__(kind, error, traceback)
 
 
+def _is_program() -> bool:
+    """Whether one of this project's files is the program this process runs (not pytest, not a library user; a
+    virtual environment inside the project folder holds no program of its own)."""
+    program = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not program or threading.current_thread() is not threading.main_thread():
+        return False
+    path = Path(program).resolve()
+    return PROJECT_DIR in path.parents and not path.is_relative_to(Path(sys.prefix).resolve())
+
+
 def _guard_start_up() -> None:
     """While an entry point is still importing torch: a stop signal ends it with 130, and a library that
     cannot load is one line with 2, neither with a traceback; run_cli() puts the usual handlers back
     once the entry point runs. Only when one of this project's files is the program (not under
     pytest, not when imported as a library)."""
-    program = getattr(sys.modules.get("__main__"), "__file__", None)
-    if (
-        program
-        and PROJECT_DIR in Path(program).resolve().parents
-        and threading.current_thread() is threading.main_thread()
-    ):
+    if _is_program():
         signals.exit_at_once()  # (run_cli() then makes them a KeyboardInterrupt, which training saves on)
         sys.excepthook = _one_line_while_starting
 
@@ -163,9 +171,19 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
             raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text}")
         if kind is float and abs(value) > FLOAT32_MAX:
             raise argparse.ArgumentTypeError(f"must be at most {FLOAT32_MAX:.4g} (float32's largest), got {text}")
+        if kind is float and low_open and low is not None and _as_float32(value) <= low:
+            raise argparse.ArgumentTypeError(  # 1e-50 > 0, but it is 0 in float32, where training computes
+                f"must be {noun} {bounds} in float32 (training's precision), where {text} is "
+                f"{_as_float32(value):g}; the smallest positive float32 is {FLOAT32_TINY:.4g}"
+            )
         return value
 
     return parse
+
+
+def _as_float32(value: float) -> float:
+    """`value` as float32 holds it (rounded to the nearest; a tiny one to 0)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 # --- which process speaks --------------------------------------------------------------------------
@@ -200,28 +218,32 @@ def who() -> str:
 class _SurvivesClosedPipe(io.TextIOBase):
     """sys.stdout/stderr that drop their output once it cannot be written (the reader has gone:
     `| head`, `| grep -m1`; a full device: `> /dev/full`; no stream at all: `>&-`) instead of raising:
-    the run goes on and writes its files, so no finished work is lost."""
+    the run goes on and writes its files, so no finished work is lost. `failure` keeps why, unless the
+    reader simply stopped reading (it had what it wanted)."""
 
     def __init__(self, stream):
         self.stream, self.gone = stream, stream is None
+        self.failure: str | None = "it is closed" if stream is None else None
 
     def write(self, text: str) -> int:
         if not self.gone:
             try:
                 self.stream.write(text)
-            except OSError:
-                self._reader_gone()
+            except OSError as err:
+                self._reader_gone(err)
         return len(text)
 
     def flush(self) -> None:
         if not self.gone:
             try:
                 self.stream.flush()
-            except OSError:
-                self._reader_gone()
+            except OSError as err:
+                self._reader_gone(err)
 
-    def _reader_gone(self) -> None:
+    def _reader_gone(self, err: OSError) -> None:
         self.gone = True
+        if not isinstance(err, BrokenPipeError):
+            self.failure = err.strerror or str(err)
         with contextlib.suppress(OSError, ValueError):  # later flushes (also at exit) go nowhere
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
 
@@ -229,32 +251,114 @@ class _SurvivesClosedPipe(io.TextIOBase):
         return not self.gone and self.stream.isatty()
 
     def fileno(self) -> int:
+        if self.stream is None:
+            raise io.UnsupportedOperation("no stream: it was closed when the program started")
         return self.stream.fileno()
 
 
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run an entry point under the exit-status contract: user errors become one line on stderr and
-    exit 2, no traceback; a stop signal exits 130; a closed stdout only silences the output."""
-    signals.stop_raises()  # replaces the start-up guard
-    sys.excepthook = sys.__excepthook__
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _SurvivesClosedPipe(sys.stdout), _SurvivesClosedPipe(sys.stderr)
+def print_results(text: str) -> None:
+    """Print what the command was asked for on stdout (its --json: the product itself, which nothing else
+    keeps), and make sure it arrived: when it cannot be written there (a full disk, a closed stdout) a
+    UserError says so, rather than a success with the results lost. A reader that stopped reading early
+    (`| head -c 100`) took what it wanted: that is no error."""
+    print(text, end="" if text.endswith("\n") else "\n")
+    sys.stdout.flush()
+    failure = getattr(sys.stdout, "failure", None)
+    if failure:
+        raise UserError(f"cannot write the results to stdout: {failure}")
+
+
+def _escaping(stream):
+    """`stream`, writing what its encoding lacks as escapes (PYTHONIOENCODING=ascii, a C locale: a file named
+    "ü.png" is printed as "\\xfc.png" rather than ending the run with a UnicodeEncodeError)."""
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        stream.reconfigure(errors="backslashreplace")
+    return stream
+
+
+def _exit_status(exit_: SystemExit) -> int:
+    """The status `sys.exit(code)` ends a process with (a message instead of a number: 1, the message printed)."""
+    return (exit_.code or 0) if exit_.code is None or isinstance(exit_.code, int) else 1
+
+
+def _interrupted() -> int:
+    if speaks():
+        print("\ninterrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int:
+    """main(argv) under the contract; returns its exit status (an unexpected exception goes on, with its traceback)."""
     where = who()
     try:
         main(argv)
     except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose
         if speaks() or not err.everywhere:
             print(f"error: {'' if err.everywhere else where}{err}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:  # training saves its own state before this is reached
-        if speaks():
-            print("\ninterrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        return _interrupted()
     except Exception as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch's, named so that this module need not import torch
             raise
         print(f"error: {where}out of memory on the device; use a smaller --batch-size or --device cpu", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    finally:
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run an entry point under the exit-status contract: user errors become one line on stderr and
+    exit 2, no traceback; a stop signal exits 130; a closed stdout only silences the output.
+
+    When this project's file is the program, the process then ends here (end_process), its signals handled to
+    the very last moment; otherwise (the tests, a library user) the status is raised as SystemExit (none for 0)."""
+    signals.stop_raises()  # replaces the start-up guard
+    sys.excepthook = sys.__excepthook__
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _SurvivesClosedPipe(_escaping(saved[0])), _SurvivesClosedPipe(_escaping(saved[1]))
+    exit_ = None
+    try:
+        code = _run(main, argv)
+    except SystemExit as raised:  # main's own sys.exit (argparse's among them)
+        exit_, code = raised, _exit_status(raised)
+    except KeyboardInterrupt:  # a stop just as main had ended, before the process's end took over the signals
+        code = _interrupted()
+    except BaseException:
         sys.stdout.flush()
         sys.stdout, sys.stderr = saved
+        raise
+    if _is_program():
+        if exit_ is not None and code == 1 and exit_.code != 1:
+            print(exit_.code, file=sys.stderr)  # sys.exit("message"), as Python prints it
+        end_process(code)
+    sys.stdout.flush()
+    sys.stdout, sys.stderr = saved
+    if exit_ is not None:
+        raise exit_
+    if code != EXIT_OK:
+        sys.exit(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """End this program with `code` now: its output flushed and what the libraries registered for the exit run
+    (matplotlib removes a temporary folder it made, for one), but without the interpreter's teardown. That
+    teardown, freeing torch and the other modules one by one, is a wait the user sees after the last line, for
+    nothing; Python gives the signals back to the system's defaults in it (a SIGTERM then ends the process with
+    143), a stop raised inside a library's exit hook is a traceback, and under torchrun gloo's threads may
+    still hold objects whose destruction aborts the process (SIGABRT: "terminate called without an active
+    exception"). Here a stop is only noted (130, with its line, instead of 0), a second one ends it at once."""
+    ending = signals.Ending("\ninterrupted\n" if speaks() else "")
+    _flush_output()
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    if ending.noted and code == EXIT_OK:  # stopped while finishing: said as any stop is
+        code = _interrupted()
+    _flush_output()
+    os._exit(code)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # (none at all when the program was started with it closed)
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe or a full disk: that output is lost already
+                stream.flush()

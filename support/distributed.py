@@ -7,7 +7,6 @@ Plain `python main.py` never touches any of this: its World is a world of one, e
 below returns its input, and no process group exists.
 """
 
-import atexit
 import contextlib
 import hashlib
 import os
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from support.cli import PROJECT_DIR, UserError, torchrun_rank
+from support.cli import PROJECT_DIR, UserError, end_process, torchrun_rank
 
 import torch
 import torch.distributed as dist
@@ -82,26 +81,18 @@ def join(device: torch.device, timeout_s: float = COLLECTIVE_TIMEOUT_S) -> tuple
 
 
 def exit_skipping_teardown(run: Callable[[], None]) -> NoReturn:
-    """Run the entry point, then end the process with its exit status at once, skipping the
-    interpreter's teardown: freeing torch and the other modules one by one is a wait the user sees
-    after the last line, for nothing, and under torchrun gloo's threads may still hold objects whose
-    destruction aborts the process (SIGABRT: "terminate called without an active exception") in a
-    job that ended well or with a clean one-line error. Every file is written and synced by then;
-    an unexpected exception still ends the usual way, with its traceback."""
+    """Run the entry point, then end the process with its exit status through cli.end_process (which run_cli
+    already does when this project's file is the program): no interpreter teardown, whose freeing of torch is a
+    wait for nothing and, under torchrun, may abort in gloo's threads; signals handled to the very end. Every
+    file is written and synced by then; an unexpected exception still ends the usual way, with its traceback."""
     try:
         run()
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    except KeyboardInterrupt:  # a SIGTERM while run_cli was already finishing
-        code = 130
-    signals.ignore_stops()  # torchrun's SIGTERM may come now: the job is over
-    with contextlib.suppress(Exception):  # what the libraries registered to run at exit (milliseconds): matplotlib
-        atexit._run_exitfuncs()  # removes the temporary folder it made when HOME is not writable, for one
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe or a full disk: that output is lost already
-            stream.flush()
-    os._exit(code)
+    except KeyboardInterrupt:  # a stop while run_cli was already finishing
+        code = signals.EXIT_INTERRUPTED
+    end_process(code)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +29,14 @@ except ImportError:  # Windows
 # --- outputs, planned and checked before any work --------------------------------------------------------
 
 
-def check_output_file(path: Path, flag: str, example: str = "lenet5.pt") -> None:
+def check_output_file(path: Path, flag: str, example: str = "lenet5.pt", keep: bool = True) -> None:
     """Fail before any work when a file could not be written at `path` (a directory there, a device
-    or a pipe there, no folder)."""
+    or a pipe there, no folder). keep: see check_output_dir."""
     path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
     refuse_special_file(path, flag)
-    check_output_dir(path.parent, f"the folder of {flag}")
+    check_output_dir(path.parent, f"the folder of {flag}", keep=keep)
 
 
 def resolve_output(path: Path, flag: str) -> Path:
@@ -45,66 +46,147 @@ def resolve_output(path: Path, flag: str) -> Path:
         raise UserError(f"{flag} {path}: cannot be resolved ({err}); give a plain file name") from None
 
 
-def refuse_special_file(path: Path, flag: str) -> None:
+def kind_of(path: Path) -> str:
+    """What is at `path`, in words: "a folder", "a pipe", "a socket", "a device", "a file" (or "nothing")."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "nothing"
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")]  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "a file")
+
+
+def refuse_special_file(path: Path, flag: str, fix: str = "give a file name") -> None:
     """A rename over a device node or a pipe (/dev/null, say) would replace it with a plain file."""
     if path.exists() and not path.is_file():
-        raise UserError(f"{flag}: {path} is not a regular file (a device, a pipe or a socket); give a file name")
+        raise UserError(f"{flag}: {path} is not a regular file ({kind_of(path)}); {fix}")
 
 
-def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = ()) -> None:
-    """Create `directory` now, so that an unusable one fails before a long run, not after it; the
-    `files` that will be written into it must not be devices or pipes there."""
+def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = (), keep: bool = True) -> None:
+    """Create `directory` and write a file into it now, so that an unusable one fails before a long run, not
+    after it; the `files` that will be written into it must not be devices or pipes there. keep=False: the
+    folders created for the check are removed again (the writers create them with the first file), so that a
+    run refused or stopped before it writes leaves none behind."""
     directory = Path(directory)
     for name in files:
         refuse_special_file(resolve_output(directory / name, flag), flag)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
+    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{flag}: cannot create {directory}: {_reason(err)}; choose another location") from None
+        _probe(directory, flag)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    if not keep:
+        _remove_empty(created)
+
+
+def _probe(directory: Path, flag: str) -> None:
+    """Create and delete a file in `directory`: os.access cannot tell a read-only file system (or a full inode
+    table) from a writable folder, and says yes to root everywhere."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test.", suffix=".tmp")
     except OSError as err:
-        raise UserError(f"{flag}: cannot create {directory}: {err.strerror or err}; choose another location") from None
-    if not os.access(directory, os.W_OK):
-        raise UserError(f"{flag}: cannot write into {directory}: permission denied; choose another location")
+        raise UserError(f"{flag}: cannot write into {directory}: {_reason(err)}; choose another location") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _reason(err: OSError) -> str:
+    reason = err.strerror or str(err)
+    return reason[:1].lower() + reason[1:]  # "Read-only file system" -> "read-only file system"
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) that are still empty: another process may have written into one meanwhile."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def new_folder(path: Path, flag: str) -> Path:
+    """A folder made for this run alone: `path`, or path-2, path-3, ... when another run (started in the same
+    second, say) has taken it. Created exclusively, so that two runs never share one."""
+    path = Path(path)
+    for candidate in (path, *(path.with_name(f"{path.name}-{n}") for n in range(2, 1000))):
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"{flag}: cannot create {candidate}: {_reason(err)}; choose another location") from None
+    raise UserError(f"{flag}: {path} and 998 more folders of that name exist; remove some or choose another location")
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Remove `folder` when nothing was written into it (a run refused or stopped before its first file)."""
+    if folder is not None:
+        _remove_empty([Path(folder)])
 
 
 class OutputPlan:
     """One command's outputs, all known before any work starts: each is checked writable now (its folder
-    created, so that a bad location fails before a long run, not after it), and none may be another
-    output's file or one of the command's inputs: one would silently replace the other."""
+    created and a file written there, then removed again, so that a bad location fails before a long run,
+    not after it, and a refused run leaves no empty folder), and none may be another output's file or one
+    of the command's inputs: one would silently replace the other.
+
+    Three kinds of output: a file; a folder written whole (replaced with everything in it); a folder written
+    into (among whatever else is there). Nothing may lie inside a file or a folder written whole, a file may
+    not be where a folder is needed, and no output may be an input, nor a folder written whole hold one."""
 
     def __init__(self, inputs: dict[str, Path | None] | None = None):
         """inputs: what the command reads, each by what it is ("the checkpoint given as --weights"; None: not given)."""
         self._inputs = {resolve_output(path, what): what for what, path in (inputs or {}).items() if path}
-        self._outputs: dict[Path, str] = {}
+        self._claims: dict[Path, tuple[str, str]] = {}  # resolved path: (what, kind)
 
     def file(self, path: Path, flag: str, example: str = "lenet5.pt") -> Path:
-        check_output_file(path, flag, example)
-        self._claim(path, flag)
+        self._claim(path, flag, "file")
+        check_output_file(path, flag, example, keep=False)
         return Path(path)
 
     def folder(self, directory: Path, flag: str, files: tuple[str, ...] = ()) -> Path:
         """A folder the command writes `files` into, among whatever else is there."""
-        check_output_dir(directory, flag, files)
+        self._claim(directory, flag, "into")
         for name in files:
-            self._claim(Path(directory) / name, f"{flag}'s {name}")
+            self._claim(Path(directory) / name, f"{flag}'s {name}", "file")
+        check_output_dir(directory, flag, files, keep=False)
         return Path(directory)
 
     def whole_folder(self, directory: Path, flag: str) -> Path:
         """A folder the command writes whole (it replaces one that holds its own earlier output)."""
-        self._claim(directory, flag)
+        self._claim(directory, flag, "whole")
         return Path(directory)
 
-    def _claim(self, path: Path, what: str) -> None:
+    def _claim(self, path: Path, what: str, kind: str) -> None:
         key = resolve_output(path, what)
-        if key in self._inputs:
-            raise UserError(f"{what} {path} is {self._inputs[key]}, which this command reads; choose another name")
-        if key in self._outputs:
-            raise UserError(f"{what} {path} is also {self._outputs[key]}: one would replace the other; "
-                            "give them different names")  # fmt: skip
-        for other, owner in self._outputs.items():  # a folder written whole, and a file inside it (or the reverse)
-            if other in key.parents or key in other.parents:
+        for source, reads in self._inputs.items():
+            if source == key:
+                raise UserError(f"{what} {path} is {reads}, which this command reads; choose another name")
+            if kind == "whole" and key in source.parents:
+                raise UserError(f"{what} {path} and {reads} ({source}), which this command reads, overlap, one inside "
+                                "the other; separate them")  # fmt: skip
+        for other, (owner, other_kind) in self._claims.items():
+            if other == key and {kind, other_kind} not in ({"into"}, {"into", "whole"}):
+                raise UserError(
+                    f"{what} {path} is also {owner}: one would replace the other; give them different names"
+                )
+            if _inside(key, other, other_kind) or _inside(other, key, kind):
                 raise UserError(f"{what} {path} and {owner} ({other}) overlap, one inside the other; separate them")
-        self._outputs[key] = what
+        if key not in self._claims or kind == "whole":  # (a folder written whole is also written into)
+            self._claims[key] = (what, kind)
+
+
+def _inside(inner: Path, outer: Path, outer_kind: str) -> bool:
+    """Whether `inner` lies in `outer` where nothing may: in a file, or in a folder written whole."""
+    return outer_kind in ("file", "whole") and outer in inner.parents
 
 
 @contextlib.contextmanager
@@ -140,12 +222,30 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            names = " and ".join(str(target) for target in targets)
-            raise UserError(
-                f"cannot write {names}: {err.strerror or err}; what was there before is unchanged"
-            ) from None
+        if isinstance(err, OSError | WriteError):  # (a WriteError: a writer's own, a figure written atomically itself)
+            raise WriteError(targets, err.cause if isinstance(err, WriteError) else err.strerror or str(err)) from None
+        if isinstance(err, UserError):  # name the targets, not their temporary files
+            message = str(err)
+            for tmp, target in zip(temps, targets):
+                message = message.replace(str(tmp), str(target))
+            raise type(err)(message) from None
         raise
+
+
+class WriteError(UserError):
+    """Files that could not be written (a disk full, read-only or over a size limit), left as they were."""
+
+    def __init__(self, targets: list[Path], cause: str):
+        self.cause = cause
+        super().__init__(f"cannot write {_names(targets)}: {cause}; what was there before is unchanged")
+
+
+def _names(paths: list[Path]) -> str:
+    """Files in words: "a and b"; three or more in one folder: "a, b and c in folder"."""
+    if len(paths) > 2 and len({path.parent for path in paths}) == 1:
+        names = [path.name for path in paths]
+        return f"{', '.join(names[:-1])} and {names[-1]} in {paths[0].parent}"
+    return " and ".join(str(path) for path in paths)
 
 
 @contextlib.contextmanager
@@ -155,9 +255,12 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     path = resolve_output(path, "--out")
     created = [f for f in path.parents if not f.exists()]  # removed again if the block fails
     old = tmp = None
+    held = contextlib.ExitStack()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        held.enter_context(_in_use(tmp))  # until it is renamed or removed: no later run takes it for a leftover
+        _remove_stale_temps(path)
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders
         if path.exists():
@@ -178,8 +281,44 @@ def atomic_folder(path: Path) -> Iterator[Path]:
             raise type(err)(str(err).replace(str(tmp), str(path))) from None
         raise
     finally:
+        held.close()
         if old is not None and old.exists():
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _in_use(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` for the block: the mark of a live writer (a killed process's lock is gone)."""
+    with contextlib.ExitStack() as held:
+        with contextlib.suppress(OSError):  # (no lock where folders cannot be locked: no sweeping there either)
+            fd = os.open(folder, os.O_RDONLY)
+            held.callback(os.close, fd)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary folders beside `path` that atomic_folder made for it in a process that was killed
+    (SIGKILL, a power cut): named .<name>.XXXXXXXX.tmp as mkdtemp names them, and no live writer's lock on them."""
+    if fcntl is None:  # (where folders cannot be locked, a live writer's folder cannot be told from a leftover)
+        return
+    prefix = f".{path.name}."
+    for entry in os.scandir(path.parent):
+        shape = entry.name.startswith(prefix) and entry.name.endswith(".tmp") and len(entry.name) == len(prefix) + 12
+        if not (shape and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live writer holds it
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,10 @@ installs one handler for all of them, through `_install`, and puts the previous 
   until they agree to stop at the same step);
 - `deferred()`: within a block, a stop waits until the block is done, then is raised (a file being saved);
 - `exit_at_once()`: while a program is still importing its libraries, a stop ends it with 130 at once;
-- `ignore_stops()`: the process is on its way out, having saved what it had.
+- `ignore_stops()`: the process is on its way out, having saved what it had;
+- `Ending()`: the process's last moments (its output flushed, what the libraries registered for the exit run,
+  then `os._exit`): a stop is only noted (the exit status then says 130), a second one ends it at once. Never
+  an exception there: one raised inside a library's exit hook or a C++ destructor aborts the process.
 
 No torch here: cli.py arms the start-up guard with it before torch is imported.
 """
@@ -86,6 +89,25 @@ class Noted:
     @property
     def noted(self) -> bool:
         return self.signum is not None
+
+
+class Ending:
+    """Installed for good (the process ends under it): a first stop is noted (`noted`), a second one writes
+    `last_words` to stderr and ends the process with 130 at once (a final flush that blocks on a reader who
+    stopped reading cannot hold the process)."""
+
+    def __init__(self, last_words: str = "") -> None:
+        self.noted = False
+        self._last_words = last_words.encode()
+        _install(self._stop)
+
+    def _stop(self, signum: int, frame) -> None:
+        if not self.noted:
+            self.noted = True
+            return
+        with contextlib.suppress(OSError):
+            os.write(2, self._last_words)
+        os._exit(EXIT_INTERRUPTED)
 
 
 @contextlib.contextmanager

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,26 @@ def test_the_affine_path_draws_what_it_always_drew():
     reference = torch.Generator().manual_seed(0)
     torch.rand(8, 4, generator=reference)
     assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_shear_slants_and_squeeze_trades_width_for_height():
+    """The 1998 paper's other two distortions: a horizontal shear slants a vertical bar (a 4 x 16 bar's long axis by
+    17.6 degrees at a shear of 0.3, from its second moments); a squeeze widens and shortens it (or the reverse) by
+    at most 1 + squeeze, its area about the same."""
+    x = torch.full((1, 1, 32, 32), BACKGROUND).expand(256, -1, -1, -1).clone()
+    x[:, :, 8:24, 14:18] = 2.0  # a tall bar
+    ink = lambda images: (images - BACKGROUND).clamp(min=0)  # noqa: E731
+    draw = lambda a: ink(a(x, torch.Generator().manual_seed(0)))  # noqa: E731
+    tilt, _ = shape_of(draw(Augmentation(rotation=0, zoom=0, shift=0, shear=0.3)))
+    k, h, w = 0.3, 16, 4
+    most = math.degrees(0.5 * math.atan2(2 * k * h * h, h * h - w * w - k * k * h * h))
+    assert 13 < tilt.abs().max() <= most + 0.3
+    squeezed = draw(Augmentation(rotation=0, zoom=0, shift=0, squeeze=0.2))[:, 0]
+    height = (squeezed.sum(2) > 0.5).sum(1).float()
+    width = (squeezed.sum(1) > 0.5).sum(1).float()
+    assert height.min() < 15 and height.max() > 17 and (height.argmax() == width.argmin() or width.min() < 4.5)
+    area = squeezed.sum((1, 2)) / ink(x[:1]).sum()
+    assert (area - 1).abs().max() < 0.25
+    plain = Augmentation()
+    assert torch.equal(plain(x, torch.Generator().manual_seed(0)),
+                       Augmentation(shear=0, squeeze=0)(x, torch.Generator().manual_seed(0)))  # fmt: skip

@@ -12,13 +12,15 @@ def test_bench_quick_runs_end_to_end(tmp_path, cli):
     done = cli("scripts.bench", "--quick", "--rounds", "1", "--target", "0.05", "--best-target", "0.06", "--out", out)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert result["data"] == "synthetic (--quick)" and set(result["sides"]) == {"baseline", "fast"}
+    assert result["data"] == "synthetic (--quick)" and set(result["sides"]) == {"baseline", "peer", "fast"}
     for side, row in result["sides"].items():
         (run,) = row["runs"]
         assert run["epochs"] == 1 and run["eval_split"] == "test" and run["epoch_reached"] == 1, side
         assert 0 < run["train_seconds"] < run["seconds_to_target"] <= run["wall_seconds"], side
         assert f"{side:<9}{run['seconds_to_target']:>12.1f}" in done.stdout
     assert f"{result['sides']['fast']['times_sooner_than_baseline']:.1f}x" in done.stdout  # the report shows the JSON's
+    peer = result["sides"]["fast"]["times_sooner_than_peer"]
+    assert f"fast reached 5.0% {peer:.2f}x as soon as the peer" in done.stdout
     assert f"{result['throughput_ratio']:.2f}x" in done.stdout
     best = result["best"]  # the secondary line: the best recipe, timed to its own target
     assert best["target"] == 0.06 and [r["epochs"] for r in best["runs"]] == [1]
@@ -46,5 +48,14 @@ def test_a_baseline_that_never_reaches_the_target_gives_a_lower_bound():
 
 
 def test_the_side_after_the_baseline_takes_turns():
-    orders = [round_order(["baseline", "fast", "default"], n) for n in (1, 2, 3)]
-    assert orders == [["baseline", "fast", "default"], ["baseline", "default", "fast"], ["baseline", "fast", "default"]]
+    orders = [round_order(["baseline", "peer", "fast", "default"], n)[1:] for n in (1, 2, 3, 4)]
+    assert orders == [["peer", "fast", "default"], ["fast", "default", "peer"], ["default", "peer", "fast"],
+                      ["peer", "fast", "default"]]  # fmt: skip
+
+
+def test_the_package_sides_are_compared_with_the_peer_too():
+    summary = summarize_sides({"baseline": [run(90)], "peer": [run(12)], "fast": [run(6), run(5)]})
+    assert summary["fast"]["times_sooner_than_peer"] == pytest.approx(12 / 5.5)
+    assert "times_sooner_than_peer" not in summary["peer"]
+    missed = summarize_sides({"baseline": [run(90)], "peer": [run(None)], "fast": [run(5)]})
+    assert missed["fast"]["times_sooner_than_peer"] is None

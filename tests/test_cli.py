@@ -16,6 +16,7 @@ from support.cli import (
 )
 
 import pytest
+from conftest import PROJECT_DIR, assert_user_error, run_script
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,10 @@ import pytest
         (float, 0, None, False, "1_0.5", False),
         (float, 0, None, False, "+.5e1", True),
         (int, 0, None, False, " 7 ", True),
+        (float, 0, None, True, "1e-50", False),  # > 0, but 0 in float32, where training computes
+        (float, 0, None, True, "7e-46", False),  # rounds to 0 in float32
+        (float, 0, None, True, "1e-45", True),  # float32's smallest positive value (a subnormal)
+        (float, 0, None, False, "1e-50", True),  # >= 0 allows 0 anyway
     ],
 )
 def test_number_validates_range_and_finiteness(kind, low, high, low_open, text, ok):
@@ -166,3 +171,45 @@ def test_a_rank_left_in_the_environment_of_a_plain_process_means_nothing(monkeyp
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--n", "0"])
     assert exit_.value.code == 2 and "argument --n: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_an_lr_that_is_0_in_float32_is_refused(cli):
+    """--lr must be > 0: 1e-50 is, but training computes in float32, where it is 0 (and --lr 0 is refused)."""
+    done = cli("main", "--lr", "1e-50")
+    assert_user_error(done, "argument --lr: must be a finite number > 0 in float32 (training's precision)")
+
+
+# A stop as the program ends: after its last line, while its output is flushed and while the libraries' exit
+# hooks run. Python gives the signals back to their defaults in its teardown (143), and a KeyboardInterrupt
+# there is a traceback from a flush, "Exception ignored in atexit callback", or SIGABRT inside torch's C++.
+STOP_AS_IT_ENDS = {
+    "in an exit hook": "atexit.register(stop)  # registered first: runs last, after torch's own\n",
+    "in the last flush": (
+        "class StopsOnFlush:\n"
+        "    def __init__(self, stream): self.stream = stream\n"
+        "    def write(self, text): return self.stream.write(text)\n"
+        "    def flush(self): stop(); self.stream.flush()\n"
+        "sys.stdout = StopsOnFlush(sys.stdout)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("when", STOP_AS_IT_ENDS)
+def test_a_stop_as_the_program_ends_is_130_and_one_line(tmp_path, weights, when):
+    """predict.py run as the program (runpy, as `python predict.py` runs it), a SIGTERM as it ends: 130, one line."""
+    script = tmp_path / "stop_as_it_ends.py"
+    script.write_text(
+        "import atexit, os, runpy, signal, sys\n"
+        "sent = []\n"
+        "def stop():\n"
+        "    if not sent:\n"
+        "        sent.append(os.kill(os.getpid(), signal.SIGTERM))\n"
+        "        print('went on after the stop', file=sys.stderr)\n"
+        + STOP_AS_IT_ENDS[when]
+        + f"sys.argv = ['predict.py', {str(PROJECT_DIR / 'examples' / 'one.png')!r}, '--weights', {str(weights)!r}]\n"
+        f"runpy.run_path({str(PROJECT_DIR / 'predict.py')!r}, run_name='__main__')\n"
+    )
+    done = run_script(str(script), env={"PYTHONPATH": str(PROJECT_DIR)})  # (the project's modules, as python X.py)
+    assert done.returncode == 130, done.stderr
+    assert "one.png: " in done.stdout
+    assert done.stderr == "went on after the stop\n\ninterrupted\n"  # no traceback, no "Exception ignored"

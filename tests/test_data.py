@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import os
+from pathlib import Path
 
 from support.cli import UserError
 
@@ -9,9 +10,11 @@ import torch
 from conftest import N_TEST, N_TRAIN, synthetic_mnist, write_idx_dir
 
 from data import (
+    CACHE_FILES,
     MNIST_MEAN,
     MNIST_STD,
     DataSource,
+    data_source,
     fingerprint,
     load_mnist,
     make_loaders,
@@ -76,18 +79,26 @@ def test_missing_files_message(tmp_path):
         assert expected in message
 
 
-def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path):
+def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path, monkeypatch):
+    import data
+
     spec, cache = spec_of(idx_dir), tmp_path / "cache"
     source_files = sorted(os.listdir(idx_dir))
     first = load_mnist(idx_dir, cache, spec, download=False)
     assert sorted(os.listdir(idx_dir)) == source_files  # nothing written into the source folder
-    assert sorted(p.name for p in cache.iterdir()) == ["test.pt", "training.pt"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(CACHE_FILES)
     images, labels = torch.load(cache / "training.pt", weights_only=True)
     assert images.dtype == torch.uint8 and labels.dtype == torch.int64 and images.shape == (N_TRAIN, 28, 28)
 
     moved = tmp_path / "moved"
-    idx_dir.rename(moved)  # the cache alone is enough now
-    assert torch.equal(load_mnist(idx_dir, cache, spec, download=False).test_images, first.test_images)
+    idx_dir.rename(moved)  # the same files elsewhere: the cache stands for them, and they are not read again
+    with monkeypatch.context() as patched:
+        patched.setattr(data, "read_idx", lambda *a: pytest.fail("the cache was made from these very files"))
+        assert torch.equal(load_mnist(moved, cache, spec, download=False).test_images, first.test_images)
+        # the project's own data/ (cache_alone) may hold no files at all; a folder someone named may not
+        assert torch.equal(load_mnist(idx_dir, cache, spec, False, cache_alone=True).test_images, first.test_images)
+    with pytest.raises(DataError, match="MNIST not found in"):
+        load_mnist(idx_dir, cache, spec, download=False)
 
     images, labels = torch.load(cache / "training.pt", weights_only=True)
     torch.save((255 - images, labels), cache / "training.pt")  # other data of the same shapes is not taken
@@ -96,6 +107,59 @@ def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path):
     again = load_mnist(moved, cache, spec, download=False)
     assert torch.equal(again.test_images, first.test_images)
     assert torch.load(cache / "test.pt", weights_only=True)[0].shape == (N_TEST, 28, 28)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
+def test_a_damaged_file_is_found_even_when_the_cache_is_valid(idx_dir, tmp_path, damage):
+    """The cache was made from good files; one of them is damaged since: the damage is reported, not hidden
+    behind the cache (a mistyped or broken --data-dir used to train on the cache silently)."""
+    spec, cache = spec_of(idx_dir), tmp_path / "cache"
+    load_mnist(idx_dir, cache, spec, download=False)
+    path = idx_dir / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        raw[-1] ^= 0xFF
+        path.write_bytes(gzip.compress(bytes(raw)))
+    message = "cannot be read or decompressed" if damage == "truncated" else "does not match the official"
+    with pytest.raises(DataError, match=message):
+        load_mnist(idx_dir, cache, spec, download=False)
+
+
+def test_a_named_data_folder_must_exist_and_be_a_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="--data-dir .*missing: no such folder; pass the folder that holds"):
+        DataSource(tmp_path / "missing", None, named_by="--data-dir").open()
+    with pytest.raises(DataError, match="MNIST_DIR .*file is a file, not a folder"):
+        DataSource(tmp_path / "file", None, named_by="MNIST_DIR").inputs()
+
+
+def test_data_source_says_who_named_the_folder(monkeypatch, tmp_path):
+    import argparse
+
+    flags = argparse.Namespace(data_dir=None, cache_dir=None, allow_custom_data=False, no_download=True)
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    assert data_source(flags).named_by is None  # the project's data/: the cache alone may stand for it
+    monkeypatch.setenv("MNIST_DIR", str(tmp_path / "typo"))
+    with pytest.raises(DataError, match="MNIST_DIR .*typo: no such folder"):
+        data_source(flags).open()
+    flags.data_dir = tmp_path / "other"
+    assert data_source(flags).named_by == "--data-dir"
+
+
+def test_a_pipe_under_a_data_file_name_is_named(idx_dir):
+    (idx_dir / "train-images-idx3-ubyte.gz").unlink()
+    os.mkfifo(idx_dir / "train-images-idx3-ubyte")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte is not a regular file \\(a pipe\\)"):
+        DataSource(idx_dir, None, allow_custom=True, download=False).open()
+
+
+def test_the_data_files_and_the_cache_are_inputs(idx_dir, tmp_path):
+    inputs = DataSource(idx_dir, tmp_path / "cache").inputs()
+    assert inputs["the data file train-labels-idx1-ubyte.gz"] == idx_dir / "train-labels-idx1-ubyte.gz"
+    assert inputs["the data cache's test.pt (--cache-dir)"] == tmp_path / "cache" / "test.pt"
+    assert not any("cache" in what for what in DataSource(idx_dir, tmp_path, allow_custom=True).inputs())
 
 
 def test_custom_files_are_never_cached(idx_dir, tmp_path):
@@ -166,6 +230,7 @@ def test_own_files_are_never_replaced_by_a_download(tmp_path, monkeypatch):
     import data
 
     monkeypatch.setattr(data, "_try_download", lambda *a: pytest.fail("custom data must not trigger a download"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="MNIST not found in"):
         DataSource(tmp_path / "empty", None, allow_custom=True, download=True).open()
 
@@ -175,14 +240,29 @@ def test_download_goes_into_the_data_dir(tmp_path, monkeypatch):
 
     asked = []
     monkeypatch.setattr(data, "_try_download", lambda directory, files: asked.append(directory))
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError, match="and the download failed"):
         DataSource(tmp_path / "mine", None).open()
     assert asked == [tmp_path / "mine"]
 
 
+def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, train, download):  # as torchvision does without a network: its folders, then the failure
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="and the download failed"):
+        DataSource(tmp_path / "mine", None).open()
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
 def test_a_file_as_data_dir_is_named(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"x")
-    with pytest.raises(DataError, match="is a file; pass the folder that holds the four MNIST files"):
+    with pytest.raises(DataError, match="is a file, not a folder; pass the folder that holds the four MNIST files"):
         DataSource(tmp_path / "train-images-idx3-ubyte.gz", None, download=False).open()
 
 

@@ -172,6 +172,50 @@ def test_every_outcome_has_its_own_words(client, tmp_path, outcome):
     assert not seen and not c1 and not c3
 
 
+def test_a_canvas_sent_through_the_api_that_cannot_be_read_has_the_pages_words(client, tmp_path):
+    """/predict_canvas takes any file as the drawing: what is no picture, or far too large one, gets the page's
+    own answer (Gradio decoded it first, and answered with a traceback on the console and a generic error)."""
+    from test_digits import png_header
+
+    (tmp_path / "text.png").write_text("not an image")
+    cases = {
+        tmp_path / "text.png": "Your picture cannot be read: not an image (PNG, JPEG,",
+        png_header(tmp_path / "huge.png", 30_000, 30_000): "Your picture cannot be read: too large: 30000 x 30000 "
+        "pixels (limit 16,000,000).",
+    }
+    for path, said in cases.items():
+        value = {"background": None, "layers": [], "composite": handle_file(path)}
+        top, status, seen, *_ = client.predict(value, "checkpoints/lenet5.pt", api_name="/predict_canvas")
+        assert said in status and top is None or top.get("label") is None
+        assert not seen
+
+
+def test_what_cannot_be_a_checkpoint_is_named_without_being_read(tmp_path, capsys):
+    """A folder of checkpoints holding a 20 GB file, a pipe, a folder named .safetensors and a link to itself: one
+    line each, at once (the 20 GB file was read whole, 100 s, to a misleading torch message; the others were
+    left out in silence)."""
+    import os
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    save_weights(folder / "good.pt", LeNet5(), {})
+    with open(folder / "zz.pt", "wb") as huge:
+        huge.truncate(20 * 2**30)  # sparse: no disk space taken
+    os.mkfifo(folder / "a.pt")
+    (folder / "b.safetensors").mkdir()
+    (folder / "c.pt").symlink_to("c.pt")
+    offered = page.offered_checkpoints(folder / "good.pt", folder, "cpu", str)
+    assert [o.key for o in offered] == [str(folder / "good.pt")]
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        f"not offered on the page: {folder / 'a.pt'}: not a regular file (a pipe, a device or a socket)",
+        f"not offered on the page: {folder / 'c.pt'}: cannot be read (Too many levels of symbolic links)",
+        f"not offered on the page: {folder / 'zz.pt'}: not a checkpoint (20,480 MB, where a LeNet-5 checkpoint is "
+        "well under 50 MB)",
+        f"not offered on the page: {folder / 'b.safetensors'}: a folder, not a .safetensors file",
+    ]
+
+
 def test_fifty_visitors_at_once_all_get_their_answers_and_the_page_writes_no_file(client, served):
     """The same upload 50 times at once: every answer arrives whole. Gradio stores each upload (and deletes it
     after app.CACHE_SECONDS); the page's own pictures travel inside its HTML, so it adds no file of its own."""
@@ -209,16 +253,24 @@ def test_uploads_are_deleted_once_older_than_the_page_keeps_them(offered, tmp_pa
         short.close(verbose=False)
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """A picture as the browser's canvas sends it: the bytes of a PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_handlers_without_a_server(tiny_model):
     """Each input clears the other; a new checkpoint re-reads what is there."""
     from_upload, from_canvas, from_either = page.handlers({"m": tiny_model})
     seven = str(PROJECT_DIR / "examples" / "seven.jpg")
-    blank = {"composite": Image.new("RGBA", (50, 50), (0, 0, 0, 0))}
+    blank = {"composite": png_bytes(Image.new("RGBA", (50, 50), (0, 0, 0, 0)))}
     skip = type(page.gradio().skip())
     assert all(isinstance(out, skip) for out in from_canvas(blank, seven, "m"))  # the upload stays
     assert from_either(blank, seven, "m")[2] == from_upload(seven, "m")[2]
     drawing = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
     ImageDraw.Draw(drawing).line([(25, 5), (25, 45)], fill=(0, 0, 0, 255), width=5)
+    drawing = png_bytes(drawing)
     *drawn, uploaded = from_canvas({"composite": drawing}, seven, "m")
     assert uploaded is None and drawn[2] != from_upload(seven, "m")[2]
     assert from_either({"composite": drawing}, None, "m")[2] == drawn[2]

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from test_predict import as_file, draw_seven
 
 from extras.digits import (
+    MAX_PIXELS,
     WORK_SIDE,
     ImageProblem,
     expand_paths,
@@ -186,3 +187,32 @@ def test_high_bit_depth_images_are_read_by_their_range(tmp_path, mode, paper, in
     grey = load_grayscale(path)
     assert 0 <= grey.min() and grey.max() <= 255 and grey.max() - grey.min() > 150  # (not clipped to one value)
     check_mnist_like(to_mnist_digit(grey))
+
+
+def png_header(path, width: int, height: int):
+    """A PNG that declares width x height pixels and holds almost nothing (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(10))))
+    return path
+
+
+@pytest.mark.parametrize("side", [10_000, 100_000])  # beyond PIL's own limits: its warning, then its error
+@pytest.mark.parametrize("max_pixels", [MAX_PIXELS, 16_000_000])  # predict.py's limit, the page's
+def test_a_picture_beyond_pils_limits_is_too_large_in_our_words(tmp_path, side, max_pixels):
+    path = png_header(tmp_path / "bomb.png", side, side)
+    with pytest.raises(ImageProblem) as problem:
+        load_grayscale(path, max_pixels=max_pixels)
+    assert str(problem.value) == f"too large: {side} x {side} pixels (limit {max_pixels:,})"
+
+
+def test_a_picture_too_thin_for_a_digit_is_named_by_its_own_size(tmp_path):
+    """5000 x 20 is reduced to 1024 px on its longer side first: the message still gives the file's size."""
+    Image.new("L", (5000, 20), 255).save(tmp_path / "thin.png")
+    with pytest.raises(ImageProblem, match=re.escape("no digit found (the picture is only 5000 x 20 pixels)")):
+        to_mnist_digit(load_grayscale(tmp_path / "thin.png"))

@@ -170,7 +170,7 @@ def test_a_user_error_on_one_machine_ends_the_job_with_one_line(interrupted, tmp
     nodes = two_machines(["main.py", *mine, "--data-dir", str(data)], ["main.py", *mine, "--data-dir", "/nowhere"])
     assert all(code != 0 for code, _, _ in nodes)
     ours = [line for _, _, stderr in nodes for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(ours) == 1 and re.match(r"error: rank [01]: MNIST not found in /nowhere", ours[0]), nodes
+    assert len(ours) == 1 and re.match(r"error: rank [01]: --data-dir /nowhere: no such folder", ours[0]), nodes
     assert not any("[rank" in stderr for _, _, stderr in nodes)  # no traceback from the workers
     assert not (tmp_path / "lenet5.pt").exists()
 
@@ -286,3 +286,40 @@ def test_closing_the_terminal_of_a_torchrun_job_saves_the_finished_epochs(tmp_pa
     assert done.returncode != 0 and done.stdout.count(f"interrupted: saved the state after epoch 1 to {resume}") == 1
     assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()
     assert not any(f'{PROJECT_DIR / name}", line' in done.stderr for name in ("main.py", "train.py")), done.stderr
+
+
+def closed(fd: int):
+    """A preexec_fn: the child starts with `fd` closed (`>&-` for 1, `2>&-` for 2): Python has no sys.stdout then."""
+    return lambda: os.close(fd)
+
+
+def test_a_run_with_stdout_closed_ends_well(tmp_path):
+    """`python main.py ... >&-`: the run writes its files and ends with 0 (exit_skipping_teardown flushed None)."""
+    flags = ["--data-dir", write_idx_dir(tmp_path / "mnist"), "--cache-dir", tmp_path / "cache", *FLAGS[:4]]
+    flags += ["--epochs", "1", "--out", tmp_path / "m.pt", "--report-dir", tmp_path / "report"]
+    done = subprocess.run([sys.executable, "main.py", *map(str, flags)], cwd=PROJECT_DIR, env=environment(),
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=closed(1))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and (tmp_path / "m.pt").is_file()
+
+
+def test_a_bad_flag_with_stderr_closed_still_exits_2():
+    """`python main.py --epochs x 2>&-`: the line cannot be printed, the status still says a user error."""
+    done = subprocess.run([sys.executable, "main.py", "--epochs", "x"], cwd=PROJECT_DIR, env=environment(),
+                          stdout=subprocess.DEVNULL, timeout=300, preexec_fn=closed(2))  # fmt: skip
+    assert done.returncode == 2
+
+
+def test_the_1998_recipe_under_torchrun_matches_one_process(tmp_path, cli):
+    """SDLM under DDP: every process estimates the same curvature (same weights, same 500 patterns) and steps
+    on the gradient averaged over the global batch, as one process does."""
+    data = write_idx_dir(tmp_path / "mnist", n_train=128, n_test=20)
+    flags = ["--recipe", "lecun1998", "--data-dir", str(data), *FLAGS[:2], "--epochs", "2", "--batch-size", "16"]
+    two = tmp_path / "two" / "lenet5.pt"
+    done = torchrun("--standalone", "--nproc-per-node", "2", "main.py", *flags, "--out", str(two))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert cli("main", *flags, "--out", tmp_path / "one" / "lenet5.pt").returncode == 0
+    ddp, one = weights(two), weights(tmp_path / "one" / "lenet5.pt")
+    assert set(ddp) == set(one) and "output.centres" in one
+    for key in one:
+        assert torch.allclose(ddp[key], one[key], atol=1e-5, rtol=0), (key, (ddp[key] - one[key]).abs().max())

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -79,3 +80,58 @@ def test_classify_matches_the_model_on_preprocessed_digits(tiny_model):
     for answer, row in zip(answers, expected):
         assert answer["probabilities"] == pytest.approx(row.tolist(), abs=1e-6)
         assert [t["digit"] for t in answer["topk"]] == row.topk(3).indices.tolist()
+
+
+FULL_DISK_REPORT = """
+import sys, torch
+from pathlib import Path
+from eval import evaluate, write_report
+from data import eval_loader
+from LeNet5 import LeNet5
+from support.cli import UserError
+torch.manual_seed(0)
+digits = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+result = evaluate(LeNet5(), eval_loader(digits, torch.arange(50) % 10), "cpu")
+try:
+    write_report(result, digits, Path(sys.argv[1]), figures={"loss.png": lambda path: path.write_bytes(b"new")})
+except UserError as err:
+    print(err)
+"""
+
+
+def test_a_full_disk_leaves_the_previous_report_whole(tmp_path):
+    """Files may grow to 20 kB (RLIMIT_FSIZE): metrics.json fits, the first figure does not. Every file of the
+    earlier report stays as it was (never a folder mixing two runs), and the message says so."""
+    from conftest import limited, run_script
+
+    names = ["metrics.json", "confusion_matrix.png", "misclassified.png", "loss.png"]
+    for name in names:
+        (tmp_path / name).write_text(f"the previous {name}")
+    done = run_script("-c", FULL_DISK_REPORT, str(tmp_path), preexec_fn=limited("RLIMIT_FSIZE", 20_000))
+    assert "File too large; what was there before is unchanged" in done.stdout, done.stdout + done.stderr
+    assert f"in {tmp_path}" in done.stdout and ".tmp" not in done.stdout  # the files by name, not their temporaries
+    assert {name: (tmp_path / name).read_text() for name in names} == {name: f"the previous {name}" for name in names}
+    assert sorted(os.listdir(tmp_path)) == sorted(names)  # no temporary file left
+
+
+def test_write_report_adds_the_figures_it_is_given(tmp_path):
+    result = evaluate(FixedPredictions(), loader_for(PREDICTIONS, LABELS), "cpu")
+    paths = write_report(result, torch.rand(10, 28, 28), tmp_path, figures={"x.png": lambda p: p.write_bytes(b"x")})
+    assert [p.name for p in paths][-1] == "x.png" and (tmp_path / "x.png").read_bytes() == b"x"
+
+
+def test_json_results_that_cannot_be_written_are_an_error(tmp_path, weights, idx_dir):
+    """`eval.py --json > /dev/full`: the JSON is the product; lost, it is one line and a non-zero status, not 0."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_DIR
+
+    flags = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--cache-dir", tmp_path / "cache"]
+    flags += ["--weights", weights, "--report-dir", tmp_path / "report", "--json"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "eval.py", *map(str, flags)], cwd=PROJECT_DIR, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "error: cannot write the results to stdout: No space left on device\n"
+    assert (tmp_path / "report" / "metrics.json").is_file()  # the files are written all the same

@@ -100,3 +100,60 @@ def test_a_disk_that_fills_at_the_json_keeps_both_previous_files(tmp_path, weigh
     assert out.read_text() == "previous export"
     assert out.with_name(out.name + ".json").read_text() == '{"previous": true}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript.pt", "m.torchscript.pt.json", "model.pt"]
+
+
+KILLED_IN_THE_BLOCK = """
+import os, signal, sys
+from pathlib import Path
+from support.files import atomic_folder
+with atomic_folder(Path(sys.argv[1])) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"a whole export, all but renamed into place")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_later_export_removes_the_folder_a_killed_one_left(tmp_path, weights):
+    """SIGKILL during `export.py --format hub` left .hub.XXXXXXXX.tmp beside --out for good; the next export removes
+    it, but not the folder of an export still writing (its lock says so)."""
+    from conftest import run_script
+
+    from extras.exports import FORMATS, export
+    from helper import load_checkpoint
+    from support.files import atomic_folder
+
+    out = tmp_path / "hub"
+    assert run_script("-c", KILLED_IN_THE_BLOCK, str(out)).returncode == -9
+    (left,) = tmp_path.glob(".hub.*.tmp")
+    with atomic_folder(tmp_path / "hub") as writing:  # another export of the same --out, not finished
+        export(load_checkpoint(weights), FORMATS["hub"], out, torch.randn(4, 1, 32, 32), "noise")
+        assert writing.is_dir() and not left.exists()
+        (writing / "config.json").write_text("{}")  # (it ends as it would: its folder takes the place)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "model.pt"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors", "hub"])
+def test_the_1998_network_exports_to_every_format(tmp_path, cli, fmt):
+    """Its RBF output, trainable subsampling and input scaling are plain tensor operations every format holds."""
+    from conftest import save_weights
+
+    from helper import load_model
+    from LeNet5 import LeNet5
+
+    torch.manual_seed(0)
+    model = LeNet5(lecun1998=True).eval()
+    weights = save_weights(tmp_path / "lecun1998.pt", model, {"test_accuracy": 0.5})
+    out = tmp_path / ("hub" if fmt == "hub" else f"model.{fmt}")
+    no_mnist = ["--data-dir", tmp_path / "no-mnist", "--cache-dir", tmp_path / "no-cache", "--no-download"]
+    done = cli("export", "--weights", weights, "--format", fmt, "--out", out, *no_mnist, "--verify-images", "9")
+    assert done.returncode == 0, done.stderr
+    x = torch.randn(5, 1, 32, 32)
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    elif fmt == "torchscript":
+        got = run_torchscript(out, x)
+    else:
+        loaded, _ = load_model(out)
+        assert loaded.lecun1998 and torch.equal(loaded.output.centres, model.output.centres)
+        got = loaded.eval()(x).detach()
+    assert torch.allclose(got, model(x).detach(), atol=1e-4)

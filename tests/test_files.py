@@ -16,6 +16,8 @@ from support.files import (
     check_output_dir,
     check_output_file,
     json_text,
+    new_folder,
+    remove_if_empty,
     write_json,
 )
 
@@ -124,3 +126,68 @@ def test_two_writers_of_one_pair_never_mix_their_files(tmp_path, monkeypatch):
         thread.join()
     assert {path.read_text() for path in pair} == {"b"}  # one writer's pair: b's, which came second
     assert sorted(os.listdir(tmp_path)) == ["lenet5.json", "lenet5.pt"]
+
+
+def test_a_folder_output_may_not_be_where_a_file_goes(tmp_path):
+    """--tensorboard is a folder: made where --out or a report file goes, the run failed only at its end."""
+    plan = OutputPlan()
+    plan.file(tmp_path / "t" / "m.pt", "--out")
+    with pytest.raises(UserError, match=r"--tensorboard .*m.pt is also --out: one would replace the other"):
+        plan.folder(tmp_path / "t" / "m.pt", "--tensorboard")
+    plan.folder(tmp_path / "rep", "--report-dir", ("loss.png",))
+    with pytest.raises(UserError, match=r"--tensorboard .*loss.png is also --report-dir's loss.png"):
+        plan.folder(tmp_path / "rep" / "loss.png", "--tensorboard")
+    with pytest.raises(UserError, match="overlap, one inside the other"):  # nothing can be made inside a file
+        plan.folder(tmp_path / "t" / "m.pt" / "tb", "--tensorboard")
+    plan.folder(tmp_path / "t", "--tensorboard")  # a folder that holds other outputs is fine: its runs are new folders
+    assert not (tmp_path / "t" / "m.pt").exists() and not (tmp_path / "rep" / "loss.png").exists()
+
+
+def test_an_input_is_never_an_output_nor_inside_a_folder_written_whole(tmp_path):
+    plan = OutputPlan({"the data file x": tmp_path / "data" / "x"})
+    with pytest.raises(UserError, match="is the data file x, which this command reads"):
+        plan.folder(tmp_path / "data" / "x", "--tensorboard")
+    with pytest.raises(UserError, match="which this command reads, overlap"):
+        plan.whole_folder(tmp_path / "data", "--out")
+    plan.folder(tmp_path / "data", "--report-dir", ("metrics.json",))  # written into, beside the input: fine
+
+
+def test_a_plan_leaves_no_folder_behind(tmp_path):
+    """The folders are made to check them, then removed: a run refused later (or stopped before it writes)
+    leaves no empty folder; the writers make them with the first file."""
+    plan = OutputPlan()
+    plan.file(tmp_path / "new" / "deeper" / "m.pt", "--out")
+    plan.folder(tmp_path / "reports" / "run", "--report-dir", ("metrics.json",))
+    assert os.listdir(tmp_path) == []
+    write_json({}, tmp_path / "reports" / "run" / "metrics.json")
+    assert (tmp_path / "reports" / "run" / "metrics.json").is_file()
+
+
+def test_new_folders_are_never_shared(tmp_path):
+    """Two runs started in the same second ask for the same name: each gets a folder of its own."""
+    first = new_folder(tmp_path / "runs" / "20260101-000000_default-seed0", "the run's folder")
+    second = new_folder(tmp_path / "runs" / "20260101-000000_default-seed0", "the run's folder")
+    assert first.is_dir() and second.is_dir() and second.name == "20260101-000000_default-seed0-2"
+    (second / "lenet5.pt").write_text("written")
+    remove_if_empty(first)
+    remove_if_empty(second)
+    assert sorted(os.listdir(tmp_path / "runs")) == [second.name]
+
+
+def test_a_read_only_file_system_is_named(tmp_path):
+    """os.access says yes to root on a read-only mount; creating a file there tells the cause. A real
+    read-only tmpfs, mounted in a mount namespace of its own (root only: skipped elsewhere)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from support.cli import PROJECT_DIR
+
+    (tmp_path / "ro").mkdir()
+    code = "import sys, pathlib, support.files as f; f.OutputPlan().file(pathlib.Path(sys.argv[1]), '--out')"
+    mounted = 'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" -c "$3" "$1/m.pt"'
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -m (root) for a read-only mount")
+    command = ["unshare", "-m", "sh", "-c", mounted, "sh", tmp_path / "ro", sys.executable, code]
+    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
+    assert "the folder of --out: cannot write into" in done.stderr and "read-only file system" in done.stderr

@@ -64,6 +64,21 @@ def as_int64(weights: dict) -> dict:
     return {name: value.long() if name == "c1.weight" else value for name, value in weights.items()}
 
 
+PAPER = {"num_classes": 10, "c3_table": True, "lecun1998": True}
+
+
+def with_mask(value: float) -> dict:
+    """LeNet5's weights with the C3 mask edited, and the weights it masked made non-zero (they then count)."""
+    weights = LeNet5().state_dict()
+    weights["c3.weight"] = weights["c3.weight"] + 0.1
+    return {**weights, "c3.mask": torch.full_like(weights["c3.mask"], value)}
+
+
+def with_bitmaps() -> dict:
+    weights = LeNet5(lecun1998=True).state_dict()
+    return {**weights, "output.centres": -weights["output.centres"]}
+
+
 def rewritten(path, **changes):
     save_weights(path, LeNet5())
     checkpoint = torch.load(path, weights_only=True)
@@ -93,10 +108,14 @@ def rewritten(path, **changes):
         (lambda p: rewritten(p, metrics={"test_accuracy": "99 %"}), "its test_accuracy '99 %' is not a fraction"),
         (lambda p: rewritten(p, metrics={"recipe": {"name": ["a list"]}}), "its recipe or data holds 'name' = "),
         (lambda p: rewritten(p, data={"fingerprint": "x" * 10_000}), "holds 'fingerprint' = 'xxxx"),
+        (lambda p: rewritten(p, state_dict=with_mask(1.0)), "its c3.mask (constants that its model config implies"),
+        (lambda p: rewritten(p, state_dict=with_mask(0.5)), "differ from LeNet5's: the file was edited or damaged"),
+        (lambda p: rewritten(p, config=PAPER, state_dict=with_bitmaps()), "its output.centres (constants"),
     ],
     ids=["missing", "directory", "code-pickle", "code-pickle-2", "code-in-zip", "foreign", "no-tensors", "nan",
          "newer", "format-str", "normalization", "text", "huge-config", "float-classes", "unknown-argument",
-         "int-weights", "negative-epoch", "accuracy-text", "recipe-list", "long-text"],
+         "int-weights", "negative-epoch", "accuracy-text", "recipe-list", "long-text", "mask-ones", "mask-half",
+         "bitmaps"],
 )  # fmt: skip
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the hand-made pickle, not ours
 def test_bad_checkpoints_give_one_clear_error(tmp_path, make, message):

@@ -4,6 +4,7 @@ Ctrl-C or a closed pipe at the moments that used to lose work."""
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,15 @@ def test_eval_reproduces_main_accuracy(cli, trained):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["main", "--data-dir", "{tmp}/missing", "--cache-dir", "{tmp}/cache", "--no-download"], "MNIST not found in"),
+        (["main", "--data-dir", "{tmp}/missing", "--cache-dir", "{tmp}/c"], "--data-dir {tmp}/missing: no such folder"),
+        (["main", "--data-dir", "{tmp}/garbage.pt"], "--data-dir {tmp}/garbage.pt is a file, not a folder"),
+        (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--out", "{tmp}/mnist/train-labels-idx1-ubyte.gz"],
+         "--out {tmp}/mnist/train-labels-idx1-ubyte.gz is the data file train-labels-idx1-ubyte.gz, which this "
+         "command reads"),
+        (["main", "--cache-dir", "{tmp}/cache", "--out", "{tmp}/cache/test.pt"],
+         "--out {tmp}/cache/test.pt is the data cache's test.pt (--cache-dir), which this command reads"),
+        (["main", "--tensorboard", "{tmp}/o/lenet5.pt"], "--tensorboard {tmp}/o/lenet5.pt is also --out: one would"),
+        (["main", "--tensorboard", "{tmp}/o/loss.png"], "--tensorboard {tmp}/o/loss.png is also --report-dir's"),
         (["main", "--data-dir", "{tmp}/mnist", "--cache-dir", "{tmp}/cache", "--no-download"],
          "holds 96 images, expected 60,000"),
         (["main", "--epochs", "0"], "argument --epochs: must be an integer >= 1 and <= 10000, got 0"),
@@ -86,7 +95,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--resume", "{tmp}/garbage.pt"], "not a readable checkpoint"),
         (["main", "--out", "{tmp}/garbage.pt/lenet5.pt"], "is a file, not a folder"),
         (["main", "--out", "{tmp}/mnist"], "--out {tmp}/mnist is a directory; give a file name"),
-        (["main", "--out", "{tmp}/fifo"], "--out: {tmp}/fifo is not a regular file (a device, a pipe or a socket)"),
+        (["main", "--out", "{tmp}/fifo"], "--out: {tmp}/fifo is not a regular file (a pipe); give a file name"),
         (["main", "--out", "{tmp}/loop1"], "--out {tmp}/loop1: cannot be resolved"),
         (["main", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/loss.png is not a regular file"),
         (["eval", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/filters.png is not a regular file"),
@@ -127,8 +136,65 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
     }
     for flag, value in zip(defaults.get(module, [])[::2], defaults.get(module, [])[1::2]):
         rest += [] if flag in rest else [flag, value]  # never the project's own checkpoints/ or reports/
+    before = sorted(tmp_path.rglob("*"))
     assert_user_error(cli(module, *rest), message.format(tmp=tmp_path))
-    assert not list(tmp_path.rglob("lenet5*.pt"))  # nothing half-done was written
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no folder left behind
+
+
+def test_a_pipe_given_as_resume_is_named_as_resume(cli, tmp_path):
+    os.mkfifo(tmp_path / "f.png")
+    done = cli("main", "--resume", tmp_path / "f.png", "--report-dir", tmp_path / "r")  # (no --out: beside --resume)
+    assert_user_error(done, f"--resume: {tmp_path / 'f.png'} is not a regular file (a pipe)")
+
+
+@pytest.mark.parametrize("where", ["missing", "a file in MNIST_DIR", "truncated copy"])
+def test_a_wrong_data_dir_is_refused_though_the_cache_is_valid(cli, tmp_path, real_mnist_dir, monkeypatch, where):
+    """A verified cache of the real MNIST, and a mistyped, wrong or damaged data folder: refused at once
+    (exit 2), never a silent run on the cache that replaces a checkpoint."""
+    from data import load_mnist
+
+    cache = tmp_path / "cache"
+    load_mnist(real_mnist_dir, cache, download=False)  # the cache, made from the real files
+    folder = tmp_path / "typo"
+    if where == "a file in MNIST_DIR":
+        folder.write_text("not a folder")
+    elif where == "truncated copy":
+        shutil.copytree(real_mnist_dir, folder)
+        images = folder / "train-images-idx3-ubyte.gz"
+        images.chmod(0o644)
+        images.write_bytes(images.read_bytes()[:5_000_000])
+    flags = ["--cache-dir", cache, "--no-download", "--out", tmp_path / "o" / "m.pt", "--report-dir", tmp_path / "r"]
+    if where == "a file in MNIST_DIR":
+        monkeypatch.setenv("MNIST_DIR", str(folder))
+    else:
+        flags += ["--data-dir", folder]
+    message = {"missing": "--data-dir {f}: no such folder", "a file in MNIST_DIR": "MNIST_DIR {f} is a file, not a",
+               "truncated copy": "{f}/train-images-idx3-ubyte.gz: cannot be read or decompressed"}[where]  # fmt: skip
+    assert_user_error(cli("main", *flags, "--limit", "100"), message.format(f=folder))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_refused_experiment_leaves_no_folder(cli, tmp_path, monkeypatch):
+    """The experiment's runs/<time>_... folder is made at the start and removed when the run is refused."""
+    import main
+
+    monkeypatch.setattr(main, "EXPERIMENT_DIR", tmp_path / "runs")
+    data = write_idx_dir(tmp_path / "mnist")
+    assert_user_error(cli("main", "--data-dir", data, *TINY[:2], "--val-size", "96"), "--val-size 96 must be")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_two_experiments_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
+    import main
+
+    monkeypatch.setattr(main, "EXPERIMENT_DIR", tmp_path / "runs")
+    paths = main.outputs({"lr": 0.02}, None, None, None, None)  # both runs' names: the same second
+    with main.own_folder(paths, True) as first, main.own_folder(paths, True) as second:
+        assert first.folder != second.folder and second.folder.name == paths.folder.name + "-2"
+        assert first.checkpoint == first.folder / "lenet5.pt" and second.report_dir == second.folder / "reports"
+        assert first.folder.is_dir() and second.folder.is_dir()
+        second.checkpoint.write_text("a run that wrote")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [second.folder.name]  # the empty one is removed
 
 
 RESUME_EDITS = {
@@ -176,7 +242,7 @@ def test_an_exploding_loss_saves_nothing(cli, tmp_path):
     out = tmp_path / "out" / "lenet5.pt"
     done = cli("main", "--data-dir", data, *TINY, "--lr", "1e9", "--epochs", "3", "--out", out)
     assert_user_error(done, "training stopped and nothing was saved; lower --lr")
-    assert not list(out.parent.iterdir())
+    assert not out.parent.exists()  # not even an empty folder
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_path, monkeypatch):
@@ -200,7 +266,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(cli, tmp_pat
     assert done.returncode == 130, done.stderr
     resume = out.with_name("lenet5.resume.pt")
     assert f"saved the state after epoch 2 to {resume}" in done.stdout and "Traceback" not in done.stderr
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "reports").exists()  # no empty report folder
     said = next(line for line in done.stdout.splitlines() if line.startswith("continue with: "))
     command = shlex.split(said.removeprefix("continue with: "))  # the same flags (--out too), then --resume
     assert command[:2] == ["python", "main.py"] and command[2:-2] == [str(a) for a in [*common, "--out", out]]

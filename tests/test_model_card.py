@@ -45,6 +45,9 @@ def test_the_card_says_what_is_missing_or_different(tmp_path):
     assert "AdamW on cross-entropy" in text and "exponential moving average of the trained ones (decay 0.999)" in text
     text = card(tmp_path, recipe=resolve_recipe("fast", {}).__dict__)
     assert "Muon (C5, F6) with AdamW (the rest) on cross-entropy" in text and "| rotation | 3.0 |" in text
+    text = card(tmp_path, LeNet5(lecun1998=True), recipe=resolve_recipe("lecun1998", {}).__dict__)
+    assert "as the 1998 paper built it" in text and "tanh units, average pooling" not in text
+    assert "Stochastic diagonal Levenberg-Marquardt on the 1998 paper's MAP criterion" in text
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from support.optimizers import MuonAndAdamW, make_optimizer
 from support.recipes import Recipe
 
 MUON = Recipe(optimizer="muon", lr=0.02, momentum=0.7, beta2=0.9, weight_decay=0.01)
+MUON_CONV = replace(MUON, muon_conv=True)  # the filters under Muon too
 
 
 def batches(count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -67,17 +69,18 @@ def test_muon_and_adamw_step_as_torchs_two_optimizers_do_under_one_schedule():
         assert not torch.equal(mine, before)  # every parameter was trained
 
 
-def test_a_loaded_state_goes_on_exactly_as_the_uninterrupted_optimizer():
+@pytest.mark.parametrize("recipe", [MUON, MUON_CONV], ids=["muon", "muon-conv"])
+def test_a_loaded_state_goes_on_exactly_as_the_uninterrupted_optimizer(recipe):
     torch.manual_seed(0)
     model = LeNet5()
-    optimizer = make_optimizer(model, MUON)
+    optimizer = make_optimizer(model, recipe)
     train(model, optimizer, batches(3))
     saved_model, saved = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     train(model, optimizer, batches(3, seed=1))
 
     resumed = LeNet5()
     resumed.load_state_dict(saved_model)
-    fresh = make_optimizer(resumed, MUON)
+    fresh = make_optimizer(resumed, recipe)
     fresh.load_state_dict(saved)
     assert fresh.muon.state is fresh.state is fresh.adamw.state  # the halves see the loaded state
     assert fresh.muon.param_groups[0] is fresh.param_groups[0] and fresh.adamw.param_groups[0] is fresh.param_groups[1]
@@ -99,3 +102,27 @@ def test_state_dict_numbers_the_parameters_group_after_group():
 def test_a_closure_is_refused():
     with pytest.raises(ValueError, match="no closure"):
         MuonAndAdamW(LeNet5(), 0.01, (0.9, 0.99), 0.0).step(lambda: 0.0)
+
+
+def test_muon_on_the_filters_steps_them_as_torchs_muon_steps_their_flattened_matrix():
+    """The reference: a plain conv network's filters flattened by hand, torch.optim.Muon on those matrices."""
+    torch.manual_seed(0)
+    model = LeNet5()
+    filters = {"c1": model.c1.weight.detach().clone(), "c3": model.c3.weight.detach().clone()}
+    optimizer = make_optimizer(model, MUON_CONV)
+    assert len(optimizer.param_groups[0]["params"]) == 4  # C5, F6 and the two flattened filter banks
+    assert all(p is not model.c1.weight and p is not model.c3.weight for p in optimizer.param_groups[1]["params"])
+    x, y = batches(1)[0]
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads = {name: getattr(model, name).weight.grad.clone() for name in filters}
+    optimizer.step()
+
+    mask = model.c3.mask
+    for name, before in filters.items():
+        matrix = torch.nn.Parameter(before.flatten(1).clone())
+        matrix.grad = grads[name].flatten(1)
+        torch.optim.Muon([matrix], lr=0.02, weight_decay=0.01).step()
+        expected = matrix.detach().view_as(before) * (mask if name == "c3" else 1)
+        torch.testing.assert_close(getattr(model, name).weight.detach(), expected)
+    assert torch.all(model.c3.weight[mask.expand_as(model.c3.weight) == 0] == 0)  # the table's cut weights stay 0

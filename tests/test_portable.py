@@ -128,6 +128,14 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
         save_file({"bert.embeddings.weight": torch.zeros(3, 4)}, bad)
     elif kind == "wrong shape":
         save_file({**tensors, "c5.weight": torch.zeros(120, 300)}, bad, metadata=metadata)
+    elif kind in ("mask of ones", "hub mask of ones"):  # every C3 connection switched on, masked weights non-zero
+        edited = {**tensors, "c3.mask": torch.ones(16, 6, 1, 1), "c3.weight": tensors["c3.weight"] + 0.1}
+        if kind == "hub mask of ones":
+            bad = tmp_path / "hub"
+            bad.mkdir()
+            config = {"num_classes": 10, "c3_table": True, "architecture": "LeNet5", "layout_version": 1}
+            (bad / "config.json").write_text(json.dumps(config))
+        save_file(edited, bad / "model.safetensors" if bad.is_dir() else bad, metadata=metadata)
     elif kind == "nan":
         save_file({**tensors, "f6.bias": torch.full((84,), float("nan"))}, bad, metadata=metadata)
     elif kind == "bad json":
@@ -160,6 +168,8 @@ def damage(tmp_path: Path, good: Path, kind: str) -> Path:
             "do not fit LeNet5 (c5.weight is torch.float32 (120, 300), LeNet5's is torch.float32 (120, 400))",
         ),
         ("nan", "holds NaN or infinite weights (f6.bias)"),
+        ("mask of ones", "its c3.mask (constants that its model config implies, never trained) differ from LeNet5's"),
+        ("hub mask of ones", "its c3.mask (constants that its model config implies, never trained) differ"),
         ("bad json", "metadata 'metrics' is not valid JSON"),
         ("hub without config", "a hub folder needs config.json"),
         ("hub without weights", "a hub folder needs model.safetensors"),

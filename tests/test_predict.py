@@ -76,3 +76,35 @@ def test_predict_paths_keeps_the_order_and_only_what_it_needs(tmp_path, tiny_mod
     results = predict_paths(tiny_model.eval(), paths, topk=3, keep_images=False)
     assert [r["path"] for r in results] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
     assert all(len(r["topk"]) == 3 and r["grey"] is None and r["digit"].shape == (28, 28) for r in results)
+
+
+def run_predict(*args, **popen):
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_DIR
+
+    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=PROJECT_DIR, text=True, timeout=300,
+                          **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen})  # fmt: skip
+
+
+def test_json_results_that_cannot_be_written_are_an_error(tmp_path, weights):
+    """`predict.py --json > /dev/full`: one line, a non-zero status, and the figure written before it."""
+    image = as_file(draw_seven(), tmp_path, "seven.png")
+    with open("/dev/full", "w") as full:
+        done = run_predict(image, "--weights", weights, "--json", "--out", tmp_path / "show.png", stdout=full)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == "error: cannot write the results to stdout: No space left on device"
+    assert "Traceback" not in done.stderr and (tmp_path / "show.png").is_file()
+
+
+def test_names_the_terminal_cannot_show_are_escaped(tmp_path, weights):
+    """PYTHONIOENCODING=ascii (or a C locale): "ü数字.png" is printed escaped; the results and the figure stay."""
+    import os
+
+    image = as_file(draw_seven(), tmp_path, "ü数字.png")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = run_predict(image, "--weights", weights, "--out", tmp_path / "show.png", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path}/\\xfc\\u6570\\u5b57.png: " in done.stdout and "Traceback" not in done.stderr
+    assert (tmp_path / "show.png").is_file()

@@ -51,6 +51,9 @@ def test_adam_takes_no_nesterov_and_records_none():
         resolve_recipe("default", {"beta2": 0.9})
     with pytest.raises(UserError, match="--nesterov is SGD's"):
         resolve_recipe("fast", {"nesterov": True})  # muon: Muon's own momentum is Nesterov's, not a choice
+    with pytest.raises(UserError, match="--muon-conv steps the filters with Muon: drop it, or add --optimizer muon"):
+        resolve_recipe("default", {"muon_conv": True})
+    assert resolve_recipe("fast", {"muon_conv": True}).muon_conv
     with pytest.raises(UserError, match="--optimizer 'rmsprop' is not one of sgd, adam, adamw, muon"):
         resolve_recipe("default", {"optimizer": "rmsprop"})
 

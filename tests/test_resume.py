@@ -264,3 +264,26 @@ def test_a_resume_file_that_cannot_be_removed_is_a_warning_after_the_save(cli, i
         and "Traceback" not in done.stderr
     )
     assert "Accuracy of the network on test images" in done.stdout
+
+
+def test_a_resumed_run_writes_a_pt_beside_its_resume_file():
+    """Its default --out: where the interrupted run would have written; a resume file renamed (f.png, say) gives
+    a .pt of its name, never a checkpoint under a picture's name."""
+    from extras.resume import finished_path
+
+    assert finished_path(Path("runs/x/lenet5.resume.pt")) == Path("runs/x/lenet5.pt")
+    assert finished_path(Path("/tmp/f.png")) == Path("/tmp/f.pt")
+    assert finished_path(Path("saved")) == Path("saved.pt")
+    assert finished_path(Path("lenet5.pt")) == Path("lenet5.pt")  # continued in place
+
+
+def test_the_1998_recipe_resumes_to_the_same_weights(cli, tmp_path, monkeypatch):
+    """SDLM keeps no state between passes (its curvature is estimated anew at each pass's start), so a resume
+    file made at a pass's end goes on exactly as the uninterrupted run."""
+    common, out, resume = interrupt_a_run(cli, tmp_path, monkeypatch, "--recipe", "lecun1998")
+    assert cli("main", *common, "--out", out, "--resume", resume).returncode == 0
+    whole = tmp_path / "whole" / "lenet5.pt"
+    assert cli("main", *common, "--out", whole).returncode == 0
+    resumed, uninterrupted = (torch.load(p, weights_only=True)["state_dict"] for p in (out, whole))
+    assert resumed.keys() == uninterrupted.keys() and "output.centres" in resumed
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

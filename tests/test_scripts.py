@@ -6,7 +6,11 @@ import json
 from support.cli import run_cli
 
 import pytest
-from conftest import assert_user_error
+import torch
+import torch.nn.functional as F
+from conftest import N_TEST, N_TRAIN, assert_user_error
+
+from support.synthetic import synthetic_mnist
 
 
 def script(name: str):
@@ -27,6 +31,18 @@ def test_seeds_sets_the_outputs_itself(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     done = finished(seeds.main, "--out-dir", str(tmp_path / "file"), capsys=capsys)
     assert_user_error(done, "--out-dir " + str(tmp_path / "file") + " is a file, not a folder")
+
+
+def test_seeds_refuses_a_summary_among_the_runs_files_and_a_seed_twice(capsys, tmp_path):
+    """Checked before any run: the summary would replace seed 0's metrics; a repeated seed would run twice into
+    one folder and count twice in the mean and spread."""
+    seeds = script("seeds")
+    runs, metrics = tmp_path / "S", tmp_path / "S" / "seed0" / "lenet5.json"
+    done = finished(seeds.main, "--seeds", "0", "--out-dir", str(runs), "--out", str(metrics), capsys=capsys)
+    assert_user_error(done, f"--out {metrics} and seed 0's run folder")
+    done = finished(seeds.main, "--seeds", "0", "1", "0", "--out-dir", str(runs), capsys=capsys)
+    assert_user_error(done, "--seeds gives 0 more than once; give each seed once")
+    assert not runs.exists()  # nothing ran, no folder made
 
 
 def test_step_cost_times_every_part_of_a_single_process_step(capsys):
@@ -104,3 +120,51 @@ def test_cold_start_checks_its_flags_before_any_run(capsys, monkeypatch):
         done = finished(cold_start.main, "--runs", runs, "--", "--epochs", "1", capsys=capsys)
         assert done.returncode == 2 and "error: argument --runs: must be an integer >= 1" in done.stderr
     assert cold_start.parse(["--runs", "2", "--", "--recipe", "fast"]) == (2, ["--recipe", "fast"])
+
+
+def test_lecun1998_choices_are_each_a_valid_recipe_changing_what_they_say(cli, idx_dir, tmp_path):
+    import main
+    from support.recipes import recipe_flags, resolve_recipe
+
+    lecun1998 = script("lecun1998")
+    paper = resolve_recipe("lecun1998", {})
+    for name, (_, flags) in lecun1998.VARIANTS.items():
+        given = recipe_flags(main.parse_args(["--recipe", "lecun1998", *flags]))
+        changed = {k for k, v in resolve_recipe("lecun1998", given).__dict__.items() if getattr(paper, k) != v}
+        assert bool(changed) == (name != "1998 recipe"), name  # every variant changes something, the first nothing
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--limit", "64", "--val-size", "16"]
+    out = tmp_path / "choices.json"
+    done = cli("scripts.lecun1998", "choices", *data, "--epochs", "1", "--only", "batches of 8 -> 1",
+               "--out-dir", tmp_path / "runs", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["variant"] == "batches of 8 -> 1" and 0 <= row["val_error"] <= 1
+    metrics = json.loads((tmp_path / "runs" / "batches_of_8_1" / "lenet5.json").read_text())
+    assert metrics["recipe"]["batch_size"] == 1 and metrics["epochs"][-1]["eval_split"] == "val"
+
+
+def test_lecun1998_curve_needs_test_error_per_pass(cli, tmp_path):
+    epochs = [{"epoch": i, "train_accuracy": 0.98 + i / 1000, "eval_accuracy": 0.985, "eval_split": "test"}
+              for i in range(1, 4)]  # fmt: skip
+    runs = []
+    for seed in range(2):
+        runs.append(tmp_path / f"seed{seed}.json")
+        runs[-1].write_text(json.dumps({"epochs": epochs}))
+    done = cli("scripts.lecun1998", "curve", *runs, "--out", tmp_path / "c.png")
+    assert done.returncode == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test error 1.50 %, training error 1.70 % after pass 3" in done.stdout
+    runs[0].write_text(json.dumps({"epochs": [{**e, "eval_split": "val"} for e in epochs]}))
+    done = cli("scripts.lecun1998", "curve", *runs, "--out", tmp_path / "c.png")
+    assert_user_error(done, "its per-pass accuracy is on validation")
+
+
+def test_lecun1998_train_error_scores_the_training_images_not_the_test_images(cli, idx_dir, weights, tiny_model):
+    mnist = synthetic_mnist(N_TRAIN, N_TEST)  # what idx_dir holds
+    images, labels = mnist.train_images, mnist.train_labels
+    x = F.pad(images.float().div(255), (2, 2, 2, 2)).sub(0.1307).div(0.3081).unsqueeze(1)
+    with torch.no_grad():
+        wrong = (tiny_model(x).argmax(1) != labels.long()).sum().item()  # by hand: no loader, no eval.py
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download"]
+    done = cli("scripts.lecun1998", "train-error", *data, weights)
+    assert done.returncode == 0, done.stderr
+    assert f"training error {100 * wrong / len(labels):.2f} % ({wrong} of {len(labels)} wrong)" in done.stdout

@@ -54,3 +54,23 @@ def test_ignoring_stops_lets_the_process_finish():
     signals.ignore_stops()
     for number in signals.STOP_SIGNALS:
         os.kill(os.getpid(), number)  # nothing happens: the process is on its way out
+
+
+def test_the_end_of_a_process_notes_a_first_stop_and_a_second_ends_it_at_once():
+    """signals.Ending: the last moments of a program (cli.end_process) never raise; a second stop does not wait."""
+    import subprocess
+
+    from conftest import PROJECT_DIR
+
+    script = (
+        "import os, signal, sys\n"
+        "from support import signals\n"
+        "ending = signals.Ending('last words\\n')\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('went on, noted:', ending.noted, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('never printed', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
+    assert done.returncode == signals.EXIT_INTERRUPTED
+    assert done.stdout == "went on, noted: True\n" and done.stderr == "last words\n"

@@ -1,0 +1,149 @@
+"""The 1998 recipe beside today's: what each 1998 choice costs or buys, one changed at a time, on validation.
+
+    python -m scripts.lecun1998 choices --data-dir ../shared/mnist --out docs/outputs/lecun1998_choices.json
+    python -m scripts.lecun1998 curve runs/lecun1998/seed*/lenet5.json --out docs/figures/lecun1998_curve.png
+    python -m scripts.lecun1998 train-error --data-dir ../shared/mnist runs/lecun1998/seed*/lenet5.pt
+
+`choices` trains `--recipe lecun1998` holding out 10,000 training images, then once more per variant, each
+replacing one 1998 choice with what the package's default recipe does instead, and prints the validation error
+of each (the test set is not read). Flags it does not know go to main.py unchanged (e.g. --allow-custom-data).
+`curve` draws the training and test error per pass of finished runs (their
+metrics .json, from `python -m scripts.seeds --recipe lecun1998`) beside the two numbers the paper reports.
+`train-error` scores finished checkpoints on the 60,000 training images as they are (undistorted, the weights
+fixed), the paper's training error; the curve's training error is the running one, taken while each pass trains.
+"""
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
+
+from data import DataSource, add_data_args, data_source, eval_loader
+from eval import evaluate
+from helper import load_model
+from scripts.runs import run_main
+from support.figures import pyplot, save_figure
+from support.files import check_output_dir, check_output_file, write_json
+
+SGD = ["--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.95", "--nesterov", "--schedule", "linear",
+       "--batch-size", "64"]  # fmt: skip
+# Each variant: what it replaces, and the main.py flags that replace it (on top of --recipe lecun1998).
+VARIANTS = {
+    "1998 recipe": ("as the paper (with this package's mu and batches of 8)", []),
+    "MAP loss -> cross-entropy": ("cross-entropy over the ten RBF outputs", ["--loss", "cross_entropy"]),
+    "SDLM -> SGD": (
+        "the default recipe's optimizer: SGD lr 0.01, Nesterov momentum 0.95, linear decay, batches of 64",
+        SGD,
+    ),
+    "SDLM -> SGD, network -> today's": (
+        "and LeNet5.py's network (tanh, average pooling, a linear output, PyTorch's initialisation) with "
+        "cross-entropy: one change from the row above",
+        [*SGD, "--network", "lenet5", "--loss", "cross_entropy"],
+    ),
+    "batches of 8 -> 1": ("one pattern at a time, as the paper", ["--batch-size", "1"]),
+    "mu 1 -> 0.02": ("appendix C's mu", ["--sdlm-mu", "0.02"]),
+}
+PAPER = {"training error after 19 passes": 0.35, "test error after 20 passes": 0.95}  # percent, section III.C
+
+
+def choices(main_flags: list[str], out_dir: Path, only: list[str]) -> list[dict]:
+    """Each variant trained on the training images less the held-out ones, and scored on those; a row each."""
+    rows = []
+    print(f"{'variant':<28} {'val error':>9} {'best':>6} {'train s':>8}  what it trains with instead")
+    for name, (what, flags) in VARIANTS.items():
+        if only and name not in only:
+            continue
+        folder = out_dir / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "batches of 8 -> 1": batches_of_8_1
+        run = run_main(["--recipe", "lecun1998", *main_flags, *flags], folder, target=1.0)
+        row = {"variant": name, "instead": what, "flags": flags, "val_error": 1 - run.final_eval_accuracy,
+               "best_val_error": 1 - run.best_eval_accuracy, "train_seconds": run.train_seconds}  # fmt: skip
+        rows.append(row)
+        print(f"{name:<28} {100 * row['val_error']:>8.2f}% {100 * row['best_val_error']:>5.2f}% "
+              f"{run.train_seconds:>8.0f}  {what}", flush=True)  # fmt: skip
+    return rows
+
+
+def curve(metrics: list[Path], out: Path) -> None:
+    """Training error (on the fly, as the paper measures it) and test error per pass, mean over the runs."""
+    runs = []
+    for path in metrics:
+        try:
+            epochs = json.loads(path.read_text())["epochs"]
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"{path}: not a main.py metrics file ({err})") from None
+        if epochs[-1]["eval_split"] != "test":
+            raise UserError(f"{path}: its per-pass accuracy is on validation; the curve needs a run without --val-size")
+        runs.append(epochs)
+    passes = min(len(r) for r in runs)
+    x = list(range(1, passes + 1))
+    train = [statistics.mean(100 * (1 - r[i]["train_accuracy"]) for r in runs) for i in range(passes)]
+    test = [statistics.mean(100 * (1 - r[i]["eval_accuracy"]) for r in runs) for i in range(passes)]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(x, test, "o-", color="tab:red", label=f"test error, this reproduction (mean of {len(runs)} seeds)")
+    ax.plot(x, train, "s-", color="tab:blue", label="training error on the fly, this reproduction")
+    ax.plot([20], [PAPER["test error after 20 passes"]], "*", ms=14, color="darkred", label="paper: 0.95 % test")
+    ax.plot([19], [PAPER["training error after 19 passes"]], "*", ms=14, color="navy", label="paper: 0.35 % training")
+    ax.set(xlabel="pass over the 60,000 training images", ylabel="error (%)", xticks=range(0, passes + 1, 2),
+           ylim=(0, max(3.0, min(max(test + train), 5.0))))  # fmt: skip
+    ax.set_title("LeNet-5 trained as in 1998, on the axes of the paper's Figure 5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, out)
+    print(f"wrote {out}: test error {test[-1]:.2f} %, training error {train[-1]:.2f} % after pass {passes}")
+
+
+def train_error(weights: list[Path], source: DataSource) -> list[float]:
+    """Each checkpoint's error on the training images, in percent."""
+    mnist, errors = source.open(), []
+    for path in weights:
+        model, _ = load_model(path)
+        result = evaluate(model, eval_loader(mnist.train_images, mnist.train_labels), "cpu")
+        errors.append(100 * (1 - result.accuracy))
+        wrong = round(len(mnist.train_labels) * (1 - result.accuracy))
+        print(f"{path}: training error {errors[-1]:.2f} % ({wrong:,} of {len(mnist.train_labels):,} wrong)")
+    if len(errors) > 1:
+        print(f"mean training error {statistics.mean(errors):.2f} % over {len(errors)} checkpoints")
+    return errors
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = CliParser(__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("choices", help="the ablation on validation")
+    c.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs" / "lecun1998-choices")
+    c.add_argument("--seed", type=number(int, 0), default=0)
+    c.add_argument("--epochs", type=number(int, 1, 100), default=20, help="passes per run")
+    c.add_argument("--val-size", type=number(int, 1), default=10_000, help="training images held out to score on")
+    c.add_argument("--only", nargs="+", choices=VARIANTS, default=[], help="just these variants")
+    c.add_argument("--out", type=Path, help="also write the rows here (JSON)")
+    k = sub.add_parser("curve", help="the error per pass of finished runs")
+    k.add_argument("metrics", type=Path, nargs="+", help="the runs' lenet5.json")
+    k.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+    t = sub.add_parser("train-error", help="finished checkpoints scored on the training images")
+    t.add_argument("weights", type=Path, nargs="+", help="checkpoints (.pt)")
+    add_data_args(t)
+    args, extra = p.parse_known_args(argv)
+    if args.command == "train-error":
+        if extra:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        train_error(args.weights, data_source(args))
+        return
+    if extra and args.command == "curve":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.out:
+        check_output_file(args.out, "--out", example="lecun1998.json" if args.command == "choices" else "curve.png")
+    if args.command == "curve":
+        curve(args.metrics, args.out)
+        return
+    check_output_dir(args.out_dir, "--out-dir")
+    given = ["--seed", str(args.seed), "--epochs", str(args.epochs), "--val-size", str(args.val_size), *extra]
+    rows = choices(given, args.out_dir, args.only)
+    if args.out:
+        write_json({"main_flags": given, "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    run_cli(main)
