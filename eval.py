@@ -35,6 +35,8 @@ from support.devices import choose_device, place_batch
 from support.figures import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
 from support.files import OutputPlan, atomic_outputs, json_text
 
+MAX_EVAL_BATCH = 10_000  # images per evaluation batch at most: the whole MNIST test set in one
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_device_flag(p)
     add_json_flag(p)
     add_limit_flag(p)
-    p.add_argument("--batch-size", type=number(int, 1), default=EVAL_BATCH_SIZE, help="evaluation batch size")
+    batch = f"evaluation batch size (at most {MAX_EVAL_BATCH:,}, the MNIST test set)"
+    p.add_argument("--batch-size", type=number(int, 1, MAX_EVAL_BATCH), default=EVAL_BATCH_SIZE, help=batch)
     p.add_argument("--index", type=number(int, 0), default=0, help="the test digit whose feature maps are drawn")
     return p.parse_args(argv)
 

@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     fmt = FORMATS[args.format]
     out = args.out or DEFAULT_CHECKPOINT.with_name(fmt.default_name)
-    plan(fmt, out, args.weights)
-    device = choose_device(args.device)
-    checkpoint = load_checkpoint(args.weights)  # a wrong --weights is said before any data is read
-    images, source = verification_images(data_source(args), args.verify_images)
-    check = export(checkpoint, fmt, out, images, source, device)
+    with plan(fmt, out, args.weights):  # (held for this export alone until it is written)
+        device = choose_device(args.device)
+        checkpoint = load_checkpoint(args.weights)  # a wrong --weights is said before any data is read
+        images, source = verification_images(data_source(args), args.verify_images)
+        check = export(checkpoint, fmt, out, images, source, device)
     files = [out / name for name in sorted(p.name for p in out.iterdir())] if fmt.folder else [out]
     size = sum(f.stat().st_size for f in files) / 1024
     beside = f" and {out.name}.json" if fmt.sidecar else ""

@@ -8,7 +8,8 @@ recipe, data, epoch), from any of three formats, each with one reader:
 - a `.safetensors` file, or a Hugging Face Hub folder, that export.py writes (support/portable.py).
 Whatever a file says is checked before anything is built from it: the model config's fields and
 ranges, every tensor's name, dtype and shape against LeNet5's own, finite weights, the input
-normalization, and the metadata's types and sizes. Anything off is one line (CheckpointError).
+normalization, and the metadata's types and sizes; before that, a .pt's bytes against the checksums its
+zip records (torch itself never looks at them). Anything off is one line (CheckpointError).
 """
 
 import hashlib
@@ -16,6 +17,7 @@ import inspect
 import pickletools
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch
 from LeNet5 import INPUT_NORMALIZATION, LeNet5
 from support import portable
 from support.devices import place_model
-from support.files import atomic_outputs, json_text, torch_bytes
+from support.files import Kind, atomic_outputs, json_object, json_text, torch_bytes
 
 CHECKPOINT_FORMAT = 3  # 2: train_state carries a data fingerprint and the full recipe; 3: and a digest
 MAX_CLASSES = 1000  # a classifier of digits has 10 outputs; a config asking for millions is not a LeNet5 of ours
@@ -181,10 +183,11 @@ def _read_pt(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint; train one with `python main.py`, or give the path of one")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a regular file (a device, a pipe or a socket); pass a checkpoint file")
+    damaged = _failing_member(path)
+    if damaged:
+        raise CheckpointError(f"{path} is damaged ({damaged} fails its checksum); replace it with a fresh copy")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
-            warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = _torch_load(path)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint: {_why_unreadable(path, err)}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict) or "config" not in raw:
@@ -208,6 +211,54 @@ def _read_pt(path: Path) -> Checkpoint:
         recipe = metrics.get("recipe")
     return Checkpoint(path, raw["config"], raw["state_dict"], raw.get("epoch", 0), metrics, recipe,
                       raw.get("data", {}), train_state, raw.get("digest"), "pt")  # fmt: skip
+
+
+def _torch_load(path: Path) -> Any:
+    with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _failing_member(path: Path) -> str | None:
+    """The first member of a torch.save zip whose bytes do not match the CRC-32 the zip records for them, else
+    None. torch.load never compares them: weights changed in place, or one flipped bit, loaded and evaluated as
+    if nothing had happened. One read of the file; a file that is not a readable zip is for torch.load to name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:  # torch.save with compute_crc32 off records none
+                    continue
+                try:
+                    with archive.open(info) as member:
+                        while member.read(1 << 20):
+                            pass
+                except (zipfile.BadZipFile, zlib.error, EOFError):
+                    return info.filename.split("/", 1)[-1]  # data/3, in the archive's own folder
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError):
+        return None
+    return None
+
+
+def is_own_checkpoint(path: Path) -> bool:
+    """Whether `path` is a .pt that this program wrote: a torch.save zip of a dict with a checkpoint's keys. Its
+    weights are not judged: a run may replace its own damaged or diverged checkpoint, never someone else's file."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        raw = _torch_load(path)
+    except Exception:
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict) and "config" in raw
+
+
+def is_own_metrics(path: Path) -> bool:
+    """Whether `path` is the metrics .json that save_checkpoint writes beside a checkpoint (main.py's metrics)."""
+    metrics = json_object(path)
+    return metrics is not None and {"test_accuracy", "epochs"} <= metrics.keys()
+
+
+CHECKPOINT = Kind("a checkpoint", is_own_checkpoint)  # what main.py writes, and its .resume.pt
+METRICS = Kind("a metrics file", is_own_metrics)  # the .json beside it
 
 
 def _read_portable(path: Path) -> Checkpoint:

@@ -29,7 +29,7 @@ from data import DataSource, Loaders, add_data_args, data_source, fingerprint, m
 from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
 from extras.resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
 from extras.tensorboard_log import TensorBoardLog
-from helper import save_checkpoint
+from helper import CHECKPOINT, METRICS, save_checkpoint
 from LeNet5 import LeNet5, count_parameters, layer_table
 from support import signals
 from support.devices import choose_device
@@ -108,9 +108,10 @@ def own_folder(paths: Outputs, is_main: bool) -> Iterator[Outputs]:
         remove_if_empty(made)
 
 
-def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | None] | None = None) -> None:
-    """Every output checked before any work starts: writable, and none another output or an input (`inputs`:
-    the data files, by what each is; --resume is added here)."""
+def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | None] | None = None) -> OutputPlan:
+    """Every output checked before any work starts: writable, none another output or an input (`inputs`: the
+    data files, by what each is; --resume is added here), none a file of the user's that only has its name; and
+    the checkpoint held for this run alone. The plan's `with` block lets it go."""
     if resume:  # (its default --out is beside it: a pipe given as --resume is named as that)
         refuse_special_file(resolve_output(resume, "--resume"), "--resume", "pass the file an interrupted run saved")
     out = paths.checkpoint_flag
@@ -119,12 +120,14 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     rewritten = {resolve_output(path, out) for path in (paths.checkpoint, resume_path(paths.checkpoint))}
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
     plan = OutputPlan({**(inputs or {}), "the file given as --resume": None if replaced else resume})
-    plan.file(paths.checkpoint, out)
-    plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file")
-    plan.file(resume_path(paths.checkpoint), f"{out}'s resume file")
+    plan.file(paths.checkpoint, out, kind=CHECKPOINT)
+    plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file", kind=METRICS)
+    plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
     plan.folder(paths.report_dir, "--report-dir", REPORT_FILES + HISTORY_FILES)
     if paths.tensorboard:  # (its run folders are new ones inside it: the folder itself must be free)
         plan.folder(paths.tensorboard, "--tensorboard")
+    plan.lock(paths.checkpoint, "--out")  # last: nothing after it can fail
+    return plan
 
 
 def print_architecture(model: LeNet5) -> None:
@@ -152,13 +155,17 @@ class Setup:
 
 
 def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, paths: Outputs, argv: list[str],
-            world: World, device: torch.device) -> Setup:  # fmt: skip
+            world: World, device: torch.device, held: contextlib.ExitStack | None = None) -> Setup:  # fmt: skip
     """Everything that can fail on one machine (paths, data, the resume file): all processes check in
-    together, so that one failure ends the whole job with one line."""
+    together, so that one failure ends the whole job with one line. held: keeps the outputs' plan (its lock)
+    until the run ends (None: the outputs are only checked)."""
     error = setup = None
     try:
         if world.is_main:
-            plan_outputs(paths, resume, source.inputs())
+            with contextlib.ExitStack() as checking:
+                checking.enter_context(plan_outputs(paths, resume, source.inputs()))
+                if held is not None:
+                    held.enter_context(checking.pop_all())
         checked = Resume.open(resume, flags, world) if resume else None
         if checked:
             recipe, config = checked.recipe, checked.config
@@ -188,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     flags = recipe_flags(args)
     paths = outputs(flags, args.out, args.report_dir, args.resume, args.tensorboard)
     world, device = join(choose_device(args.device))  # one process; or one of torchrun's, with its device
-    with one_job(world), own_folder(paths, world.is_main) as paths:
-        setup = prepare(flags, args.resume, data_source(args), paths, argv, world, device)
+    with one_job(world), own_folder(paths, world.is_main) as paths, contextlib.ExitStack() as held:
+        setup = prepare(flags, args.resume, data_source(args), paths, argv, world, device, held)
         recipe, loaders = setup.recipe, setup.loaders
         processes = f" x {world.size} processes" if world.distributed else ""
         print(f"device: {device}{processes}; recipe: {asdict(recipe)}")

@@ -69,6 +69,12 @@ def format_result(r: dict[str, Any]) -> str:
     return f"{r['path']}: {r['prediction']} ({r['probability']:.1%})   top-{len(r['topk'])}: {top}"
 
 
+def none_classified(results: list[dict[str, Any]]) -> str:
+    """Why no image could be classified: the one input's reason, or how many failed and the first reason."""
+    first = f"{results[0]['path']}: {results[0]['error']}"
+    return first if len(results) == 1 else f"none of the {len(results)} images could be classified; the first, {first}"
+
+
 def as_json(results: list[dict[str, Any]]) -> str:
     public = [{k: v for k, v in r.items() if k not in ("name", "grey", "digit")} for r in results]
     return json_text(public).rstrip()
@@ -94,10 +100,16 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
     model, _ = load_model(args.weights, choose_device(args.device))
     results = predict_paths(model, paths, args.topk, keep_images=args.out is not None)
-    if not args.json:
-        print("\n".join(format_result(r) for r in results))
     classified = [r for r in results if "error" not in r]
-    if args.out and classified:
+    if not classified:  # nothing done: a user error, its reason on stderr
+        raise UserError(none_classified(results))
+    if not args.json:
+        text = "\n".join(format_result(r) for r in results)
+        if args.out:
+            print(text)
+        else:  # stdout is the only output: the results must arrive there, or it is an error
+            print_results(text)
+    if args.out:
         plot_predictions(classified[:SHOWN], args.out)
         shown = f" (the first {SHOWN} of {len(classified)} images)" if len(classified) > SHOWN else ""
         print(f"wrote {args.out}{shown}", file=sys.stderr if args.json else sys.stdout)

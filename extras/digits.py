@@ -7,7 +7,9 @@ read as well as the test set is. data.preprocess then pads and normalizes it as 
 """
 
 import contextlib
+import errno
 import io
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +45,23 @@ def load_grayscale(path: Path, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
 
     An image that would decode to more than max_pixels is refused unread; a JPEG is decoded at 1/2
     to 1/8 of its size when that still leaves WORK_SIDE px, so a large photo costs little."""
-    if not Path(path).is_file():
-        raise ImageProblem("no such file" if not Path(path).exists() else "not a file")
+    problem = file_problem(Path(path))
+    if problem:
+        raise ImageProblem(problem)
     return read_grayscale(Path(path), max_pixels)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` is no file to read, as an ImageProblem says it ("no such file"; "not a file": a folder, a pipe,
+    a device; or what the system says: "cannot be read: file name too long"), or None for a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # (what Path.exists() calls absent)
+            return "no such file"
+        reason = err.strerror or type(err).__name__
+        return f"cannot be read: {reason[:1].lower()}{reason[1:]}"
+    return None if stat.S_ISREG(mode) else "not a file"
 
 
 Source = Path | bytes  # an image file, or the bytes of one (what a drawing canvas sends)
@@ -374,11 +390,19 @@ def _centre_by_mass(digit: torch.Tensor) -> torch.Tensor:
 
 
 def expand_paths(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; folders replaced by the images inside them (sorted by name)."""
+    """Files as given; folders replaced by the images inside them (sorted by name). A name that cannot even be
+    looked up (one too long for the file system) stays as given: reading it is that input's ImageProblem."""
     paths = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if _is_folder(item):
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and file_problem(p) is None)
         else:
             paths.append(item)
     return paths
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # (Path.is_dir() raises on a name too long, where a missing one is False)
+        return False

@@ -29,8 +29,8 @@ import torch
 from extras.model_card import CARD_MARK, model_card
 from helper import Checkpoint, load_checkpoint
 from LeNet5 import INPUT_NORMALIZATION
-from support import portable
-from support.files import OutputPlan, atomic_folder, atomic_outputs, json_text
+from support import portable, signals
+from support.files import Kind, OutputPlan, atomic_folder, atomic_outputs, json_object, json_text, refuse_foreign_file
 
 
 def contract(num_classes: int) -> dict[str, Any]:
@@ -68,7 +68,8 @@ def write_onnx(checkpoint: Checkpoint, path: Path, name: str) -> None:
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
-    import onnxruntime
+    with signals.deferred():  # a stop inside its initialization came out as "ImportError: initialization failed"
+        import onnxruntime  # (or as "Exception ignored in ... _get_module_lock"); held, it is a stop like any other
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"image": images.numpy()})[0])
@@ -127,11 +128,13 @@ class Format:
     runtime: str
     tolerance: float  # the largest |logit difference| allowed; 0: bit for bit
     sidecar: bool  # the contract goes beside it as <out>.json (the safetensors layouts carry it inside)
-    wrong_suffixes: tuple[str, ...] = ()
+    wrong_suffixes: tuple[str, ...] = ()  # another format's (or a checkpoint's): an --out named so is refused
 
 
 FORMATS = {
-    "onnx": Format("onnx", "lenet5.onnx", False, write_onnx, run_onnx, "onnxruntime", 1e-4, True, (".pt", ".json")),
+    "onnx": Format(
+        "onnx", "lenet5.onnx", False, write_onnx, run_onnx, "onnxruntime", 1e-4, True, (".pt", ".json", portable.SUFFIX)
+    ),
     "torchscript": Format(
         "torchscript",
         "lenet5.torchscript.pt",
@@ -141,7 +144,7 @@ FORMATS = {
         "torch.jit.load",
         1e-4,
         True,
-        (".onnx", ".json"),
+        (".onnx", ".json", portable.SUFFIX),
     ),  # fmt: skip
     "safetensors": Format(
         "safetensors", "lenet5.safetensors", False, write_safetensors, _reader("safetensors"), "safetensors", 0.0, False
@@ -157,9 +160,11 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def plan(fmt: Format, out: Path, weights: Path) -> None:
+def plan(fmt: Format, out: Path, weights: Path) -> OutputPlan:
     """--out for `fmt`, checked before any work: not the checkpoint read, the name the format takes, a place
-    that can be written; a hub folder only when it is new, empty, or an earlier export of this program's."""
+    that can be written, no file of the user's that only has its name (an earlier export of this program's is
+    replaced); a hub folder only when it is new, empty, or an earlier export of this program's. The plan holds
+    --out for this export alone until its `with` block ends."""
     outputs = OutputPlan({"the checkpoint given as --weights": weights})
     example = fmt.default_name
     if fmt.folder:
@@ -172,8 +177,37 @@ def plan(fmt: Format, out: Path, weights: Path) -> None:
         raise UserError(f"--out {out}: a safetensors export is named *.safetensors, e.g. {example}")
     if out.suffix.lower() in fmt.wrong_suffixes:
         raise UserError(f"--out {out}: a {fmt.name} export should not be named {out.suffix}; e.g. {example}")
-    if not fmt.folder:
-        return
+    if fmt.folder:
+        _check_hub_folder(out)
+        outputs.folder(out, "--out")  # the folder can be created and written (the check leaves none behind)
+    else:  # a file there already is replaced only when it is an earlier export of this program's
+        refuse_foreign_file(out, "--out", export_kind(fmt))
+        if fmt.sidecar:
+            refuse_foreign_file(sidecar_path(out), "--out's .json", sidecar_kind(fmt))
+    outputs.lock(out, "--out")  # last: nothing after it can fail
+    return outputs
+
+
+def export_kind(fmt: Format) -> Kind:
+    """An export file of `fmt` this program wrote: a safetensors file says so inside, the others by their .json."""
+    article = "an" if fmt.name[0] in "aeiou" else "a"
+    if fmt.sidecar:
+        return Kind(f"{article} {fmt.name} export", lambda path: sidecar_kind(fmt).ours(sidecar_path(path)))
+    return Kind(f"{article} {fmt.name} export", portable.written_here)
+
+
+def sidecar_kind(fmt: Format) -> Kind:
+    """<out>.json as sidecar() writes it for `fmt`."""
+
+    def ours(path: Path) -> bool:
+        fields = json_object(path) or {}
+        return fields.get("format") == fmt.name and {"verification", "preprocessing"} <= fields.keys()
+
+    return Kind(f"the .json of a {fmt.name} export", ours)
+
+
+def _check_hub_folder(out: Path) -> None:
+    """A hub --out: a folder that is new, empty, or an earlier export of this program's."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; a hub export is a folder: give a new folder's name")
     if out.is_dir() and any(out.iterdir()) and not is_own_hub_export(out):
@@ -182,7 +216,6 @@ def plan(fmt: Format, out: Path, weights: Path) -> None:
             f"--out {out} holds files that are not an earlier export of this program's ({found}); give a new or "
             "empty folder"
         )
-    outputs.folder(out, "--out")  # the folder can be created and written (the check leaves none behind)
 
 
 def is_own_hub_export(folder: Path) -> bool:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     add_data_args(p)
     p.add_argument("--epochs", type=number(int, 1, 1000), default=20, help="the most epochs to train")
     p.add_argument("--stop-at", type=number(float, 0, 1), default=None, help="stop once test accuracy reaches this")
-    p.add_argument("--seed", type=number(int, 0), default=0, help="seed for the weights and the shuffling")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="seed for the weights and the shuffling")
     p.add_argument("--out", type=Path, required=True, help="where to write the per-epoch results (JSON)")
     args = p.parse_args(argv)
     check_output_file(args.out, "--out", example="results.json")

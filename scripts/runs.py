@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.cli import PROJECT_DIR, UserError
+from support.cli import PROJECT_DIR, CliParser, UserError, run_cli
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,19 @@ def summarize(metrics: dict[str, Any], started: float, wall_seconds: float, targ
         train_seconds=metrics["train_seconds"],
         wall_seconds=wall_seconds,
     )
+
+
+NOT_A_COMMAND = (
+    "a helper module, not a command: python -m scripts.bench, python -m scripts.seeds and python -m scripts.lecun1998 "
+    "launch their training runs with it; run one of those"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m scripts.runs`: --help says what the module is; anything else, one line, exit 2."""
+    CliParser(f"{__doc__}\n\nIt is {NOT_A_COMMAND}.").parse_args(argv)
+    raise UserError(f"scripts/runs.py is {NOT_A_COMMAND}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

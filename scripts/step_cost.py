@@ -10,6 +10,7 @@ the size of all gradients (61,706 floats: DDP sends C3's masked weights too) on 
     python -m scripts.step_cost                                     # 1 process, its share = 64
     torchrun --standalone --nproc-per-node 2 -m scripts.step_cost   # 2 processes, 32 each
     python -m scripts.step_cost --batch-size 256 --optimizer muon --compile   # the fast recipe's step, compiled too
+    python -m scripts.step_cost --batch-size 256 --optimizer muon --muon-bfloat16   # as torch.optim.Muon computes it
 
 --optimizer muon / muon-conv times the fast recipe's optimizer (Muon on C5 and F6, or on the filters too);
 --compile adds the same step through torch.compile(model): its first call (the compilation, timed once) and
@@ -30,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from LeNet5 import LeNet5
 from support.augment import Augmentation
 from support.devices import place_batch, place_model
-from support.optimizers import make_optimizer
+from support.optimizers import MuonAndAdamW
 from support.recipes import resolve_recipe
 
 
@@ -54,22 +55,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=number(int, 1, 100_000), default=400, help="timed calls per repeat (5 repeats)")
     p.add_argument("--optimizer", choices=("sgd", "muon", "muon-conv"), default="sgd", help="the step's optimizer")
     p.add_argument("--compile", action="store_true", help="also time the step of torch.compile(model)")
+    bf16 = "Muon's Newton-Schulz in bfloat16, as torch.optim.Muon runs it (the package: float32 on the CPU)"
+    p.add_argument("--muon-bfloat16", action="store_true", help=bf16)
     args = p.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must split evenly over {world} processes")
-    measure(args.batch_size, args.steps, args.optimizer, args.compile)
+    ns_dtype = torch.bfloat16 if args.muon_bfloat16 else None
+    measure(args.batch_size, args.steps, args.optimizer, args.compile, ns_dtype)
 
 
-def make_step_optimizer(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
+def make_step_optimizer(model: torch.nn.Module, name: str, ns_dtype: torch.dtype | None) -> torch.optim.Optimizer:
     """The default recipe's SGD, or the fast recipe's Muon and AdamW (with the filters under Muon: muon-conv)."""
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
-    fast = resolve_recipe("fast", {"muon_conv": name == "muon-conv"})
-    return make_optimizer(getattr(model, "_orig_mod", model), fast)  # (a compiled model's own parameters)
+    fast = resolve_recipe("fast", {})
+    plain = getattr(model, "_orig_mod", model)  # (a compiled model's own parameters)
+    return MuonAndAdamW(plain, fast.lr, (fast.momentum, fast.beta2), fast.weight_decay, name == "muon-conv", ns_dtype)
 
 
-def measure(global_batch: int, steps: int, optimizer_name: str = "sgd", compiled: bool = False) -> None:
+def measure(global_batch: int, steps: int, optimizer_name: str = "sgd", compiled: bool = False,
+            ns_dtype: torch.dtype | None = None) -> None:  # fmt: skip
     """Print the per-step timings of this process (under torchrun: of every process, from rank 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -86,7 +92,7 @@ def measure(global_batch: int, steps: int, optimizer_name: str = "sgd", compiled
         augmentation(dataset[index], generator)
 
     def step_of(model: torch.nn.Module):
-        optimizer = make_step_optimizer(getattr(model, "module", model), optimizer_name)
+        optimizer = make_step_optimizer(getattr(model, "module", model), optimizer_name, ns_dtype)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)

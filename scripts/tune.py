@@ -134,7 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also stop a trial whose val accuracy after an epoch is below this fraction",
     )
     p.add_argument("--val-size", type=number(int, 1), default=10_000, help="training images held out to score on")
-    p.add_argument("--seed", type=number(int, 0), default=0, help="every trial's main.py --seed")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="every trial's main.py --seed")
     add_limit_flag(p)
     add_device_flag(p)
     add_data_args(p)

@@ -15,6 +15,7 @@ Exit statuses, the same for every entry point (and the README's table):
 import argparse
 import atexit
 import contextlib
+import errno
 import io
 import math
 import os
@@ -117,6 +118,15 @@ class CliParser(argparse.ArgumentParser):
         text = f"{self.prog}: error: {message} (see --help)\n"
         self.exit(EXIT_USER_ERROR, text if speaks() else None)
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # An empty value is never meant: `--out "$OUT"` with OUT unset. As a path it is the current folder
+        # (`--report-dir ''` wrote the report into it, `predict.py ''` read every image there), so every flag
+        # and positional of every command refuses it, before its type sees it.
+        if "" in arg_strings and action.nargs not in (argparse.PARSER, argparse.REMAINDER):
+            wanted = "a path" if action.type is Path else "a value"
+            raise argparse.ArgumentError(action, f"an empty value (an unset shell variable?); give {wanted}")
+        return super()._get_values(action, arg_strings)
+
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -184,6 +194,37 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
 def _as_float32(value: float) -> float:
     """`value` as float32 holds it (rounded to the nearest; a tiny one to 0)."""
     return struct.unpack("f", struct.pack("f", value))[0]
+
+
+# --- file names -----------------------------------------------------------------------------------
+
+NAME_MAX = 255  # bytes in one name of a path, on Linux, macOS and Windows file systems alike
+PATH_MAX = 4096  # bytes in a whole path, on Linux
+
+
+def name_max(path: Path) -> int:
+    """The longest name the file system under `path` takes (the nearest folder that exists says), in bytes."""
+    for folder in Path(path).parents:
+        if os.path.isdir(folder):  # (os.path: False, never an OSError, for a path too long to look at)
+            with contextlib.suppress(OSError, ValueError):
+                return os.pathconf(folder, "PC_NAME_MAX")
+            break
+    return NAME_MAX
+
+
+def name_length_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be a file's path because of its length (one of its names, or the whole), in words that
+    start with the path; None when its length is fine."""
+    path = Path(os.fsdecode(path))
+    limit, parts = name_max(path), path.parts or ("",)
+    longest = max(parts, key=lambda part: len(os.fsencode(part)))
+    size = len(os.fsencode(longest))
+    if size > limit:
+        which = "its name" if longest == parts[-1] else f"the folder name {longest[:12]}...{longest[-12:]} in it"
+        return f"{path}: {which} is {size} bytes long, and the file system takes at most {limit}; choose a shorter one"
+    if len(os.fsencode(str(path))) >= PATH_MAX:
+        return f"{path}: the path is {len(os.fsencode(str(path)))} bytes long, more than the system takes; shorten it"
+    return None
 
 
 # --- which process speaks --------------------------------------------------------------------------
@@ -298,6 +339,14 @@ def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # training saves its own state before this is reached
         return _interrupted()
+    except OSError as err:  # a path too long for the system, wherever it is given (an input, a folder, an output)
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        named = err.filename if err.filename is not None else err.filename2
+        problem = named is not None and name_length_problem(named)
+        problem = problem or f"{named if named is not None else 'a path'}: too long a name; choose a shorter one"
+        print(f"error: {where}{problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch's, named so that this module need not import torch
             raise

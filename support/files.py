@@ -3,6 +3,8 @@
 A file (or a set of files, or a folder) is written under a temporary name beside its target, synced
 to the disk, and only then renamed over it: a full disk, a Ctrl-C or a killed process leaves what was
 there before. A disk that is full, read-only or over a size limit is a UserError naming the file.
+A command's outputs are planned before any work (OutputPlan): a file that is there already is replaced
+only when it is one this program wrote, of the same kind; and one run at a time writes them.
 JSON is written one way: strict, with NaN and infinity (which JSON lacks) as null.
 """
 
@@ -14,11 +16,12 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.cli import UserError
+from support.cli import UserError, name_length_problem
 
 try:
     import fcntl  # POSIX: a folder is locked while a pair of files is replaced in it
@@ -30,13 +33,22 @@ except ImportError:  # Windows
 
 
 def check_output_file(path: Path, flag: str, example: str = "lenet5.pt", keep: bool = True) -> None:
-    """Fail before any work when a file could not be written at `path` (a directory there, a device
-    or a pipe there, no folder). keep: see check_output_dir."""
+    """Fail before any work when a file could not be written at `path` (a name too long, a directory there, a
+    device or a pipe there, no folder). keep: see check_output_dir."""
+    refuse_long_name(path, flag)
     path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
     refuse_special_file(path, flag)
     check_output_dir(path.parent, f"the folder of {flag}", keep=keep)
+
+
+def refuse_long_name(path: Path, flag: str) -> None:
+    """A name longer than the file system takes (255 bytes, mostly), said with the flag it came from, before
+    anything is made: a derived name too (--out's resume file: x.pt becomes x.resume.pt)."""
+    problem = name_length_problem(path)
+    if problem:
+        raise UserError(f"{flag} {problem}")
 
 
 def resolve_output(path: Path, flag: str) -> Path:
@@ -69,7 +81,9 @@ def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = (), ke
     folders created for the check are removed again (the writers create them with the first file), so that a
     run refused or stopped before it writes leaves none behind."""
     directory = Path(directory)
+    refuse_long_name(directory, flag)
     for name in files:
+        refuse_long_name(directory / name, flag)
         refuse_special_file(resolve_output(directory / name, flag), flag)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
@@ -132,6 +146,27 @@ def remove_if_empty(folder: Path | None) -> None:
         _remove_empty([Path(folder)])
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What an output file is, in words ("a checkpoint"), and how to tell one that this program wrote from a
+    file of the user's that only has its name (`ours`: true for the first, never raises)."""
+
+    name: str
+    ours: Callable[[Path], bool]
+
+
+def json_object(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it holds none (not JSON, not an object, unreadable, or larger
+    than a file this program writes): for the `ours` of a Kind."""
+    try:
+        if os.stat(path).st_size > max_bytes:
+            return None
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # (ValueError: also a UnicodeDecodeError)
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class OutputPlan:
     """One command's outputs, all known before any work starts: each is checked writable now (its folder
     created and a file written there, then removed again, so that a bad location fails before a long run,
@@ -140,17 +175,48 @@ class OutputPlan:
 
     Three kinds of output: a file; a folder written whole (replaced with everything in it); a folder written
     into (among whatever else is there). Nothing may lie inside a file or a folder written whole, a file may
-    not be where a folder is needed, and no output may be an input, nor a folder written whole hold one."""
+    not be where a folder is needed, and no output may be an input, nor a folder written whole hold one.
+
+    A file given its Kind replaces only a file of that kind that this program wrote: anything else there (the
+    user's notes, another program's model) is refused, never silently replaced. lock() holds an output for
+    this command alone until the plan's `with` block ends (or the process does)."""
 
     def __init__(self, inputs: dict[str, Path | None] | None = None):
         """inputs: what the command reads, each by what it is ("the checkpoint given as --weights"; None: not given)."""
         self._inputs = {resolve_output(path, what): what for what, path in (inputs or {}).items() if path}
         self._claims: dict[Path, tuple[str, str]] = {}  # resolved path: (what, kind)
+        self._locks: list[_Lock] = []
 
-    def file(self, path: Path, flag: str, example: str = "lenet5.pt") -> Path:
+    def __enter__(self) -> "OutputPlan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def file(self, path: Path, flag: str, example: str = "lenet5.pt", kind: Kind | None = None) -> Path:
+        """A file the command writes; kind: what it is, when a file already there may be replaced only if it is
+        one this program wrote of that kind."""
         self._claim(path, flag, "file")
         check_output_file(path, flag, example, keep=False)
+        if kind is not None:
+            refuse_foreign_file(path, flag, kind)
         return Path(path)
+
+    def lock(self, path: Path, flag: str = "--out") -> None:
+        """Hold `path` for this command alone until release(): a second command that would write it (a second
+        run with the same --out) is refused at its start, rather than both ending well with a mix of their files
+        left behind. The system drops the lock of a process that dies (kill -9): none is ever stale."""
+        lock = _Lock.take(resolve_output(path, flag))
+        if lock is not None:
+            if lock.holder is not None:
+                pid = f" (pid {lock.holder})" if lock.holder else ""
+                raise UserError(f"another run{pid} is writing {path}; wait for it or choose another {flag}")
+            self._locks.append(lock)
+
+    def release(self) -> None:
+        """Let the outputs go (lock()): the plan's `with` block does it on every way out."""
+        while self._locks:
+            self._locks.pop().release()
 
     def folder(self, directory: Path, flag: str, files: tuple[str, ...] = ()) -> Path:
         """A folder the command writes `files` into, among whatever else is there."""
@@ -187,6 +253,89 @@ class OutputPlan:
 def _inside(inner: Path, outer: Path, outer_kind: str) -> bool:
     """Whether `inner` lies in `outer` where nothing may: in a file, or in a folder written whole."""
     return outer_kind in ("file", "whole") and outer in inner.parents
+
+
+def refuse_foreign_file(path: Path, flag: str, kind: Kind) -> None:
+    """A file at `path` that is not `kind` written by this program is the user's: it is never replaced."""
+    target = resolve_output(path, flag)
+    if target.is_file() and not kind.ours(target):
+        raise UserError(f"{flag} {path} exists and is not {kind.name} this program wrote; move it or choose "
+                        "another --out")  # fmt: skip
+
+
+class _Lock:
+    """An exclusive flock on a file beside an output (.<name>.lock), the file removed when the lock is let go."""
+
+    def __init__(self, fd: int, path: Path, created: list[Path], holder: int | None = None):
+        self.fd, self.path, self.created = fd, path, created
+        self.holder = holder  # another process holds it: its pid (0: unknown); None: this one does
+
+    @classmethod
+    def take(cls, target: Path) -> "_Lock | None":
+        """The lock for `target`: this process's, or (holder set) another's; None where files cannot be locked."""
+        if fcntl is None:
+            return None
+        path = target.with_name(_temp_prefix(target) + "lock")
+        created = [folder for folder in target.parents if not os.path.exists(folder)]
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError:  # (check_output_file has said what is wrong with the folder)
+                _remove_empty(created)
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                return cls(-1, path, [], holder)
+            except OSError:  # a file system without locks (some network ones): unlocked, as before
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                _remove_empty(created)
+                return None
+            if _same_file(fd, path):  # (not a file its last holder removed as this one opened it)
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(fd, path, created)
+
+    def release(self) -> None:
+        if self.holder is not None:
+            return
+        with contextlib.suppress(OSError):
+            if _same_file(self.fd, self.path):
+                self.path.unlink()  # while still held: a process waiting on it then sees it gone and tries again
+        os.close(self.fd)
+        _remove_empty(self.created)  # (the folders made for it, unless the run wrote into them)
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        opened, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+TEMP_NAME_BYTES = 200  # of the target's name, in the temporary and lock files beside it: within 255 with their marks
+
+
+def _temp_prefix(path: Path) -> str:
+    """The ".<name>." of the temporary files and folders beside `path` (mkstemp adds 8 characters and a suffix), its
+    name cut so that theirs stays within a file system's 255 bytes."""
+    return f".{os.fsdecode(os.fsencode(path.name)[:TEMP_NAME_BYTES])}."
 
 
 @contextlib.contextmanager
@@ -258,13 +407,13 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     held = contextlib.ExitStack()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
         held.enter_context(_in_use(tmp))  # until it is renamed or removed: no later run takes it for a leftover
         _remove_stale_temps(path)
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old)  # (an empty folder is replaced by a rename)
         os.replace(tmp, path)
     except BaseException as err:
@@ -303,7 +452,7 @@ def _remove_stale_temps(path: Path) -> None:
     (SIGKILL, a power cut): named .<name>.XXXXXXXX.tmp as mkdtemp names them, and no live writer's lock on them."""
     if fcntl is None:  # (where folders cannot be locked, a live writer's folder cannot be told from a leftover)
         return
-    prefix = f".{path.name}."
+    prefix = _temp_prefix(path)
     for entry in os.scandir(path.parent):
         shape = entry.name.startswith(prefix) and entry.name.endswith(".tmp") and len(entry.name) == len(prefix) + 12
         if not (shape and entry.is_dir(follow_symlinks=False)):
@@ -345,7 +494,7 @@ def _writable_target(path: Path) -> Path:
 
 def _new_temp_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     os.close(fd)
     return Path(tmp)
 

@@ -43,7 +43,7 @@ class MuonAndAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, model: LeNet5, lr: float, betas: tuple[float, float], weight_decay: float,
-                 conv_filters: bool = False):  # fmt: skip
+                 conv_filters: bool = False, ns_dtype: torch.dtype | None = None):  # fmt: skip
         convs = (model.c1, model.c3) if conv_filters else ()
         # (filters, their flattened copy that Muon steps, C3's table or None)
         self.flattened = [(c.weight, torch.nn.Parameter(c.weight.detach().flatten(1).clone()), getattr(c, "mask", None))
@@ -51,7 +51,9 @@ class MuonAndAdamW(torch.optim.Optimizer):
         matrices = [model.c5.weight, model.f6.weight, *(flat for _, flat, _ in self.flattened)]
         stepped_flat = [filters for filters, _, _ in self.flattened]
         rest = [p for p in model.parameters() if all(p is not m for m in matrices + stepped_flat)]
-        self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay)
+        if ns_dtype is None:  # torch's bfloat16 where matrix units have it; float32 on the CPU (docs/speed.md)
+            ns_dtype = torch.float32 if model.c5.weight.device.type == "cpu" else torch.bfloat16
+        self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={})
         self._share_groups_and_state()
@@ -82,3 +84,45 @@ class MuonAndAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._share_groups_and_state()
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, step for step, with its Newton-Schulz iterations in `ns_dtype`. Torch runs them in
+    bfloat16; a CPU without bfloat16 matrix instructions emulates those, many times slower than float32
+    (docs/speed.md), and float32 is the more exact of the two."""
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError("Muon.step takes no closure")
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * max(1, p.shape[0] / p.shape[1]) ** 0.5)  # torch's "original" scaling
+
+
+def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """Muon's quintic Newton-Schulz iteration (as torch.optim.Muon computes it), in `dtype`: about U V^T of g's SVD."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    wide = x.T if g.size(0) > g.size(1) else x
+    wide = wide / wide.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = wide @ wide.T
+        wide = torch.addmm(wide, torch.addmm(gram, gram, gram, beta=b, alpha=c), wide, beta=a)
+    return (wide.T if g.size(0) > g.size(1) else wide).to(g.dtype)

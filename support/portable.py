@@ -42,6 +42,19 @@ def claims(path: Path) -> bool:
     return path.suffix.lower() == SUFFIX
 
 
+def written_here(path: Path) -> bool:
+    """Whether `path` is a .safetensors file that this project wrote (its metadata names LeNet5), which an export
+    may replace. Only the header is read: a large file of another model's costs nothing to tell apart."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+    except Exception:  # the Rust reader's SafetensorError, or an OSError: not one of these files
+        return False
+    return metadata.get("architecture") == "LeNet5" and "config" in metadata
+
+
 def read(path: Path, constructor_arguments: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, fields) of a .safetensors file or a hub folder; the fields' values are parsed, not yet checked."""
     path = Path(path)

@@ -121,11 +121,7 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         raise UserError(f"--recipe {name!r} is not one of {', '.join(RECIPES)}")
     recipe = Recipe(**{**RECIPES[name][1], **overrides, "name": name})
     if not recipe.augment:
-        if overrides.get("elastic_alpha", 0) > 0 or (set(DISTORTIONS) - {"elastic_alpha"}) & overrides.keys():
-            raise UserError(
-                "--rotation, --zoom, --shift, --elastic-alpha and --elastic-sigma distort the augmented images: "
-                "drop --no-augment"
-            )
+        _refuse_distortions_without_augment(name, overrides)
         recipe = replace(recipe, elastic_alpha=0.0)  # (--recipe best --no-augment): no distortion of any kind
     if recipe.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {recipe.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -155,6 +151,21 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
             f"rate would never reach its peak; give at most {recipe.epochs}"
         )
     return recipe
+
+
+def _refuse_distortions_without_augment(name: str, overrides: dict[str, Any]) -> None:
+    """A distortion flag given to a run without augmentation: name the flags given, and what turned it off (the
+    user's --no-augment, to drop, or the recipe itself, which --augment turns on). --elastic-alpha 0 says "off"."""
+    given = [f for f in DISTORTIONS if f in overrides and not (f == "elastic_alpha" and overrides[f] == 0)]
+    if not given:
+        return
+    flags = ["--" + field.replace("_", "-") for field in given]
+    named = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} and {flags[-1]}"
+    if "augment" in overrides:  # the user's own --no-augment
+        raise UserError(f"{named} would distort the augmented images: drop --no-augment")
+    raise UserError(
+        f"{named} would distort the augmented images, and --recipe {name} trains without augmentation: add --augment"
+    )
 
 
 def run_name(recipe_name: str, seed: int, now: float | None = None) -> str:
@@ -217,7 +228,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
     def flag(name: str, help: str, **kwargs) -> None:
         default = getattr(defaults, name[2:].replace("-", "_"), None)
-        shown = f" (default: {default})" if default is not None else ""
+        shown = f" (default: {default})" if default is not None and default is not False else ""  # (False: off)
         g.add_argument(name, default=argparse.SUPPRESS, help=help + shown, **kwargs)
 
     flag("--epochs", "passes over the training set", type=number(int, 1, 10_000))

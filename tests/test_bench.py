@@ -51,11 +51,15 @@ def test_the_side_after_the_baseline_takes_turns():
     orders = [round_order(["baseline", "peer", "fast", "default"], n)[1:] for n in (1, 2, 3, 4)]
     assert orders == [["peer", "fast", "default"], ["fast", "default", "peer"], ["default", "peer", "fast"],
                       ["peer", "fast", "default"]]  # fmt: skip
+    assert round_order(["peer", "fast", "default"], 2) == ["fast", "default", "peer"]  # --sides without the baseline
 
 
 def test_the_package_sides_are_compared_with_the_peer_too():
-    summary = summarize_sides({"baseline": [run(90)], "peer": [run(12)], "fast": [run(6), run(5)]})
-    assert summary["fast"]["times_sooner_than_peer"] == pytest.approx(12 / 5.5)
+    """The peer is timed from launch to exit (its one epoch, as its notebook times itself), whatever it reached."""
+    summary = summarize_sides({"baseline": [run(90)], "peer": [run(12, wall=13)], "fast": [run(6), run(5)]})
+    assert summary["fast"]["times_sooner_than_peer"] == pytest.approx(13 / 5.5)
     assert "times_sooner_than_peer" not in summary["peer"]
-    missed = summarize_sides({"baseline": [run(90)], "peer": [run(None)], "fast": [run(5)]})
-    assert missed["fast"]["times_sooner_than_peer"] is None
+    missed = summarize_sides({"peer": [run(None, wall=14)], "fast": [run(5)]})  # and no baseline side at all
+    assert missed["fast"]["times_sooner_than_peer"] == pytest.approx(14 / 5)
+    assert "times_sooner_than_baseline" not in missed["fast"]
+    assert summarize_sides({"peer": [run(12)], "fast": [run(None)]})["fast"]["times_sooner_than_peer"] is None

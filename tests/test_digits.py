@@ -216,3 +216,13 @@ def test_a_picture_too_thin_for_a_digit_is_named_by_its_own_size(tmp_path):
     Image.new("L", (5000, 20), 255).save(tmp_path / "thin.png")
     with pytest.raises(ImageProblem, match=re.escape("no digit found (the picture is only 5000 x 20 pixels)")):
         to_mnist_digit(load_grayscale(tmp_path / "thin.png"))
+
+
+def test_a_name_too_long_for_the_file_system_is_an_image_problem(tmp_path):
+    """expand_paths keeps it as given (Path.is_dir() raises ENAMETOOLONG), and reading it says why it failed."""
+    long = tmp_path / ("x" * 300 + ".png")
+    assert expand_paths([long, tmp_path / "missing.png"]) == [long, tmp_path / "missing.png"]
+    with pytest.raises(ImageProblem, match="^cannot be read: file name too long$"):
+        load_grayscale(long)
+    with pytest.raises(ImageProblem, match="^not a file$"):
+        load_grayscale(tmp_path)

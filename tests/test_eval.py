@@ -135,3 +135,15 @@ def test_json_results_that_cannot_be_written_are_an_error(tmp_path, weights, idx
     assert done.returncode == 2
     assert done.stderr == "error: cannot write the results to stdout: No space left on device\n"
     assert (tmp_path / "report" / "metrics.json").is_file()  # the files are written all the same
+
+
+def test_a_batch_size_beyond_the_test_set_is_one_line_before_any_work(cli, tmp_path, weights, idx_dir):
+    """Not a traceback from deep in the loader (islice's "Stop argument ... must be ... <= sys.maxsize")."""
+    from conftest import assert_user_error
+
+    flags = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--cache-dir", tmp_path / "cache"]
+    flags += ["--weights", weights, "--report-dir", tmp_path / "report"]
+    done = cli("eval", *flags, "--batch-size", "99999999999999999999")
+    assert_user_error(done, "argument --batch-size: must be an integer >= 1 and <= 10000, got 99999999999999999999")
+    assert not (tmp_path / "report").exists()
+    assert cli("eval", *flags, "--batch-size", "10000").returncode == 0  # the whole test set in one batch

@@ -15,6 +15,8 @@ from conftest import assert_user_error
         (["--out", "{tmp}/model.pt"], "is the checkpoint given as --weights, which this command reads"),
         (["--out", "{tmp}/lenet5.json"], "a onnx export should not be named .json"),
         (["--format", "torchscript", "--out", "{tmp}/lenet5.onnx"], "a torchscript export should not be named .onnx"),
+        (["--out", "{tmp}/m.safetensors"], "a onnx export should not be named .safetensors"),  # as safetensors refuses
+        (["--format", "torchscript", "--out", "{tmp}/m.safetensors"], "should not be named .safetensors"),  # others'
     ],
 )
 def test_export_cli_user_errors(cli, tmp_path, weights, args, message):

@@ -84,8 +84,9 @@ def file_size_limit(size: int):
 def test_a_disk_that_fills_at_the_json_keeps_both_previous_files(tmp_path, weights, cli, monkeypatch):
     """The export and its .json are one pair: when the .json cannot be written, the new export is not kept either."""
     out = tmp_path / "m.torchscript.pt"
-    out.write_text("previous export")
-    out.with_name(out.name + ".json").write_text('{"previous": true}')
+    args = ["--weights", weights, "--format", "torchscript", "--out", out, "--verify-images", "4"]
+    assert cli("export", *args, "--data-dir", tmp_path / "no-mnist", "--no-download").returncode == 0  # the previous
+    previous = out.read_bytes(), out.with_name(out.name + ".json").read_text()
     write_text = Path.write_text
 
     def full_at_the_json(path: Path, *args, **kwargs):
@@ -94,11 +95,9 @@ def test_a_disk_that_fills_at_the_json_keeps_both_previous_files(tmp_path, weigh
         return write_text(path, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_at_the_json)
-    args = ["--weights", weights, "--format", "torchscript", "--out", out, "--verify-images", "4"]
     done = cli("export", *args, "--data-dir", tmp_path / "no-mnist", "--no-download")
     assert_user_error(done, "No space left on device; what was there before is unchanged")
-    assert out.read_text() == "previous export"
-    assert out.with_name(out.name + ".json").read_text() == '{"previous": true}'
+    assert (out.read_bytes(), out.with_name(out.name + ".json").read_text()) == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript.pt", "m.torchscript.pt.json", "model.pt"]
 
 
@@ -157,3 +156,76 @@ def test_the_1998_network_exports_to_every_format(tmp_path, cli, fmt):
         assert loaded.lecun1998 and torch.equal(loaded.output.centres, model.output.centres)
         got = loaded.eval()(x).detach()
     assert torch.allclose(got, model(x).detach(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fmt, mine, message",
+    [
+        ("onnx", ["notes2.onnx", "notes2.onnx.json"], "--out {out} exists and is not an onnx export this program"),
+        ("onnx", ["notes2.onnx.json"], "--out's .json {out}.json exists and is not the .json of a onnx export"),
+        ("torchscript", ["notes2.torchscript"], "--out {out} exists and is not a torchscript export this program"),
+        ("safetensors", ["notes2.safetensors"], "--out {out} exists and is not a safetensors export this program"),
+    ],
+)
+def test_an_export_replaces_an_earlier_export_but_never_a_file_of_the_users(tmp_path, weights, cli, fmt, mine,
+                                                                             message):  # fmt: skip
+    """`export.py --format onnx --out notes2.onnx` replaced the user's notes2.onnx and notes2.onnx.json: refused,
+    both as they were; an earlier export of this program's at --out is replaced, as ever."""
+    name = {"onnx": "notes2.onnx", "torchscript": "notes2.torchscript", "safetensors": "notes2.safetensors"}[fmt]
+    args = ["--weights", weights, "--format", fmt, "--verify-images", "4", "--data-dir", tmp_path / "no-mnist",
+            "--no-download"]  # fmt: skip
+    ours = tmp_path / "ours" / name
+    for _ in range(2):
+        done = cli("export", *args, "--out", ours)
+        assert done.returncode == 0, done.stderr
+    for file in mine:
+        (tmp_path / file).write_text("the user's own notes")
+    out = tmp_path / name
+    done = cli("export", *args, "--out", out)
+    assert_user_error(done, message.format(out=out))
+    assert "move it or choose another --out" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "ours", *mine])
+    assert all((tmp_path / file).read_text() == "the user's own notes" for file in mine)
+
+
+# Sends SIGINT while onnxruntime's package is being initialized (from its loader), and goes on: a stop there came
+# out as "ImportError: initialization failed" (exit 1) or as "Exception ignored in ... _get_module_lock". Held until
+# the import is done, it ends the export as any stop does. (torch.onnx only asks whether onnxruntime is there.)
+STOP_IMPORTING_ONNXRUNTIME = """
+import importlib.abc, importlib.util, os, runpy, signal, sys
+class Stop(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "onnxruntime":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        real = spec.loader
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return real.create_module(spec)
+            def exec_module(self, module):
+                os.kill(os.getpid(), signal.SIGINT)
+                print("the import went on", file=sys.stderr, flush=True)
+                real.exec_module(module)
+        spec.loader = Loader()
+        return spec
+sys.meta_path.insert(0, Stop())
+sys.argv = ["export.py", *sys.argv[1:]]
+runpy.run_path("export.py", run_name="__main__")
+"""
+
+
+def test_a_stop_while_onnxruntime_loads_ends_the_export_as_any_stop(tmp_path, weights):
+    from conftest import run_script
+
+    out = tmp_path / "m.onnx"
+    args = ["--weights", weights, "--format", "onnx", "--out", out, "--verify-images", "4", "--data-dir",
+            tmp_path / "no-mnist", "--no-download"]  # fmt: skip
+    done = run_script("-c", STOP_IMPORTING_ONNXRUNTIME, *map(str, args))
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.endswith("the import went on\n\ninterrupted\n")  # the import finished, then the stop
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing written, no temporary file

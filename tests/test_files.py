@@ -191,3 +191,60 @@ def test_a_read_only_file_system_is_named(tmp_path):
     command = ["unshare", "-m", "sh", "-c", mounted, "sh", tmp_path / "ro", sys.executable, code]
     done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
     assert "the folder of --out: cannot write into" in done.stderr and "read-only file system" in done.stderr
+
+
+def test_a_name_too_long_is_refused_with_its_flag_before_any_work(tmp_path):
+    """300 bytes where the file systems take 255: one line naming the flag and the path, not the system's
+    ENAMETOOLONG as a traceback; a name derived from --out (its resume file) is named as that."""
+    plan = OutputPlan()
+    long = tmp_path / "new" / ("a" * 297 + ".pt")
+    with pytest.raises(UserError, match=r"^--out .*/a{297}\.pt: its name is 300 bytes long, and the file system takes"):
+        plan.file(long, "--out")
+    legal = tmp_path / ("b" * 250 + ".pt")  # 253 bytes: fine; its resume file's 260 are not
+    plan.file(legal, "--out")
+    with pytest.raises(UserError, match=r"^--out's resume file .*/b{250}\.resume\.pt: its name is 260 bytes long"):
+        plan.file(legal.with_name(legal.stem + ".resume.pt"), "--out's resume file")
+    with pytest.raises(UserError, match=r"^--report-dir .*: the folder name a{12}\.\.\.a{12} in it is 300 bytes"):
+        plan.folder(tmp_path / ("a" * 300) / "reports", "--report-dir", ("metrics.json",))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_of_255_bytes_is_written_though_its_temporary_name_is_longer(tmp_path):
+    """The temporary file beside a target is named after it, with 14 more bytes: cut, it stays within 255."""
+    path = tmp_path / ("a" * 250 + ".json")
+    write_json({"a": 1}, path)
+    assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == [path.name]
+
+
+def test_a_file_there_is_replaced_only_when_this_program_wrote_it(tmp_path):
+    """An output of a Kind replaces an earlier one of this program's; a file of the user's that only has its name
+    is refused, whatever it holds, and stays as it was."""
+    from support.files import Kind
+
+    kind = Kind("a note", lambda path: path.read_text() == "written by this program")
+    (tmp_path / "ours.txt").write_text("written by this program")
+    (tmp_path / "mine.txt").write_text("the user's own notes")
+    plan = OutputPlan()
+    plan.file(tmp_path / "ours.txt", "--out", kind=kind)
+    plan.file(tmp_path / "new.txt", "--out", kind=kind)
+    message = r"^--out .*/mine.txt exists and is not a note this program wrote; move it or choose another --out$"
+    with pytest.raises(UserError, match=message):
+        plan.file(tmp_path / "mine.txt", "--out", kind=kind)
+    assert (tmp_path / "mine.txt").read_text() == "the user's own notes"
+
+
+def test_a_lock_holds_an_output_for_one_command_and_is_let_go_on_every_way_out(tmp_path):
+    """A second plan locking the same output is refused, naming the process that holds it; the lock goes with
+    the plan's block however it ends (here a Ctrl-C), and leaves no file behind, nor the folder made for it."""
+    out = tmp_path / "new" / "m.pt"
+    with pytest.raises(KeyboardInterrupt):
+        with OutputPlan() as plan:
+            plan.lock(out)
+            with pytest.raises(UserError, match=rf"^another run \(pid {os.getpid()}\) is writing {out}; wait for it"):
+                OutputPlan().lock(out)
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    with OutputPlan() as again:
+        again.lock(out)  # free again
+        out.write_text("written")
+    assert os.listdir(out.parent) == ["m.pt"]

@@ -361,11 +361,14 @@ def test_an_interrupt_while_importing_exits_quietly(script, signal_name):
 def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tmp_path):
     """Files may grow to 100 kB (RLIMIT_FSIZE; a checkpoint is about 250 kB): one line naming the files and
     the cause, and the previous lenet5.pt and lenet5.json are untouched, with no temporary file beside them."""
+    from helper import save_checkpoint
+    from LeNet5 import LeNet5
+
     data = write_idx_dir(tmp_path / "mnist")
     out = tmp_path / "run" / "lenet5.pt"
-    out.parent.mkdir()
-    out.write_bytes(b"the previous checkpoint")
-    out.with_suffix(".json").write_text('{"previous": true}')
+    previous = {"test_accuracy": 0.5, "epochs": []}  # an earlier run's pair: the one a run may replace
+    save_checkpoint(out, {}, {"model": LeNet5().state_dict()}, previous, metrics_json=out.with_suffix(".json"))
+    before = out.read_bytes(), out.with_suffix(".json").read_text()
     command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--out", str(out)]
     command += ["--report-dir", str(tmp_path / "reports")]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -375,9 +378,7 @@ def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tm
     assert done.stderr.strip().splitlines() == [
         f"error: cannot write {out} and {out.with_suffix('.json')}: File too large; what was there before is unchanged"
     ]
-    assert (
-        out.read_bytes() == b"the previous checkpoint" and out.with_suffix(".json").read_text() == '{"previous": true}'
-    )
+    assert (out.read_bytes(), out.with_suffix(".json").read_text()) == before
     assert sorted(os.listdir(out.parent)) == ["lenet5.json", "lenet5.pt"]
 
 
@@ -409,3 +410,71 @@ def test_every_stop_signal_saves_the_finished_epochs(cli, tmp_path, monkeypatch,
     resume = out.with_name("lenet5.resume.pt")
     assert done.returncode == 130 and f"saved the state after epoch 1 to {resume}" in done.stdout, done.stderr
     assert torch.load(resume, weights_only=True)["train_state"]["epoch"] == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "out, mine, message",
+    [
+        ("precious.txt", "precious.txt", "--out {tmp}/precious.txt exists and is not a checkpoint"),
+        ("notes.pt", "notes.json", "--out's metrics file {tmp}/notes.json exists and is not a metrics file"),
+        ("notes.pt", "notes.resume.pt", "--out's resume file {tmp}/notes.resume.pt exists and is not a checkpoint"),
+    ],
+)
+def test_a_file_of_the_users_is_never_replaced_though_a_run_replaces_its_own(cli, tmp_path, out, mine, message):
+    """--out precious.txt replaced a text file with a checkpoint; --out notes.pt, an unrelated notes.json: refused
+    before any work, the file as it was. A run's own checkpoint and .json are replaced by the next run, as ever."""
+    data = write_idx_dir(tmp_path / "mnist")
+    (tmp_path / mine).write_text("the user's own notes")
+    args = ["--data-dir", data, *TINY, "--epochs", "1", "--report-dir", tmp_path / "r"]
+    done = cli("main", *args, "--out", tmp_path / out)
+    assert_user_error(done, message.format(tmp=tmp_path) + " this program wrote; move it or choose another --out")
+    assert (tmp_path / mine).read_text() == "the user's own notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mnist", mine])
+    ours = tmp_path / "run" / "lenet5.pt"
+    for _ in range(2):
+        done = cli("main", *args, "--out", ours)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in ours.parent.iterdir()) == ["lenet5.json", "lenet5.pt"]
+
+
+def test_a_name_derived_from_out_that_is_too_long_is_named_before_any_work(cli, tmp_path):
+    """--out of 253 bytes is legal; its resume file's name (260 bytes) is not: said at the start, as that."""
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "o" / ("a" * 250 + ".pt")
+    done = cli("main", "--data-dir", data, *TINY, "--out", out, "--report-dir", tmp_path / "r")
+    resume = out.with_name("a" * 250 + ".resume.pt")
+    assert_user_error(done, f"--out's resume file {resume}: its name is 260 bytes long, and the file system takes")
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist"]
+
+
+HOLDS_THE_LOCK = """
+import sys
+from pathlib import Path
+from support.files import OutputPlan
+with OutputPlan() as plan:
+    plan.lock(Path(sys.argv[1]))
+    print("holding", flush=True)
+    sys.stdin.read()  # until it is killed
+"""
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(cli, tmp_path):
+    """Two runs into one --out at once both ended with 0 and left one's checkpoint beside the other's report. The
+    output plan's lock: the second is refused at its start, naming the first; once the first is gone, even by
+    kill -9, the lock is gone with it."""
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "run" / "m.pt"
+    args = ["--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", tmp_path / "r"]
+    first = subprocess.Popen([sys.executable, "-c", HOLDS_THE_LOCK, str(out)], cwd=PROJECT_DIR,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout.readline() == "holding\n"
+        done = cli("main", *args)
+        assert_user_error(done, f"another run (pid {first.pid}) is writing {out}; wait for it or choose another --out")
+        assert not out.exists() and not (tmp_path / "r").exists()
+    finally:
+        first.kill()  # SIGKILL: no chance to let go of anything
+        first.wait()
+    done = cli("main", *args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out.parent)) == ["m.json", "m.pt"]  # (the lock's file went with the run)

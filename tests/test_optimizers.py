@@ -50,7 +50,7 @@ def test_muon_and_adamw_step_as_torchs_two_optimizers_do_under_one_schedule():
     torch.manual_seed(0)
     model = LeNet5()
     reference, initial = copy.deepcopy(model), copy.deepcopy(model)
-    optimizer = make_optimizer(model, MUON)
+    optimizer = MuonAndAdamW(model, 0.02, (0.7, 0.9), 0.01, ns_dtype=torch.bfloat16)  # torch's own precision
     halve = lambda step: 0.5**step  # noqa: E731
     train(model, optimizer, batches(4), torch.optim.lr_scheduler.LambdaLR(optimizer, halve))
 
@@ -109,7 +109,7 @@ def test_muon_on_the_filters_steps_them_as_torchs_muon_steps_their_flattened_mat
     torch.manual_seed(0)
     model = LeNet5()
     filters = {"c1": model.c1.weight.detach().clone(), "c3": model.c3.weight.detach().clone()}
-    optimizer = make_optimizer(model, MUON_CONV)
+    optimizer = MuonAndAdamW(model, 0.02, (0.7, 0.9), 0.01, conv_filters=True, ns_dtype=torch.bfloat16)
     assert len(optimizer.param_groups[0]["params"]) == 4  # C5, F6 and the two flattened filter banks
     assert all(p is not model.c1.weight and p is not model.c3.weight for p in optimizer.param_groups[1]["params"])
     x, y = batches(1)[0]
@@ -126,3 +126,20 @@ def test_muon_on_the_filters_steps_them_as_torchs_muon_steps_their_flattened_mat
         expected = matrix.detach().view_as(before) * (mask if name == "c3" else 1)
         torch.testing.assert_close(getattr(model, name).weight.detach(), expected)
     assert torch.all(model.c3.weight[mask.expand_as(model.c3.weight) == 0] == 0)  # the table's cut weights stay 0
+
+
+def test_on_the_cpu_muon_orthogonalizes_in_float32_what_torch_does_in_bfloat16():
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from support.optimizers import orthogonalize
+
+    assert make_optimizer(LeNet5(), MUON).muon.ns_dtype == torch.float32
+    g = torch.randn(120, 400, generator=torch.Generator().manual_seed(0))
+    coefficients = (3.4445, -4.7750, 2.0315)
+    ours, torchs = (
+        orthogonalize(g, coefficients, 5, 1e-7, torch.float32),
+        _zeropower_via_newtonschulz(g, coefficients, 5, 1e-7),
+    )
+    assert ours.dtype == torch.float32 and (ours - torchs.float()).abs().max() < 0.05  # bfloat16's rounding apart
+    exact = orthogonalize(g, coefficients, 5, 1e-7, torch.bfloat16).float()
+    assert torch.equal(exact, torchs.float())  # in bfloat16, torch's iteration to the bit

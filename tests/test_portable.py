@@ -195,3 +195,13 @@ def test_an_export_cannot_be_resumed(tmp_path, weights, cli, idx_dir):
     out = exported(weights, "safetensors", tmp_path / "m.safetensors", preprocess(synthetic_digits(4, seed=5)[0]))
     done = cli("main", "--resume", out, "--data-dir", idx_dir, "--no-download", "--report-dir", tmp_path / "r")
     assert_user_error(done, "an export holds the weights only, no training state of this version to resume from")
+
+
+def test_only_a_safetensors_file_of_this_project_may_be_replaced_by_an_export(tmp_path, good_export):
+    """portable.written_here, what an export asks of a file already at its --out: this project's metadata, read from
+    the header alone (another model's file, however large, is not read)."""
+    save_file({"bert.embeddings.weight": torch.zeros(3, 4)}, tmp_path / "foreign.safetensors")
+    (tmp_path / "notes.safetensors").write_text("the user's own notes")
+    assert portable.written_here(good_export)
+    for name in ("foreign.safetensors", "notes.safetensors", "missing.safetensors"):
+        assert not portable.written_here(tmp_path / name)

@@ -108,3 +108,42 @@ def test_names_the_terminal_cannot_show_are_escaped(tmp_path, weights):
     assert done.returncode == 0, done.stderr
     assert f"{tmp_path}/\\xfc\\u6570\\u5b57.png: " in done.stdout and "Traceback" not in done.stderr
     assert (tmp_path / "show.png").is_file()
+
+
+def test_an_image_name_too_long_for_the_file_system_is_that_images_error(cli, tmp_path, weights):
+    """Errno 36 (ENAMETOOLONG) is a per-file error as a missing file is, not a traceback; the others are classified."""
+    good = as_file(draw_seven(), tmp_path, "seven.png")
+    long = tmp_path / ("x" * 300 + ".png")
+    done = cli("predict", good, long, "--weights", weights)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{long}: error: cannot be read: file name too long" in done.stdout.splitlines()
+    assert done.stdout.startswith(f"{good}: ") and "1 of 2 images could not be classified" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["nothere.png"], "error: {tmp}/nothere.png: no such file"),
+        (["x" * 300 + ".png"], "error: {tmp}/" + "x" * 300 + ".png: cannot be read: file name too long"),
+        (["a.png", "b.png"], "error: none of the 2 images could be classified; the first, {tmp}/a.png: no such file"),
+    ],
+    ids=["one-missing", "one-name-too-long", "two-missing"],
+)
+def test_no_image_classified_is_a_user_error_with_its_reason_on_stderr(cli, tmp_path, weights, names, message):
+    """Nothing done: exit 2 and the reason on stderr, not exit 1 with the reason on stdout only."""
+    done = cli("predict", *[tmp_path / name for name in names], "--weights", weights)
+    assert_user_error(done, message.format(tmp=tmp_path))
+    assert done.stderr == message.format(tmp=tmp_path) + "\n" and done.stdout == ""
+
+
+def test_results_on_a_closed_stdout_are_an_error_when_stdout_is_the_only_output(tmp_path, weights):
+    """`predict.py one.png >&-`: the results are the product; lost, they are one line and status 2, as with --json.
+    With --out the figure is the product, and a closed stdout only silences the text."""
+    import os
+
+    image = as_file(draw_seven(), tmp_path, "seven.png")
+    done = run_predict(image, "--weights", weights, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 2 and done.stderr == "error: cannot write the results to stdout: it is closed\n"
+    done = run_predict(image, "--weights", weights, "--out", tmp_path / "show.png", preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@ from dataclasses import asdict
 from support.cli import UserError
 
 import pytest
+from conftest import assert_user_error
 
 from support.augment import Augmentation
 from support.recipes import ADDED_FIELDS, RECIPES, Recipe, augmentation_for, recipe_from_saved, resolve_recipe
@@ -35,7 +36,7 @@ def test_augmentation_follows_the_recipe():
     assert augmentation_for(resolve_recipe("fast", {"shift": 1.5})) == Augmentation(rotation=3, zoom=0.03, shift=1.5)
 
 
-@pytest.mark.parametrize("flag", ["rotation", "zoom", "shift", "elastic_sigma"])
+@pytest.mark.parametrize("flag", ["rotation", "zoom", "shift", "shear", "squeeze", "elastic_sigma"])
 def test_a_distortion_range_with_no_augment_is_refused(flag):
     assert not resolve_recipe("fast", {"augment": False}).augment  # the recipe's own ranges are simply unused
     with pytest.raises(UserError, match="distort the augmented images: drop --no-augment"):
@@ -70,3 +71,24 @@ def test_a_recipe_saved_before_the_optimizer_and_average_fields_reads_as_it_was_
         recipe_from_saved({**saved, "optimizer": "lbfgs"})
     with pytest.raises(ValueError, match="cannot train with"):
         recipe_from_saved({**saved, "zoom": 0.99})  # up to 100 times magnified: no flag allows it
+
+
+def test_a_distortion_without_augmentation_names_the_flags_given_and_what_turned_augmentation_off():
+    """The recipe's own augment=False (lecun1998) asks for --augment; only a --no-augment the user gave is to drop."""
+    with pytest.raises(UserError) as err:
+        resolve_recipe("lecun1998", {"shear": 0.3})
+    assert str(err.value) == (
+        "--shear would distort the augmented images, and --recipe lecun1998 trains without augmentation: add --augment"
+    )
+    with pytest.raises(UserError) as err:
+        resolve_recipe("lecun1998", {"augment": False, "squeeze": 0.1, "shear": 0.3, "elastic_alpha": 0.0})
+    assert str(err.value) == "--shear and --squeeze would distort the augmented images: drop --no-augment"
+    recipe = resolve_recipe("lecun1998", {"augment": True, "shear": 0.3, "squeeze": 0.1})
+    assert recipe.augment and (recipe.shear, recipe.squeeze) == (0.3, 0.1)
+
+
+def test_main_says_add_augment_for_a_recipe_trained_without_it(cli, tmp_path):
+    done = cli("main", "--recipe", "lecun1998", "--shear", "0.3", "--out", tmp_path / "l.pt",
+               "--report-dir", tmp_path / "reports")  # fmt: skip
+    assert_user_error(done, "--shear would distort the augmented images, and --recipe lecun1998 trains without")
+    assert "--no-augment" not in done.stderr and done.stderr.rstrip().endswith("add --augment")

@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import Finished, assert_user_error, write_idx_dir
 
-from helper import state_digest
+from helper import save_checkpoint, state_digest
+from LeNet5 import LeNet5
 
 TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
@@ -201,7 +202,8 @@ def test_a_resume_file_that_cannot_be_written_says_what_is_lost(cli, tmp_path, m
     out = tmp_path / "run" / "lenet5.pt"
     out.parent.mkdir()
     older = out.with_name("lenet5.resume.pt")
-    older.write_bytes(b"an earlier run's state")
+    save_checkpoint(older, {}, {"model": LeNet5().state_dict(), "epoch": 1})  # an earlier run's (a file of ours)
+    earlier = older.read_bytes()
     write_bytes = pathlib.Path.write_bytes
 
     def disk_full(self, data):
@@ -216,7 +218,7 @@ def test_a_resume_file_that_cannot_be_written_says_what_is_lost(cli, tmp_path, m
     assert_user_error(done, "interrupted, and the state after epoch 2 could not be saved: cannot write")
     assert "No space left on device" in done.stderr and "the 2 finished epoch(s) of this run are lost" in done.stderr
     assert "the lenet5.resume.pt there is from an earlier run" in done.stderr
-    assert older.read_bytes() == b"an earlier run's state" and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
+    assert older.read_bytes() == earlier and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
 
 
 def test_adam_and_a_weight_average_resume_only_when_whole(cli, tmp_path, monkeypatch):

@@ -39,3 +39,19 @@ def test_a_failed_run_is_quoted_by_its_error_line_or_its_end(tmp_path):
             0.99,
         )
     assert str(err.value).endswith("failed (exit 1): b\nc\nd")
+
+
+def test_run_as_a_program_it_says_it_is_a_helper_module_not_a_command():
+    """`python -m scripts.runs` once ended at once with status 0 and no word, whatever it was given."""
+    from conftest import run_script
+
+    done = run_script("-m", "scripts.runs")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith("error: scripts/runs.py is a helper module, not a command: python -m scripts.bench")
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.rstrip().endswith("run one of those")
+    done = run_script("-m", "scripts.runs", "--bogus-flag")
+    assert done.returncode == 2 and "unrecognized arguments: --bogus-flag" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    done = run_script("-m", "scripts.runs", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m scripts.runs"), done.stderr
+    assert "It is a helper module, not a command" in done.stdout

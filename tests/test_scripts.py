@@ -2,6 +2,7 @@
 
 import importlib
 import json
+from pathlib import Path
 
 from support.cli import run_cli
 
@@ -143,19 +144,173 @@ def test_lecun1998_choices_are_each_a_valid_recipe_changing_what_they_say(cli, i
     assert metrics["recipe"]["batch_size"] == 1 and metrics["epochs"][-1]["eval_split"] == "val"
 
 
-def test_lecun1998_curve_needs_test_error_per_pass(cli, tmp_path):
+def lecun1998_run(path, seed: int = 0, passes: int = 3, **recipe) -> Path:
+    """A finished lecun1998 run's metrics .json, as main.py writes it (the parts the curve reads)."""
     epochs = [{"epoch": i, "train_accuracy": 0.98 + i / 1000, "eval_accuracy": 0.985, "eval_split": "test"}
-              for i in range(1, 4)]  # fmt: skip
-    runs = []
-    for seed in range(2):
-        runs.append(tmp_path / f"seed{seed}.json")
-        runs[-1].write_text(json.dumps({"epochs": epochs}))
+              for i in range(1, passes + 1)]  # fmt: skip
+    from dataclasses import asdict
+
+    from support.recipes import resolve_recipe
+
+    recipe = asdict(resolve_recipe("lecun1998", {"epochs": passes, "seed": seed, **recipe}))
+    path.write_text(json.dumps({"recipe": recipe, "epochs": epochs}))
+    return path
+
+
+def test_lecun1998_curve_needs_test_error_per_pass(cli, tmp_path):
+    runs = [lecun1998_run(tmp_path / f"seed{seed}.json", seed) for seed in range(2)]
     done = cli("scripts.lecun1998", "curve", *runs, "--out", tmp_path / "c.png")
     assert done.returncode == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert "test error 1.50 %, training error 1.70 % after pass 3" in done.stdout
-    runs[0].write_text(json.dumps({"epochs": [{**e, "eval_split": "val"} for e in epochs]}))
+    metrics = json.loads(runs[0].read_text())
+    runs[0].write_text(json.dumps({**metrics, "epochs": [{**e, "eval_split": "val"} for e in metrics["epochs"]]}))
     done = cli("scripts.lecun1998", "curve", *runs, "--out", tmp_path / "c.png")
     assert_user_error(done, "its per-pass accuracy is on validation")
+
+
+def edited(path, change) -> Path:
+    metrics = json.loads(path.read_text())
+    change(metrics)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def set_pass(n: int, key: str, value):
+    return lambda metrics: metrics["epochs"][n - 1].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (set_pass(2, "eval_accuracy", "0.98"), "its pass 2's eval_accuracy is '0.98', not an accuracy between 0 and 1"),
+        (set_pass(1, "train_accuracy", 1.7), "its pass 1's train_accuracy is 1.7, not an accuracy between 0 and 1"),
+        (set_pass(3, "eval_accuracy", float("nan")), "its pass 3's eval_accuracy is nan, not an accuracy between 0"),
+        (set_pass(1, "train_accuracy", None), "its pass 1's train_accuracy is None, not an accuracy"),
+        (lambda m: m.__setitem__("epochs", []), "it lists no passes"),
+        (lambda m: m["epochs"].pop(1), "its entry 2 of epochs is pass 3: a pass is missing or out of order"),
+        (lambda m: m["epochs"].reverse(), "its entry 1 of epochs is pass 3: a pass is missing or out of order"),
+        (lambda m: m["epochs"].pop(), "it holds 2 passes of its recipe's 3; not a finished run"),
+        (lambda m: m["epochs"].__setitem__(0, 1), "its entry 1 of epochs is not a pass's record"),
+        (lambda m: m["recipe"].__setitem__("name", "default"), "a run of the 'default' recipe, not lecun1998"),
+        (lambda m: m.pop("recipe"), "not a main.py metrics file (it has no recipe or no per-pass epochs)"),
+    ],
+    ids=[
+        "string",
+        "above-1",
+        "nan",
+        "null",
+        "no-passes",
+        "a-pass-missing",
+        "out-of-order",
+        "unfinished",
+        "not-a-record",
+        "default-recipe",
+        "no-recipe",
+    ],  # fmt: skip
+)
+def test_lecun1998_curve_checks_each_metrics_file_whole(cli, tmp_path, change, message):
+    """One line naming the file and what is wrong in it; never a traceback, never a silently wrong curve."""
+    good = lecun1998_run(tmp_path / "seed0.json", 0)
+    bad = edited(lecun1998_run(tmp_path / "seed1.json", 1), change)
+    done = cli("scripts.lecun1998", "curve", good, bad, "--out", tmp_path / "c.png")
+    assert_user_error(done, f"error: {bad}: {message}")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_lecun1998_curve_is_a_mean_over_seeds_of_one_recipe(cli, tmp_path):
+    """A run twice (as one path, or as a copy: the same seed) or a run of another recipe or pass count is refused,
+    not averaged in as another seed nor cut to the shorter run."""
+    seed0, seed1 = lecun1998_run(tmp_path / "seed0.json", 0), lecun1998_run(tmp_path / "seed1.json", 1)
+    copy = lecun1998_run(tmp_path / "copy.json", 0)
+    longer = lecun1998_run(tmp_path / "longer.json", 2, passes=4)
+    other_mu = lecun1998_run(tmp_path / "mu.json", 3, sdlm_mu=0.02)
+
+    def curve(*runs):
+        return cli("scripts.lecun1998", "curve", *runs, "--out", tmp_path / "c.png")
+
+    assert_user_error(curve(seed0, seed1, seed0), f"{seed0} is given twice (also as {seed0}); give each run once")
+    link = tmp_path / "link.json"
+    link.symlink_to(seed0)
+    assert_user_error(curve(seed0, link), f"{link} is given twice (also as {seed0})")
+    assert_user_error(curve(seed0, copy), f"{copy} and {seed0} are both seed 0 of the recipe, one run counted twice")
+    assert_user_error(curve(seed0, longer), f"{longer} and {seed0} are runs of different recipes (epochs differ)")
+    assert_user_error(curve(seed0, other_mu), "are runs of different recipes (sdlm_mu differ)")
+    assert not (tmp_path / "c.png").exists()
+    done = curve(seed1)
+    assert done.returncode == 0 and "after pass 3" in done.stdout, done.stderr
+
+
+def test_lecun1998_curve_refuses_a_figure_not_named_png(cli, tmp_path):
+    """`--out c.jpg` once wrote a PNG named .jpg."""
+    run = lecun1998_run(tmp_path / "seed0.json", 0)
+    done = cli("scripts.lecun1998", "curve", run, "--out", tmp_path / "c.jpg")
+    assert_user_error(done, f"--out {tmp_path / 'c.jpg'}: the figure is a PNG; give a name ending in .png")
+    assert not (tmp_path / "c.jpg").exists()
+
+
+def test_lecun1998_curve_names_a_pipe_and_never_waits_on_it(cli, tmp_path):
+    """A named pipe given as a metrics file is named as one; a reader would wait for a writer that never comes."""
+    import os
+    import threading
+
+    run = lecun1998_run(tmp_path / "seed0.json", 0)
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+
+    def writer():  # (here one comes, so that code that reads the pipe fails this test rather than hanging it)
+        try:
+            with open(fifo, "w") as pipe:
+                pipe.write(run.read_text().replace('"seed": 0', '"seed": 1'))
+        except OSError:
+            pass
+
+    threading.Thread(target=writer, daemon=True).start()
+    done = cli("scripts.lecun1998", "curve", run, fifo, "--out", tmp_path / "c.png")
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer go when nothing read the pipe
+    assert_user_error(done, f"curve: {fifo} is not a regular file (a pipe); give a run's lenet5.json")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--recipe", "default"],
+            "every variant is a fresh run of --recipe lecun1998 with one choice replaced: drop --recipe",
+        ),
+        (["--lr=0.1"], "--lr is one of the choices its variants replace"),
+        (["--no-nesterov"], "--no-nesterov is one of the choices its variants replace"),
+        (["--batch-size", "4"], "--batch-size is one of the choices its variants replace"),
+        (["--loss", "cross_entropy"], "--loss is one of the choices its variants replace"),
+    ],
+    ids=["recipe", "lr", "no-nesterov", "batch-size", "loss"],
+)
+def test_lecun1998_choices_refuses_flags_that_redefine_its_rows(cli, idx_dir, tmp_path, flags, message):
+    """`--only '1998 recipe' --recipe default` once trained the default recipe under the label "1998 recipe"."""
+    data = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--cache-dir", tmp_path / "cache"]
+    data += ["--limit", "64", "--val-size", "16"]
+    done = cli("scripts.lecun1998", "choices", *data, "--epochs", "1", "--only", "1998 recipe", *flags,
+               "--out-dir", tmp_path / "runs")  # fmt: skip
+    assert_user_error(done, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_script_runs_as_a_command():
+    """`python -m scripts.NAME --help` works for each (the README says so): a module that only defines things
+    would end at once with status 0 and no word, whatever it was given."""
+    from conftest import PROJECT_DIR
+
+    for path in sorted((PROJECT_DIR / "scripts").glob("*.py")):
+        if path.name != "__init__.py":
+            assert "run_cli(" in path.read_text().partition('if __name__ == "__main__":')[2], path.name
+
+
+def test_peer_refuses_a_seed_beyond_what_torch_takes(cli, idx_dir, tmp_path):
+    """Not torch's "Overflow when unpacking long long" traceback, after the data was read."""
+    data = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--cache-dir", tmp_path / "cache"]
+    done = cli("scripts.peer", *data, "--seed", "99999999999999999999999", "--out", tmp_path / "x.json")
+    assert_user_error(done, "argument --seed: must be an integer >= 0 and <= 9223372036854775807")
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_lecun1998_train_error_scores_the_training_images_not_the_test_images(cli, idx_dir, weights, tiny_model):
