@@ -28,7 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from LeNet5 import INPUT_NORMALIZATION
 from support.augment import Augmentation
 from support.distributed import ONE, World
-from support.files import atomic_torch_save, kind_of, remove_if_empty, write_json
+from support.files import atomic_torch_save, file_sha256, kind_of, remove_if_empty, write_json
 from support.idx import CUSTOM_FILES, MNIST, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from support.optional import attempt
 from support.recipes import Recipe, augmentation_for
@@ -120,15 +120,7 @@ def _save_cache(data: MNIST, cache_dir: Path, sources: dict[str, dict[str, Any]]
 
 def _sources(paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Each file's size and SHA-256, as it is on disk (compressed or not)."""
-    return {key: {"size": path.stat().st_size, "sha256": _sha256(path)} for key, path in paths.items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return {key: {"size": path.stat().st_size, "sha256": file_sha256(path)} for key, path in paths.items()}
 
 
 def _made_from(cache_dir: Path, paths: dict[str, Path]) -> bool:

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from data import EVAL_BATCH_SIZE, add_data_args, data_source, eval_loader, preprocess
 from helper import load_model
 from support.devices import choose_device, place_batch
-from support.figures import plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
-from support.files import OutputPlan, atomic_outputs, json_text
+from support.figures import FIGURE, plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
+from support.files import OutputPlan, atomic_outputs, json_kind, json_text
 
 MAX_EVAL_BATCH = 10_000  # images per evaluation batch at most: the whole MNIST test set in one
 
@@ -138,8 +138,10 @@ def format_report(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
-REPORT_FILES = ("metrics.json", "confusion_matrix.png", "misclassified.png")  # what write_report writes
-INSIDE_FILES = ("filters.png", "feature_maps.png")  # and inside_figures
+REPORT_METRICS = json_kind("a report's metrics", {"accuracy", "confusion_matrix", "classification_report"})
+# What write_report writes, and what each file there may be for a run to replace it (its own earlier one).
+REPORT_FILES = {"metrics.json": REPORT_METRICS, "confusion_matrix.png": FIGURE, "misclassified.png": FIGURE}
+INSIDE_FILES = {"filters.png": FIGURE, "feature_maps.png": FIGURE}  # and inside_figures
 
 
 def write_report(
@@ -157,9 +159,9 @@ def write_report(
     """
     metrics = json_text({**result.metrics(), **(extra or {})}).encode()
     writers = {
-        REPORT_FILES[0]: lambda path: path.write_bytes(metrics),
-        REPORT_FILES[1]: lambda path: plot_confusion_matrix(result.confusion_matrix, path),
-        REPORT_FILES[2]: lambda path: plot_misclassified(
+        "metrics.json": lambda path: path.write_bytes(metrics),
+        "confusion_matrix.png": lambda path: plot_confusion_matrix(result.confusion_matrix, path),
+        "misclassified.png": lambda path: plot_misclassified(
             images, result.labels, result.predictions, result.probabilities, path
         ),
         **(figures or {}),
@@ -179,7 +181,7 @@ def inside_figures(model: nn.Module, digit: torch.Tensor, label: int) -> dict[st
         maps = model.feature_maps(place_batch(preprocess(digit), next(model.parameters()).device))
         plot_feature_maps(maps, digit, f"input ({label})", path)
 
-    return {INSIDE_FILES[0]: lambda path: plot_filters(model, path), INSIDE_FILES[1]: feature_maps}
+    return {"filters.png": lambda path: plot_filters(model, path), "feature_maps.png": feature_maps}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = choose_device(args.device)
     OutputPlan({"the checkpoint given as --weights": args.weights}).folder(
-        args.report_dir, "--report-dir", REPORT_FILES + INSIDE_FILES
+        args.report_dir, "--report-dir", REPORT_FILES | INSIDE_FILES
     )
     model, checkpoint = load_model(args.weights, device)
     data = data_source(args).open()

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, number, output_file, run_cli
 
 import torch
 
@@ -34,7 +34,7 @@ from LeNet5 import LeNet5, count_parameters, layer_table
 from support import signals
 from support.devices import choose_device
 from support.distributed import World, agree, code_version, exit_skipping_teardown, join, one_job
-from support.figures import plot_accuracy, plot_loss
+from support.figures import FIGURE, plot_accuracy, plot_loss
 from support.files import OutputPlan, new_folder, refuse_special_file, remove_if_empty, resolve_output
 from support.optional import attempt
 from support.recipes import Recipe, add_recipe_args, recipe_flags, resolve_recipe, run_name
@@ -43,7 +43,7 @@ from train import History, TrainingInterrupted, TrainState, fit
 CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
 REPORT_DIR = PROJECT_DIR / "reports"
 EXPERIMENT_DIR = PROJECT_DIR / "runs"
-HISTORY_FILES = ("loss.png", "accuracy.png")  # what history_figures draws
+HISTORY_FILES = {"loss.png": FIGURE, "accuracy.png": FIGURE}  # what history_figures draws
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_recipe_args(p)
     add_device_flag(p)
     out = "checkpoint to write, its .json beside it (default: see above; with --resume, the interrupted run's)"
-    p.add_argument("--out", type=Path, help=out)
+    p.add_argument("--out", type=output_file, help=out)
     p.add_argument("--report-dir", type=Path, help="folder for metrics.json and the figures (default: see above)")
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by a stop signal, with its own recipe")
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
@@ -123,7 +123,7 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     plan.file(paths.checkpoint, out, kind=CHECKPOINT)
     plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file", kind=METRICS)
     plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
-    plan.folder(paths.report_dir, "--report-dir", REPORT_FILES + HISTORY_FILES)
+    plan.folder(paths.report_dir, "--report-dir", REPORT_FILES | HISTORY_FILES)
     if paths.tensorboard:  # (its run folders are new ones inside it: the folder itself must be free)
         plan.folder(paths.tensorboard, "--tensorboard")
     plan.lock(paths.checkpoint, "--out")  # last: nothing after it can fail
@@ -269,8 +269,8 @@ def history_figures(history: History) -> dict[str, Callable[[Path], None]]:
     split = epochs[0].eval_split if epochs else "test"
     accuracy = [e.epoch for e in epochs], [e.train_accuracy for e in epochs], [e.eval_accuracy for e in epochs]
     return {
-        HISTORY_FILES[0]: lambda path: plot_loss(history.step_losses, history.steps_per_epoch, path),
-        HISTORY_FILES[1]: lambda path: plot_accuracy(*accuracy, split, path),
+        "loss.png": lambda path: plot_loss(history.step_losses, history.steps_per_epoch, path),
+        "accuracy.png": lambda path: plot_accuracy(*accuracy, split, path),
     }
 
 

@@ -20,6 +20,7 @@ from support.cli import (
     add_json_flag,
     add_weights_flag,
     number,
+    output_file,
     print_results,
     run_cli,
 )
@@ -30,7 +31,7 @@ from eval import classify
 from extras.digits import ImageProblem, expand_paths, load_grayscale, to_mnist_digit
 from helper import load_model
 from support.devices import choose_device
-from support.figures import plot_predictions
+from support.figures import FIGURE, plot_predictions
 from support.files import OutputPlan, json_text
 
 SHOWN = 50  # images in an --out figure at most (matplotlib draws nothing taller than 65,536 px)
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     add_device_flag(p)
     add_json_flag(p)
     p.add_argument("--topk", type=number(int, 1, 10), default=3, help="how many of the most likely digits to list")
-    p.add_argument("--out", type=Path, help="write a PNG figure: each input, its 28x28 version and the probabilities")
+    figure = "write a PNG figure: each input, its 28x28 version and the probabilities"
+    p.add_argument("--out", type=output_file, help=figure)
     args = p.parse_args(argv)
     paths = expand_paths(args.images)
     if not paths:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:  # an input of the command is never its output
         inputs = {"the checkpoint given as --weights": args.weights}
         inputs |= {f"input image {n}": path for n, path in enumerate(paths, start=1)}
-        OutputPlan(inputs).file(args.out, "--out", example="predictions.png")
+        OutputPlan(inputs).file(args.out, "--out", kind=FIGURE, example="predictions.png")
         if args.out.suffix.lower() != ".png":
             raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
     model, _ = load_model(args.weights, choose_device(args.device))

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import Loaders
-from lecun1998.training import SDLM, J, curvature, global_step, map_loss
+from lecun1998.training import SDLM, curvature, global_step, map_loss
 from LeNet5 import LeNet5
 from support.devices import place_batch, place_model
 from support.distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
@@ -215,7 +215,7 @@ class EpochResult:
 def loss_function(recipe: Recipe) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss a recipe names: cross-entropy (with its label smoothing), or the 1998 paper's MAP criterion."""
     if recipe.loss == "map":
-        return lambda outputs, labels: map_loss(outputs, labels) / len(labels)
+        return lambda outputs, labels: map_loss(outputs, labels, recipe.map_j) / len(labels)
     return lambda outputs, labels: F.cross_entropy(outputs, labels, label_smoothing=recipe.label_smoothing)
 
 
@@ -226,7 +226,9 @@ def train_one_epoch(state: TrainState, loader: DataLoader, log_interval: int = 2
     loss_of = loss_function(state.recipe)
     if isinstance(optimizer, SDLM):  # the 1998 paper's optimizer: its curvature, from 500 patterns, before each pass
         patterns = curvature_patterns(loader, state.recipe.seed, epoch)
-        optimizer.set_curvature(curvature(state.model, *patterns, j=J if state.recipe.loss == "map" else None))
+        optimizer.set_curvature(
+            curvature(state.model, *patterns, j=state.recipe.map_j if state.recipe.loss == "map" else None)
+        )
     model.train()
     step_losses, seen = [], 0
     correct = torch.zeros((), dtype=torch.int64, device=device)

@@ -30,7 +30,7 @@ from extras.model_card import CARD_MARK, model_card
 from helper import Checkpoint, load_checkpoint
 from LeNet5 import INPUT_NORMALIZATION
 from support import portable, signals
-from support.files import Kind, OutputPlan, atomic_folder, atomic_outputs, json_object, json_text, refuse_foreign_file
+from support.files import Kind, OutputPlan, atomic_folder, atomic_outputs, file_sha256, json_object, json_text
 
 
 def contract(num_classes: int) -> dict[str, Any]:
@@ -169,10 +169,10 @@ def plan(fmt: Format, out: Path, weights: Path) -> OutputPlan:
     example = fmt.default_name
     if fmt.folder:
         outputs.whole_folder(out, "--out")
-    else:
-        outputs.file(out, "--out", example=example)
+    else:  # a file there already is replaced only when it is an earlier export of this program's
+        outputs.file(out, "--out", kind=export_kind(fmt), example=example)
         if fmt.sidecar:
-            outputs.file(sidecar_path(out), "--out's .json")
+            outputs.file(sidecar_path(out), "--out's .json", kind=sidecar_kind(fmt))
     if fmt.name == "safetensors" and out.suffix.lower() != portable.SUFFIX:
         raise UserError(f"--out {out}: a safetensors export is named *.safetensors, e.g. {example}")
     if out.suffix.lower() in fmt.wrong_suffixes:
@@ -180,19 +180,21 @@ def plan(fmt: Format, out: Path, weights: Path) -> OutputPlan:
     if fmt.folder:
         _check_hub_folder(out)
         outputs.folder(out, "--out")  # the folder can be created and written (the check leaves none behind)
-    else:  # a file there already is replaced only when it is an earlier export of this program's
-        refuse_foreign_file(out, "--out", export_kind(fmt))
-        if fmt.sidecar:
-            refuse_foreign_file(sidecar_path(out), "--out's .json", sidecar_kind(fmt))
     outputs.lock(out, "--out")  # last: nothing after it can fail
     return outputs
 
 
 def export_kind(fmt: Format) -> Kind:
-    """An export file of `fmt` this program wrote: a safetensors file says so inside, the others by their .json."""
+    """An export file of `fmt` this program wrote: a safetensors file says so inside, the others by their .json,
+    which holds the export's SHA-256 (a user's file beside a copied .json of ours is not ours)."""
     article = "an" if fmt.name[0] in "aeiou" else "a"
     if fmt.sidecar:
-        return Kind(f"{article} {fmt.name} export", lambda path: sidecar_kind(fmt).ours(sidecar_path(path)))
+
+        def ours(path: Path) -> bool:
+            fields = json_object(sidecar_path(path)) or {}
+            return sidecar_kind(fmt).ours(sidecar_path(path)) and fields.get("sha256") == file_sha256(path)
+
+        return Kind(f"{article} {fmt.name} export", ours)
     return Kind(f"{article} {fmt.name} export", portable.written_here)
 
 
@@ -248,7 +250,7 @@ def export(checkpoint: Checkpoint, fmt: Format, out: Path, images: torch.Tensor,
         if not check["argmax_identical"] or difference > fmt.tolerance:
             raise UserError(f"the {fmt.name} export does not match the checkpoint ({check}); nothing was written")
         if tmp_sidecar is not None:
-            tmp_sidecar.write_text(json_text(sidecar(checkpoint, fmt, source, check)))
+            tmp_sidecar.write_text(json_text(sidecar(checkpoint, fmt, source, check, file_sha256(tmp))))
     return check
 
 
@@ -266,9 +268,9 @@ def _staged(fmt: Format, out: Path) -> Iterator[tuple[Path, Path | None]]:
             yield tmp, None
 
 
-def sidecar(checkpoint: Checkpoint, fmt: Format, source: str, check: dict[str, Any]) -> dict[str, Any]:
-    """<out>.json: the contract, where the weights came from, how the export was verified."""
-    fields = {**contract(checkpoint.config.get("num_classes", 10)), "format": fmt.name}
+def sidecar(checkpoint: Checkpoint, fmt: Format, source: str, check: dict[str, Any], sha256: str) -> dict[str, Any]:
+    """<out>.json: the contract, where the weights came from, how the export was verified, the export's SHA-256."""
+    fields = {**contract(checkpoint.config.get("num_classes", 10)), "format": fmt.name, "sha256": sha256}
     fields.update(weights=str(checkpoint.path), verified_on=source, verification=check)
     fields["test_accuracy"] = checkpoint.metrics.get("test_accuracy")
     return fields

@@ -10,9 +10,8 @@ accuracy (with the same per-sample pipeline) and writes what bench.py needs as J
 """
 
 import time
-from pathlib import Path
 
-from support.cli import CliParser, number, run_cli
+from support.cli import CliParser, number, output_file, run_cli
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torchvision import transforms
 
 from data import MNIST_MEAN, MNIST_STD, add_data_args, data_source
 from LeNet5 import LeNet5
+from scripts.runs import PIPELINE_RESULT
 from support.files import check_output_file, write_json
 
 
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=number(int, 1, 1000), default=20, help="the most epochs to train")
     p.add_argument("--stop-at", type=number(float, 0, 1), default=None, help="stop once test accuracy reaches this")
     p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="seed for the weights and the shuffling")
-    p.add_argument("--out", type=Path, required=True, help="where to write the per-epoch results (JSON)")
+    p.add_argument("--out", type=output_file, required=True, help="where to write the per-epoch results (JSON)")
     args = p.parse_args(argv)
-    check_output_file(args.out, "--out", example="results.json")
+    check_output_file(args.out, "--out", kind=PIPELINE_RESULT, example="results.json")
     data = data_source(args).open()
     torch.manual_seed(args.seed)
     model = LeNet5()

@@ -32,7 +32,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from support.cli import CliParser, add_device_flag, add_json_flag, number, run_cli
+from support.cli import CliParser, add_device_flag, add_json_flag, number, output_file, run_cli
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +42,12 @@ from eval import predict
 from LeNet5 import LeNet5
 from scripts.runs import Run, run_main, run_timed
 from support.devices import choose_device, place_model
-from support.files import check_output_file, json_text, write_json
+from support.files import check_output_file, json_kind, json_text, write_json
 from support.recipes import Recipe
 from support.synthetic import synthetic_mnist
 from train import TrainState, train_one_epoch
+
+RESULT = json_kind("a benchmark result", {"machine", "sides"})  # --out: replaces only its own kind
 
 SIDES = ("baseline", "peer", "fast", "default")
 QUICK_SIDES = ("baseline", "peer", "fast")  # --quick checks the machinery; default runs the same code as fast
@@ -270,7 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_device_flag(p)  # (the package's sides; the baseline is the write-up's CPU pipeline)
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of the training steps")
     p.add_argument("--quick", action="store_true", help="tiny synthetic run (checks that bench works)")
-    p.add_argument("--out", type=Path, help="also write the results here as JSON")
+    p.add_argument("--out", type=output_file, help="also write the results here as JSON")
     add_json_flag(p)
     return p.parse_args(argv)
 
@@ -290,7 +292,7 @@ def open_data(args: argparse.Namespace, tmp: Path) -> tuple[MNIST, str, list[str
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.out:
-        check_output_file(args.out, "--out", example="results.json")
+        check_output_file(args.out, "--out", kind=RESULT, example="results.json")
     device = choose_device(args.device)
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):  # with --json, stdout is the JSON
         result = measure(args, device)

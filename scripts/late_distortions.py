@@ -16,18 +16,19 @@ Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --s
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
-from support.cli import CliParser, number, run_cli
+from support.cli import CliParser, number, output_file, run_cli
 
 import torch
 
 from data import Loaders, add_data_args, data_source, make_loaders
 from main import add_recipe_args, recipe_flags
 from support.augment import Augmentation
-from support.files import check_output_file, write_json
+from support.files import check_output_file, json_kind, write_json
 from support.recipes import Recipe, resolve_recipe
 from train import TrainingInterrupted, TrainState, accuracy, fit
+
+SUMMARY = json_kind("a branch summary", {"recipe", "val_accuracy"})  # --out: replaces only its own kind
 
 
 def variants(recipe: Recipe) -> dict[str, Augmentation | None]:
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     add_data_args(p)
     add_recipe_args(p)
     p.add_argument("--branch", type=number(int, 1), nargs="+", required=True, help="epochs to branch after")
-    p.add_argument("--out", type=Path, help="also write the accuracies here (JSON)")
+    p.add_argument("--out", type=output_file, help="also write the accuracies here (JSON)")
     args = p.parse_args(argv)
     if args.out:
-        check_output_file(args.out, "--out", example="late.json")
+        check_output_file(args.out, "--out", kind=SUMMARY, example="late.json")
     flags = recipe_flags(args)
     if flags.pop("full_c3", False):
         p.error("--full-c3 is not this script's: it measures LeCun's table")

@@ -19,14 +19,14 @@ import re
 import statistics
 from pathlib import Path
 
-from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, number, output_file, run_cli
 
 from data import DataSource, add_data_args, data_source, eval_loader
 from eval import evaluate
 from helper import load_model
 from scripts.runs import run_main
-from support.figures import pyplot, save_figure
-from support.files import OutputPlan, check_output_dir, check_output_file, refuse_special_file, write_json
+from support.figures import FIGURE, pyplot, save_figure
+from support.files import OutputPlan, check_output_dir, check_output_file, json_kind, refuse_special_file, write_json
 from support.recipes import with_added_fields
 
 SGD = ["--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.95", "--nesterov", "--schedule", "linear",
@@ -47,6 +47,7 @@ VARIANTS = {
     "batches of 8 -> 1": ("one pattern at a time, as the paper", ["--batch-size", "1"]),
     "mu 1 -> 0.02": ("appendix C's mu", ["--sdlm-mu", "0.02"]),
 }
+CHOICES = json_kind("a choices summary", {"main_flags", "rows"})
 PAPER = {"training error after 19 passes": 0.35, "test error after 20 passes": 0.95}  # percent, section III.C
 
 
@@ -200,10 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--epochs", type=number(int, 1, 100), default=20, help="passes per run")
     c.add_argument("--val-size", type=number(int, 1), default=10_000, help="training images held out to score on")
     c.add_argument("--only", nargs="+", choices=VARIANTS, default=[], help="just these variants")
-    c.add_argument("--out", type=Path, help="also write the rows here (JSON)")
+    c.add_argument("--out", type=output_file, help="also write the rows here (JSON)")
     k = sub.add_parser("curve", help="the error per pass of finished runs")
     k.add_argument("metrics", type=Path, nargs="+", help="the runs' lenet5.json")
-    k.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+    k.add_argument("--out", type=output_file, required=True, help="the figure (PNG)")
     t = sub.add_parser("train-error", help="finished checkpoints scored on the training images")
     t.add_argument("weights", type=Path, nargs="+", help="checkpoints (.pt)")
     add_data_args(t)
@@ -217,14 +218,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "curve":
         inputs = {f"metrics file {n}": path for n, path in enumerate(args.metrics, start=1)}
-        OutputPlan(inputs).file(args.out, "--out", example="curve.png")
+        OutputPlan(inputs).file(args.out, "--out", kind=FIGURE, example="curve.png")
         if args.out.suffix.lower() != ".png":
             raise UserError(f"--out {args.out}: the figure is a PNG; give a name ending in .png")
         curve(args.metrics, args.out)
         return
     refuse_redefining_flags(extra)
     if args.out:
-        check_output_file(args.out, "--out", example="lecun1998.json")
+        check_output_file(args.out, "--out", kind=CHOICES, example="lecun1998.json")
     check_output_dir(args.out_dir, "--out-dir")
     given = ["--seed", str(args.seed), "--epochs", str(args.epochs), "--val-size", str(args.val_size), *extra]
     rows = choices(given, args.out_dir, args.only)

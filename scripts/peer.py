@@ -12,15 +12,15 @@ from the same verified MNIST (data.py) as bench.py's other sides, and that step 
 """
 
 import time
-from pathlib import Path
 
-from support.cli import CliParser, add_device_flag, number, run_cli
+from support.cli import CliParser, add_device_flag, number, output_file, run_cli
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data import MNIST_MEAN, MNIST_STD, add_data_args, data_source
+from scripts.runs import PIPELINE_RESULT
 from support.devices import choose_device
 from support.files import check_output_file, write_json
 
@@ -79,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     add_data_args(p)
     p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="seed for the weights and the one shuffle")
     p.add_argument("--epochs", type=number(int, 1, 100), default=1, help="the notebook trains one")
-    p.add_argument("--out", type=Path, required=True, help="where to write the result (JSON, as bench.py reads it)")
+    p.add_argument(
+        "--out", type=output_file, required=True, help="where to write the result (JSON, as bench.py reads it)"
+    )
     add_device_flag(p)
     args = p.parse_args(argv)
-    check_output_file(args.out, "--out", example="peer.json")
+    check_output_file(args.out, "--out", kind=PIPELINE_RESULT, example="peer.json")
     device = choose_device(args.device)
     mnist = data_source(args).open()
     torch.manual_seed(args.seed)

@@ -13,6 +13,11 @@ from typing import Any
 
 from support.cli import PROJECT_DIR, CliParser, UserError, run_cli
 
+from support.files import json_kind
+
+# What scripts/baseline.py and scripts/peer.py write for bench.py: a side run outside main.py.
+PIPELINE_RESULT = json_kind("a pipeline's result", {"pipeline", "epochs"})
+
 
 @dataclass(frozen=True)
 class Run:

@@ -10,10 +10,12 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, number, output_file, run_cli
 
 from scripts.runs import run_main
-from support.files import OutputPlan, write_json
+from support.files import OutputPlan, json_kind, write_json
+
+SUMMARY = json_kind("a seeds summary", {"runs", "mean_test_accuracy"})  # --out: replaces only its own kind
 
 
 def plan_outputs(seeds: list[int], out_dir: Path, out: Path | None) -> None:
@@ -27,7 +29,7 @@ def plan_outputs(seeds: list[int], out_dir: Path, out: Path | None) -> None:
     for seed in seeds:
         plan.whole_folder(out_dir / f"seed{seed}", f"seed {seed}'s run folder")
     if out:
-        plan.file(out, "--out", example="results.json")
+        plan.file(out, "--out", kind=SUMMARY, example="results.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", help="passed to main.py")
     p.add_argument("--out-dir", type=Path, default=PROJECT_DIR / "runs", help="checkpoints, reports and logs")
     p.add_argument("--processes", type=number(int, 1, 64), default=1, help="N > 1: torchrun --nproc-per-node N")
-    p.add_argument("--out", type=Path, help="also write the summary here (JSON)")
+    p.add_argument("--out", type=output_file, help="also write the summary here (JSON)")
     args, extra = p.parse_known_args(argv)  # anything else goes to main.py as is
     if {"--report-dir", "--resume"} & set(extra):
         p.error("main.py's --out, --report-dir and --resume are set per seed (under --out-dir); leave them out")

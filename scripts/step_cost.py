@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from LeNet5 import LeNet5
 from support.augment import Augmentation
 from support.devices import place_batch, place_model
-from support.optimizers import MuonAndAdamW
+from support.optimizers import make_optimizer
 from support.recipes import resolve_recipe
 
 
@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def make_step_optimizer(model: torch.nn.Module, name: str, ns_dtype: torch.dtype | None) -> torch.optim.Optimizer:
     """The default recipe's SGD, or the fast recipe's Muon and AdamW (with the filters under Muon: muon-conv)."""
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, nesterov=True)
-    fast = resolve_recipe("fast", {})
-    plain = getattr(model, "_orig_mod", model)  # (a compiled model's own parameters)
-    return MuonAndAdamW(plain, fast.lr, (fast.momentum, fast.beta2), fast.weight_decay, name == "muon-conv", ns_dtype)
+    recipe = (
+        resolve_recipe("default", {}) if name == "sgd" else resolve_recipe("fast", {"muon_conv": name == "muon-conv"})
+    )
+    return make_optimizer(getattr(model, "_orig_mod", model), recipe, ns_dtype)  # (a compiled model's own parameters)
 
 
 def measure(global_batch: int, steps: int, optimizer_name: str = "sgd", compiled: bool = False,

@@ -14,8 +14,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-from support.cli import PROJECT_DIR, CliParser, UserError, number, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, number, output_file, run_cli
 
+from support.figures import FIGURE, marked_png
 from support.files import atomic_output, check_output_file
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("logdir", type=Path, help="the folder given to main.py --tensorboard")
     default = PROJECT_DIR / "docs" / "figures" / "tensorboard.png"
-    p.add_argument("--out", type=Path, default=default, help="PNG to write")
+    p.add_argument("--out", type=output_file, default=default, help="PNG to write")
     p.add_argument("--tag-filter", default="train/", help="the tags shown first (a regular expression)")
     p.add_argument("--charts", type=number(int, 1), default=2, help="wait until this many charts are drawn")
     args = p.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver")
     if not args.logdir.is_dir() or not any(args.logdir.rglob("events.out.tfevents.*")):
         raise UserError(f"{args.logdir}: no TensorBoard event files; run main.py --tensorboard {args.logdir} first")
-    check_output_file(args.out, "--out", example="tensorboard.png")
+    check_output_file(args.out, "--out", kind=FIGURE, example="tensorboard.png")
     port = free_port()
     server = serve(args.logdir, port)
     try:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(timeout=30)
     with atomic_output(args.out) as tmp:
-        tmp.write_bytes(png)
+        tmp.write_bytes(marked_png(png))
     print(f"wrote {args.out}")
 
 

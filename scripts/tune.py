@@ -57,6 +57,7 @@ from support.cli import (
     add_json_flag,
     add_limit_flag,
     number,
+    output_file,
     run_cli,
 )
 
@@ -69,9 +70,11 @@ from optuna.trial import Trial, TrialState
 from data import MNIST, add_data_args, data_source, make_loaders
 from support import signals
 from support.devices import choose_device
-from support.files import check_output_file, json_text, write_json
+from support.files import check_output_file, json_kind, json_text, write_json
 from support.recipes import DISTORTIONS, Recipe, add_recipe_args, resolve_recipe
 from train import TrainingDiverged, TrainingInterrupted, TrainState, fit
+
+SUMMARY = json_kind("a study summary", {"study", "trials"})  # --out: replaces only its own kind
 
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_DIR / 'runs' / 'tune' / 'optuna.db'}"
 SET_BY_TUNE = ("seed", "val_size", "limit")  # recipe flags that tune.py's own flags set, the same for every trial
@@ -138,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_limit_flag(p)
     add_device_flag(p)
     add_data_args(p)
-    p.add_argument("--out", type=Path, help="write the summary here (JSON)")
+    p.add_argument("--out", type=output_file, help="write the summary here (JSON)")
     add_json_flag(p)
     return p.parse_args(argv)
 
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--study-name {name!r}: use letters, digits, '.', '-' and '_'")
     database = database_file(args.storage)
     if args.out:
-        check_output_file(args.out, "--out", example="tune.json")
+        check_output_file(args.out, "--out", kind=SUMMARY, example="tune.json")
         if database and args.out.resolve() == database.resolve():
             raise UserError(f"--out {args.out} is the study's own database (--storage); give the summary another name")
     device = choose_device(args.device)
@@ -353,7 +356,7 @@ def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, setti
     storage keeps each running trial's heartbeat, so that a dead worker's trial is failed and queued again."""
     lock, database = lock_file(storage), database_file(storage)
     if database:
-        check_output_file(database, "--storage", example="optuna.db")
+        check_output_file(database, "--storage", kind=None, example="optuna.db")  # (opened, added to)
 
     def opened() -> optuna.Study:
         with signals.deferred(), turn(lock):

@@ -11,17 +11,18 @@ Flags this script does not know are main.py's recipe flags (e.g. --epochs 30 --l
 """
 
 from dataclasses import replace
-from pathlib import Path
 
-from support.cli import CliParser, number, run_cli
+from support.cli import CliParser, number, output_file, run_cli
 
 import torch
 
 from data import add_data_args, data_source, make_loaders
 from main import add_recipe_args, recipe_flags
-from support.files import check_output_file, write_json
+from support.files import check_output_file, json_kind, write_json
 from support.recipes import resolve_recipe
 from train import TrainState, WeightAverage, accuracy, train_one_epoch
+
+SUMMARY = json_kind("an average summary", {"recipe", "epochs", "val_size"})  # --out: replaces only its own kind
 
 
 class Averages:
@@ -40,11 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     add_data_args(p)
     add_recipe_args(p)
     p.add_argument("--decays", type=number(float, 0, 0.9999), nargs="+", default=[0.99, 0.999, 0.9999])
-    p.add_argument("--out", type=Path, help="also write the per-epoch accuracies here (JSON)")
+    p.add_argument("--out", type=output_file, help="also write the per-epoch accuracies here (JSON)")
     args = p.parse_args(argv)
     args.decays = list(dict.fromkeys(args.decays))  # (one column per decay)
     if args.out:
-        check_output_file(args.out, "--out", example="average.json")
+        check_output_file(args.out, "--out", kind=SUMMARY, example="average.json")
     flags = recipe_flags(args)
     if flags.pop("full_c3", False) or "ema_decay" in flags:
         p.error("--full-c3 and --ema-decay are not this script's: it measures LeCun's table, with --decays")

@@ -115,7 +115,7 @@ class CliParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         # Under torchrun every process parses the same flags: rank 0 alone says what is wrong with them.
-        text = f"{self.prog}: error: {message} (see --help)\n"
+        text = f"{self.prog}: error: {one_line(message)} (see --help)\n"
         self.exit(EXIT_USER_ERROR, text if speaks() else None)
 
     def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
@@ -123,9 +123,17 @@ class CliParser(argparse.ArgumentParser):
         # (`--report-dir ''` wrote the report into it, `predict.py ''` read every image there), so every flag
         # and positional of every command refuses it, before its type sees it.
         if "" in arg_strings and action.nargs not in (argparse.PARSER, argparse.REMAINDER):
-            wanted = "a path" if action.type is Path else "a value"
+            wanted = "a path" if action.type in (Path, output_file) else "a value"
             raise argparse.ArgumentError(action, f"an empty value (an unset shell variable?); give {wanted}")
         return super()._get_values(action, arg_strings)
+
+
+def output_file(text: str) -> Path:
+    """An argparse type for a file the command writes. A name that ends in a separator, '.' or '..' names a
+    folder, which Path would silently turn into a file of that folder's name (`--out runs/x/` wrote runs/x)."""
+    if text.replace(os.sep, "/").rsplit("/", 1)[-1] in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r} names a folder; give the name of a file in it")
+    return Path(text)
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
@@ -309,6 +317,11 @@ def print_results(text: str) -> None:
         raise UserError(f"cannot write the results to stdout: {failure}")
 
 
+def one_line(message: str) -> str:
+    """An error stays one line even when it quotes a name holding a line break (a path made by a script, say)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _escaping(stream):
     """`stream`, writing what its encoding lacks as escapes (PYTHONIOENCODING=ascii, a C locale: a file named
     "ü.png" is printed as "\\xfc.png" rather than ending the run with a UnicodeEncodeError)."""
@@ -335,7 +348,7 @@ def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int
         main(argv)
     except UserError as err:  # one that all processes raised alike is reported once; any other, where it arose
         if speaks() or not err.everywhere:
-            print(f"error: {'' if err.everywhere else where}{err}", file=sys.stderr)
+            print(f"error: {'' if err.everywhere else where}{one_line(str(err))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # training saves its own state before this is reached
         return _interrupted()
@@ -345,7 +358,7 @@ def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int
         named = err.filename if err.filename is not None else err.filename2
         problem = named is not None and name_length_problem(named)
         problem = problem or f"{named if named is not None else 'a path'}: too long a name; choose a shorter one"
-        print(f"error: {where}{problem}", file=sys.stderr)
+        print(f"error: {where}{one_line(problem)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch's, named so that this module need not import torch

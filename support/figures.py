@@ -3,12 +3,19 @@
 The callers decide what to plot; nothing here trains, evaluates or parses flags.
 """
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from support.files import atomic_output
+from support.files import Kind, atomic_output
+
+# Every PNG the package writes carries this text chunk: how a run tells its own earlier figure (replaced) from a
+# file of the user's that only has the same name (refused). Figures written before the mark existed have none.
+MARK_KEY, MARK_VALUE = "lenet5-mnist", "a figure this program wrote"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def pyplot():
@@ -25,8 +32,45 @@ def save_figure(fig, path: Path) -> None:
     """The figure as a PNG, written atomically. Each figure lays itself out (layout="constrained") when it is
     made: bbox_inches="tight" would draw it twice."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, metadata={MARK_KEY: MARK_VALUE})
     pyplot().close(fig)
+
+
+def marked_png(png: bytes) -> bytes:
+    """A PNG made elsewhere (a browser's screenshot) with the mark save_figure gives every figure: a tEXt chunk
+    after the header chunk, where the PNG specification allows it."""
+    if not png.startswith(_PNG_SIGNATURE) or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    header_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
+    body = b"tEXt" + MARK_KEY.encode("latin-1") + b"\0" + MARK_VALUE.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:header_end] + chunk + png[header_end:]
+
+
+def is_own_figure(path: Path) -> bool:
+    """Whether `path` is a PNG with the package's mark among its chunks before the image data."""
+    wanted = MARK_KEY.encode("latin-1") + b"\0" + MARK_VALUE.encode("latin-1")
+    try:
+        with open(path, "rb") as file:
+            if file.read(8) != _PNG_SIGNATURE:
+                return False
+            for _ in range(100):  # (the mark comes in the first few chunks; a damaged file ends the walk)
+                head = file.read(8)
+                if len(head) < 8 or head[4:] in (b"IDAT", b"IEND"):
+                    return False
+                length = struct.unpack(">I", head[:4])[0]
+                if head[4:] == b"tEXt" and length == len(wanted):
+                    if file.read(length) == wanted:
+                        return True
+                    file.seek(4, 1)
+                else:
+                    file.seek(length + 4, 1)
+    except OSError:
+        return False
+    return False
+
+
+FIGURE = Kind("a figure", is_own_figure)
 
 
 def mosaic(images: torch.Tensor, columns: int, gap: int = 4, fill: float = float("nan")) -> torch.Tensor:

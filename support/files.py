@@ -9,10 +9,12 @@ JSON is written one way: strict, with NaN and infinity (which JSON lacks) as nul
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -32,14 +34,19 @@ except ImportError:  # Windows
 # --- outputs, planned and checked before any work --------------------------------------------------------
 
 
-def check_output_file(path: Path, flag: str, example: str = "lenet5.pt", keep: bool = True) -> None:
+def check_output_file(
+    path: Path, flag: str, *, kind: "Kind | None", example: str = "lenet5.pt", keep: bool = True
+) -> None:
     """Fail before any work when a file could not be written at `path` (a name too long, a directory there, a
-    device or a pipe there, no folder). keep: see check_output_dir."""
+    device or a pipe there, no folder), or when a file there is not `kind` written by this program (kind=None:
+    only for a file the command opens and adds to, never replaces). keep: see check_output_dir."""
     refuse_long_name(path, flag)
     path = resolve_output(path, flag)  # a symlink is written through: its target gets the new file
     if path.is_dir():
         raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {path / example}")
     refuse_special_file(path, flag)
+    if kind is not None:
+        refuse_foreign_file(path, flag, kind)
     check_output_dir(path.parent, f"the folder of {flag}", keep=keep)
 
 
@@ -155,6 +162,19 @@ class Kind:
     ours: Callable[[Path], bool]
 
 
+def json_kind(name: str, keys: set[str]) -> Kind:
+    """A JSON file of this program's: an object with at least these keys (a summary, a report's metrics)."""
+    return Kind(name, lambda path: keys <= (json_object(path) or {}).keys())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def json_object(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
     """The JSON object in `path`, or None when it holds none (not JSON, not an object, unreadable, or larger
     than a file this program writes): for the `ours` of a Kind."""
@@ -193,13 +213,11 @@ class OutputPlan:
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def file(self, path: Path, flag: str, example: str = "lenet5.pt", kind: Kind | None = None) -> Path:
-        """A file the command writes; kind: what it is, when a file already there may be replaced only if it is
-        one this program wrote of that kind."""
+    def file(self, path: Path, flag: str, *, kind: Kind | None, example: str = "lenet5.pt") -> Path:
+        """A file the command writes; kind: what it is, for a file already there may be replaced only if it is
+        one this program wrote of that kind (None: see check_output_file)."""
         self._claim(path, flag, "file")
-        check_output_file(path, flag, example, keep=False)
-        if kind is not None:
-            refuse_foreign_file(path, flag, kind)
+        check_output_file(path, flag, kind=kind, example=example, keep=False)
         return Path(path)
 
     def lock(self, path: Path, flag: str = "--out") -> None:
@@ -218,12 +236,16 @@ class OutputPlan:
         while self._locks:
             self._locks.pop().release()
 
-    def folder(self, directory: Path, flag: str, files: tuple[str, ...] = ()) -> Path:
-        """A folder the command writes `files` into, among whatever else is there."""
+    def folder(self, directory: Path, flag: str, files: dict[str, Kind] | None = None) -> Path:
+        """A folder the command writes `files` into, among whatever else is there; each file's Kind says which
+        file already there it may replace (its own earlier one), as for file()."""
+        files = files or {}
         self._claim(directory, flag, "into")
         for name in files:
             self._claim(Path(directory) / name, f"{flag}'s {name}", "file")
-        check_output_dir(directory, flag, files, keep=False)
+        check_output_dir(directory, flag, tuple(files), keep=False)
+        for name, kind in files.items():
+            refuse_foreign_file(Path(directory) / name, f"{flag}'s {name}", kind, flag)
         return Path(directory)
 
     def whole_folder(self, directory: Path, flag: str) -> Path:
@@ -255,12 +277,12 @@ def _inside(inner: Path, outer: Path, outer_kind: str) -> bool:
     return outer_kind in ("file", "whole") and outer in inner.parents
 
 
-def refuse_foreign_file(path: Path, flag: str, kind: Kind) -> None:
+def refuse_foreign_file(path: Path, flag: str, kind: Kind, choose: str = "--out") -> None:
     """A file at `path` that is not `kind` written by this program is the user's: it is never replaced."""
     target = resolve_output(path, flag)
     if target.is_file() and not kind.ours(target):
         raise UserError(f"{flag} {path} exists and is not {kind.name} this program wrote; move it or choose "
-                        "another --out")  # fmt: skip
+                        f"another {choose}")  # fmt: skip
 
 
 class _Lock:
@@ -276,11 +298,12 @@ class _Lock:
         if fcntl is None:
             return None
         path = target.with_name(_temp_prefix(target) + "lock")
+        _refuse_foreign_lock(path, target)
         created = [folder for folder in target.parents if not os.path.exists(folder)]
         while True:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except OSError:  # (check_output_file has said what is wrong with the folder)
                 _remove_empty(created)
                 return None
@@ -311,6 +334,22 @@ class _Lock:
                 self.path.unlink()  # while still held: a process waiting on it then sees it gone and tries again
         os.close(self.fd)
         _remove_empty(self.created)  # (the folders made for it, unless the run wrote into them)
+
+
+def _refuse_foreign_lock(path: Path, target: Path) -> None:
+    """The lock file's name taken by something this program did not make (a folder, a link, a file holding more
+    than a pid): it is neither used (the lock would not hold) nor removed (it is the user's)."""
+    try:
+        mode = os.lstat(path).st_mode
+        text = None
+        if stat.S_ISREG(mode) and os.stat(path).st_size <= 32:
+            text = path.read_bytes()
+    except OSError:
+        return  # nothing there (or unreadable: the open says so)
+    if text is None or not re.fullmatch(rb"(\d+\n)?", text):
+        what = "a link" if stat.S_ISLNK(mode) else kind_of(path)
+        raise UserError(f"{path} ({what}) is in the way of the lock that keeps two runs from writing {target.name} "
+                        "at once, and is not one this program made; move it")  # fmt: skip
 
 
 def _read_pid(fd: int) -> int:

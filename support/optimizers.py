@@ -14,7 +14,9 @@ from LeNet5 import LeNet5
 from support.recipes import Recipe
 
 
-def make_optimizer(model: LeNet5, recipe: Recipe) -> torch.optim.Optimizer:
+def make_optimizer(model: LeNet5, recipe: Recipe, ns_dtype: torch.dtype | None = None) -> torch.optim.Optimizer:
+    """The optimizer `recipe` names over `model`'s parameters (ns_dtype: Muon's Newton-Schulz precision, None: by
+    device)."""
     if recipe.optimizer == "sdlm":  # the 1998 paper's; its curvature is set before each pass (train.py)
         return SDLM(model.parameters(), lr=recipe.lr, mu=recipe.sdlm_mu, patterns_per_step=recipe.batch_size)
     if recipe.optimizer == "sgd":
@@ -22,7 +24,8 @@ def make_optimizer(model: LeNet5, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=nesterov,
                                weight_decay=recipe.weight_decay)  # fmt: skip
     if recipe.optimizer == "muon":
-        return MuonAndAdamW(model, recipe.lr, (recipe.momentum, recipe.beta2), recipe.weight_decay, recipe.muon_conv)
+        betas = (recipe.momentum, recipe.beta2)
+        return MuonAndAdamW(model, recipe.lr, betas, recipe.weight_decay, recipe.muon_conv, ns_dtype)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
     # fused: one kernel for all parameters (CPU, CUDA, MPS, XPU); the default foreach step costs more than SGD's
     return adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, recipe.beta2),

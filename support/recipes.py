@@ -32,6 +32,7 @@ class Recipe:
     weight_decay: float = 0.0  # SGD and Adam: an L2 penalty in the gradient; AdamW and muon: decoupled decay
     schedule: str = "linear"  # per step: "linear" decays to 0, "cosine" likewise, "constant" keeps lr, "lecun1998"
     loss: str = "cross_entropy"  # or "map": the 1998 paper's MAP criterion over its RBF penalties
+    map_j: float = 0.1  # map only: the MAP criterion's constant j, which caps how far it pushes wrong classes away
     sdlm_mu: float = 0.02  # sdlm only: mu in its step lr / (mu + curvature), appendix C's 0.02 (see RECIPES)
     warmup_epochs: float = 0.0  # first, a linear ramp of the learning rate from 0 over this many epochs
     augment: bool = True  # random rotation, zoom and shift of each training image
@@ -52,7 +53,7 @@ class Recipe:
 # Fields added after checkpoints were first saved, with the values that reproduce how those were trained.
 ADDED_FIELDS: dict[str, Any] = {
     "optimizer": "sgd", "beta2": 0.999, "ema_decay": 0.0, "rotation": 10.0, "zoom": 0.1, "shift": 2.0,
-    "network": "lenet5", "loss": "cross_entropy", "sdlm_mu": 0.02, "shear": 0.0,
+    "network": "lenet5", "loss": "cross_entropy", "sdlm_mu": 0.02, "shear": 0.0, "map_j": 0.1,
     "squeeze": 0.0, "muon_conv": False,
 }  # fmt: skip
 
@@ -129,6 +130,8 @@ def resolve_recipe(name: str, overrides: dict[str, Any]) -> Recipe:
         raise UserError("--loss map scores the 1998 network's RBF penalties: add --network lecun1998")
     if recipe.network == "lecun1998" and recipe.optimizer == "muon":
         raise UserError("--optimizer muon is for LeNet5.py's network: use sdlm, sgd, adam or adamw with lecun1998")
+    if "map_j" in overrides and recipe.loss != "map":
+        raise UserError("--map-j is the map loss's constant: drop it, or add --loss map")
     if "sdlm_mu" in overrides and recipe.optimizer != "sdlm":
         raise UserError("--sdlm-mu is the sdlm optimizer's: drop it, or add --optimizer sdlm")
     if recipe.optimizer == "sdlm" and recipe.network != "lecun1998":
@@ -192,6 +195,7 @@ def recipe_from_saved(values: Any) -> Recipe:
     bad_range = recipe.epochs < 1 or recipe.batch_size < 1 or recipe.lr <= 0 or recipe.optimizer not in OPTIMIZERS
     bad_range |= recipe.schedule not in SCHEDULES or recipe.loss not in LOSSES or recipe.network not in NETWORKS
     bad_range |= recipe.momentum >= 1 or recipe.beta2 >= 1 or recipe.ema_decay >= 1 or recipe.sdlm_mu <= 0
+    bad_range |= not -100 <= recipe.map_j <= 100
     bad_range |= any(getattr(recipe, name) > limit for name, limit in AFFINE_LIMITS.items())
     if wrong or bad_range:
         raise ValueError(f"its recipe holds values this version cannot train with ({', '.join(wrong) or 'ranges'})")
@@ -238,6 +242,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     flag("--optimizer", "torch.optim.SGD, Adam, AdamW, muon (Muon on C5 and F6, AdamW on the rest), or sdlm "
          "(the 1998 paper's stochastic diagonal Levenberg-Marquardt)", choices=OPTIMIZERS)  # fmt: skip
     flag("--loss", "cross_entropy, or map (the 1998 paper's criterion; needs --network lecun1998)", choices=LOSSES)
+    flag("--map-j", "map: the MAP criterion's constant j", type=number(float, -100, 100))
     flag("--sdlm-mu", "sdlm: mu, which bounds each parameter's step at lr / mu", type=number(float, 0, low_open=True))
     flag("--lr", "learning rate, the schedule's peak", type=number(float, 0, low_open=True))
     flag("--momentum", "SGD momentum, or Adam's beta1 (muon: AdamW's)", type=number(float, 0, 0.999))

@@ -263,3 +263,21 @@ def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(cl
     done = cli(module, flag, path, *others, "--report-dir", tmp_path / "r", "--no-download")
     assert_user_error(done, f"error: {path}: its name is 300 bytes long, and the file system takes at most 255")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", ["main", "predict", "scripts.peer"])
+@pytest.mark.parametrize("ending", ["/", "/.", "/.."])
+def test_an_out_that_names_a_folder_is_refused_not_turned_into_a_file(cli, tmp_path, module, ending):
+    """--out runs/x/ (a slash at the end, as shells complete folder names) wrote a file named x: refused now,
+    nothing written."""
+    out = f"{tmp_path / 'x'}{ending}"
+    given = {"main": ["--data-dir", tmp_path / "none"], "predict": ["image.png"], "scripts.peer": []}[module]
+    done = cli(module, *given, "--out", out)
+    assert_user_error(done, f"argument --out: {out!r} names a folder; give the name of a file in it")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_that_quotes_a_name_with_a_line_break_stays_one_line(cli, tmp_path):
+    weights = tmp_path / "two\nlines.pt"
+    done = cli("eval", "--weights", weights, "--data-dir", tmp_path / "none", "--no-download")
+    assert_user_error(done, "two\\nlines.pt")

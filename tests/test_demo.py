@@ -25,6 +25,7 @@ from extras.exports import FORMATS, export
 from helper import load_checkpoint, load_model
 from LeNet5 import LeNet5
 from predict import predict_paths
+from support.figures import marked_png
 from support.files import atomic_output
 
 gradio_client = pytest.importorskip("gradio_client", reason="pip install -r requirements.txt")
@@ -401,7 +402,7 @@ def screenshot(driver, name: str, tmp_path: Path, size: tuple[int, int]) -> None
     """Into $APP_SCREENSHOTS (scripts/make_docs.sh sets it to docs/figures/) or a temporary folder."""
     path = Path(os.environ.get("APP_SCREENSHOTS") or tmp_path) / name
     with atomic_output(path) as tmp:
-        tmp.write_bytes(driver.get_screenshot_as_png())
+        tmp.write_bytes(marked_png(driver.get_screenshot_as_png()))
     assert Image.open(path).size == size
 
 

@@ -229,3 +229,19 @@ def test_a_stop_while_onnxruntime_loads_ends_the_export_as_any_stop(tmp_path, we
     assert done.stderr.endswith("the import went on\n\ninterrupted\n")  # the import finished, then the stop
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # nothing written, no temporary file
+
+
+def test_a_users_file_beside_a_copy_of_our_json_is_still_the_users(tmp_path, weights, cli):
+    """The user's notes.onnx beside a notes.onnx.json copied from an export of ours passed for our export, and was
+    replaced: the .json now holds the export's SHA-256, which the user's file does not match."""
+    args = ["--weights", weights, "--format", "onnx", "--verify-images", "4", "--data-dir", tmp_path / "no-mnist",
+            "--no-download"]  # fmt: skip
+    ours = tmp_path / "ours" / "notes.onnx"
+    for _ in range(2):  # an export of ours is replaced by the next one, as ever
+        assert cli("export", *args, "--out", ours).returncode == 0
+    mine = tmp_path / "notes.onnx"
+    mine.write_bytes(b"the user's own model")
+    (tmp_path / "notes.onnx.json").write_bytes((tmp_path / "ours" / "notes.onnx.json").read_bytes())
+    done = cli("export", *args, "--out", mine)
+    assert_user_error(done, f"--out {mine} exists and is not an onnx export this program wrote")
+    assert mine.read_bytes() == b"the user's own model"

@@ -10,6 +10,7 @@ from support.cli import UserError
 import pytest
 
 from support.files import (
+    Kind,
     OutputPlan,
     atomic_outputs,
     atomic_torch_save,
@@ -21,20 +22,22 @@ from support.files import (
     write_json,
 )
 
+ANY = Kind("a file", lambda path: True)  # (these tests are about where outputs may go, not what may be replaced)
+
 
 def test_output_checks(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError, match="is a directory; give a file name"):
-        check_output_file(tmp_path / "folder", "--out")
+        check_output_file(tmp_path / "folder", "--out", kind=None)
     with pytest.raises(UserError, match="is a file, not a folder"):
-        check_output_file(tmp_path / "file" / "x.pt", "--out")
+        check_output_file(tmp_path / "file" / "x.pt", "--out", kind=None)
     with pytest.raises(UserError, match="cannot create"):
         check_output_dir(tmp_path / "file" / "deeper" / "reports", "--report-dir")
-    check_output_file(tmp_path / "new" / "x.pt", "--out")
+    check_output_file(tmp_path / "new" / "x.pt", "--out", kind=None)
     assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "x.pt").exists()
     os.mkfifo(tmp_path / "fifo")
-    for check in (lambda path: check_output_file(path, "--out"), lambda path: write_json({}, path)):
+    for check in (lambda path: check_output_file(path, "--out", kind=None), lambda path: write_json({}, path)):
         with pytest.raises(UserError, match="is not a regular file"):
             check(tmp_path / "fifo")
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the pipe, not replaced by a file
@@ -43,15 +46,15 @@ def test_output_checks(tmp_path):
 def test_a_plan_refuses_outputs_that_collide_with_each_other_or_an_input(tmp_path):
     plan = OutputPlan({"the checkpoint given as --weights": tmp_path / "model.pt"})
     with pytest.raises(UserError, match="is the checkpoint given as --weights, which this command reads"):
-        plan.file(tmp_path / "model.pt", "--out")
-    plan.file(tmp_path / "reports" / "loss.png", "--out")
+        plan.file(tmp_path / "model.pt", "--out", kind=None)
+    plan.file(tmp_path / "reports" / "loss.png", "--out", kind=None)
     with pytest.raises(UserError, match=r"--report-dir's loss.png .* is also --out: one would replace the other"):
-        plan.folder(tmp_path / "reports", "--report-dir", ("metrics.json", "loss.png"))
+        plan.folder(tmp_path / "reports", "--report-dir", {"metrics.json": ANY, "loss.png": ANY})
     plan.whole_folder(tmp_path / "hub", "--hub")
     with pytest.raises(UserError, match="overlap, one inside the other"):
-        plan.file(tmp_path / "hub" / "config.json", "--other")
+        plan.file(tmp_path / "hub" / "config.json", "--other", kind=None)
     with pytest.raises(UserError, match="is also --out"):  # the same file by another path
-        plan.file(tmp_path / "reports" / ".." / "reports" / "loss.png", "--figure")
+        plan.file(tmp_path / "reports" / ".." / "reports" / "loss.png", "--figure", kind=None)
 
 
 def test_a_symlinked_output_is_written_through(tmp_path):
@@ -131,10 +134,10 @@ def test_two_writers_of_one_pair_never_mix_their_files(tmp_path, monkeypatch):
 def test_a_folder_output_may_not_be_where_a_file_goes(tmp_path):
     """--tensorboard is a folder: made where --out or a report file goes, the run failed only at its end."""
     plan = OutputPlan()
-    plan.file(tmp_path / "t" / "m.pt", "--out")
+    plan.file(tmp_path / "t" / "m.pt", "--out", kind=None)
     with pytest.raises(UserError, match=r"--tensorboard .*m.pt is also --out: one would replace the other"):
         plan.folder(tmp_path / "t" / "m.pt", "--tensorboard")
-    plan.folder(tmp_path / "rep", "--report-dir", ("loss.png",))
+    plan.folder(tmp_path / "rep", "--report-dir", {"loss.png": ANY})
     with pytest.raises(UserError, match=r"--tensorboard .*loss.png is also --report-dir's loss.png"):
         plan.folder(tmp_path / "rep" / "loss.png", "--tensorboard")
     with pytest.raises(UserError, match="overlap, one inside the other"):  # nothing can be made inside a file
@@ -149,15 +152,15 @@ def test_an_input_is_never_an_output_nor_inside_a_folder_written_whole(tmp_path)
         plan.folder(tmp_path / "data" / "x", "--tensorboard")
     with pytest.raises(UserError, match="which this command reads, overlap"):
         plan.whole_folder(tmp_path / "data", "--out")
-    plan.folder(tmp_path / "data", "--report-dir", ("metrics.json",))  # written into, beside the input: fine
+    plan.folder(tmp_path / "data", "--report-dir", {"metrics.json": ANY})  # written into, beside the input: fine
 
 
 def test_a_plan_leaves_no_folder_behind(tmp_path):
     """The folders are made to check them, then removed: a run refused later (or stopped before it writes)
     leaves no empty folder; the writers make them with the first file."""
     plan = OutputPlan()
-    plan.file(tmp_path / "new" / "deeper" / "m.pt", "--out")
-    plan.folder(tmp_path / "reports" / "run", "--report-dir", ("metrics.json",))
+    plan.file(tmp_path / "new" / "deeper" / "m.pt", "--out", kind=None)
+    plan.folder(tmp_path / "reports" / "run", "--report-dir", {"metrics.json": ANY})
     assert os.listdir(tmp_path) == []
     write_json({}, tmp_path / "reports" / "run" / "metrics.json")
     assert (tmp_path / "reports" / "run" / "metrics.json").is_file()
@@ -184,7 +187,7 @@ def test_a_read_only_file_system_is_named(tmp_path):
     from support.cli import PROJECT_DIR
 
     (tmp_path / "ro").mkdir()
-    code = "import sys, pathlib, support.files as f; f.OutputPlan().file(pathlib.Path(sys.argv[1]), '--out')"
+    code = "import sys, pathlib, support.files as f; f.OutputPlan().file(pathlib.Path(sys.argv[1]), '--out', kind=None)"
     mounted = 'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" -c "$3" "$1/m.pt"'
     if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
         pytest.skip("needs unshare -m (root) for a read-only mount")
@@ -199,13 +202,13 @@ def test_a_name_too_long_is_refused_with_its_flag_before_any_work(tmp_path):
     plan = OutputPlan()
     long = tmp_path / "new" / ("a" * 297 + ".pt")
     with pytest.raises(UserError, match=r"^--out .*/a{297}\.pt: its name is 300 bytes long, and the file system takes"):
-        plan.file(long, "--out")
+        plan.file(long, "--out", kind=None)
     legal = tmp_path / ("b" * 250 + ".pt")  # 253 bytes: fine; its resume file's 260 are not
-    plan.file(legal, "--out")
+    plan.file(legal, "--out", kind=None)
     with pytest.raises(UserError, match=r"^--out's resume file .*/b{250}\.resume\.pt: its name is 260 bytes long"):
-        plan.file(legal.with_name(legal.stem + ".resume.pt"), "--out's resume file")
+        plan.file(legal.with_name(legal.stem + ".resume.pt"), "--out's resume file", kind=None)
     with pytest.raises(UserError, match=r"^--report-dir .*: the folder name a{12}\.\.\.a{12} in it is 300 bytes"):
-        plan.folder(tmp_path / ("a" * 300) / "reports", "--report-dir", ("metrics.json",))
+        plan.folder(tmp_path / ("a" * 300) / "reports", "--report-dir", {"metrics.json": ANY})
     assert os.listdir(tmp_path) == []
 
 
@@ -248,3 +251,29 @@ def test_a_lock_holds_an_output_for_one_command_and_is_let_go_on_every_way_out(t
         again.lock(out)  # free again
         out.write_text("written")
     assert os.listdir(out.parent) == ["m.pt"]
+
+
+@pytest.mark.parametrize("what", ["notes", "folder", "link", "empty", "stale"])
+def test_the_lock_takes_only_a_lock_files_name_of_its_own(tmp_path, what):
+    """The lock beside --out m.pt is .m.pt.lock. A user's file of that name was deleted when the run ended, and a
+    folder there silently left the run unlocked: both refused now, left as they were. A lock file of a killed
+    run (its pid inside) or one just created (empty) is this program's, and is taken."""
+    out, lock = tmp_path / "m.pt", tmp_path / ".m.pt.lock"
+    if what == "notes":
+        lock.write_text("my notes\n")
+    elif what == "folder":
+        lock.mkdir()
+    elif what == "link":
+        lock.symlink_to(tmp_path / "elsewhere")
+    else:
+        lock.write_text("" if what == "empty" else "4194305\n")
+    if what in ("empty", "stale"):
+        with OutputPlan() as plan:
+            plan.lock(out)
+            assert lock.read_text() == f"{os.getpid()}\n"
+        assert not lock.exists()
+        return
+    with pytest.raises(UserError, match=rf"^{lock} \((a file|a folder|a link)\) is in the way of the lock .* move it$"):
+        OutputPlan().lock(out)
+    left = {"link": lock.is_symlink, "folder": lock.is_dir, "notes": lambda: lock.read_text() == "my notes\n"}
+    assert left[what]()

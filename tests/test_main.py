@@ -478,3 +478,37 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(cli, tmp
     done = cli("main", *args)
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(out.parent)) == ["m.json", "m.pt"]  # (the lock's file went with the run)
+
+
+def users_picture(path) -> None:
+    """A PNG of the user's own (drawn by PIL, not by this program), at `path`."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "orange").save(path)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "loss.png", "confusion_matrix.png"])
+def test_a_report_folder_keeps_the_users_files_and_takes_its_own(cli, tmp_path, name):
+    """--report-dir holding the user's own metrics.json or loss.png: main.py and eval.py replaced them with the
+    report's. Refused before any work, the file as it was; a report this program wrote there is replaced by the
+    next run, main's by eval's too."""
+    data = write_idx_dir(tmp_path / "mnist")
+    reports, out = tmp_path / "r", tmp_path / "run" / "m.pt"
+    args = ["--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports]
+    for _ in range(2):
+        assert cli("main", *args).returncode == 0
+    mine = reports / name
+    if name.endswith(".json"):
+        mine.write_text('{"accuracy": "my own"}')
+    else:
+        users_picture(mine)
+    users = mine.read_bytes()
+    evaluate = ["--weights", out, "--data-dir", data, "--allow-custom-data", "--no-download", "--report-dir", reports]
+    writers = [("main", args)] + [("eval", evaluate)] * (name != "loss.png")  # (eval draws no loss)
+    for module, given in writers:
+        done = cli(module, *given)
+        assert_user_error(done, f"--report-dir's {name} {mine} exists and is not ")
+        assert "this program wrote; move it or choose another --report-dir" in done.stderr
+        assert mine.read_bytes() == users
+    mine.unlink()
+    assert cli("eval", *evaluate).returncode == 0 and (reports / "feature_maps.png").exists()

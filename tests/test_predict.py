@@ -147,3 +147,16 @@ def test_results_on_a_closed_stdout_are_an_error_when_stdout_is_the_only_output(
     done = run_predict(image, "--weights", weights, "--out", tmp_path / "show.png", preexec_fn=lambda: os.close(1))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_out_replaces_its_own_figure_but_never_a_picture_of_the_users(cli, tmp_path, weights):
+    """predict.py --out holiday.png replaced the user's photo with the figure: refused, the photo as it was. The
+    figure of an earlier run is replaced, as ever."""
+    seven = as_file(draw_seven(), tmp_path, "seven.png")
+    ours, photo = tmp_path / "figure.png", as_file(draw_seven(ink="red"), tmp_path, "holiday.png")
+    for _ in range(2):
+        assert cli("predict", seven, "--weights", weights, "--out", ours).returncode == 0
+    before = photo.read_bytes()
+    done = cli("predict", seven, "--weights", weights, "--out", photo)
+    assert_user_error(done, f"--out {photo} exists and is not a figure this program wrote; move it")
+    assert photo.read_bytes() == before

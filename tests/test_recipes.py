@@ -92,3 +92,14 @@ def test_main_says_add_augment_for_a_recipe_trained_without_it(cli, tmp_path):
                "--report-dir", tmp_path / "reports")  # fmt: skip
     assert_user_error(done, "--shear would distort the augmented images, and --recipe lecun1998 trains without")
     assert "--no-augment" not in done.stderr and done.stderr.rstrip().endswith("add --augment")
+
+
+def test_the_map_constant_is_the_map_losss_and_a_saved_one_is_checked():
+    assert resolve_recipe("lecun1998", {"map_j": 3.0}).map_j == 3.0
+    with pytest.raises(UserError, match="--map-j is the map loss's constant: drop it, or add --loss map"):
+        resolve_recipe("default", {"map_j": 3.0})
+    saved = asdict(resolve_recipe("lecun1998", {}))
+    with pytest.raises(ValueError, match="cannot train with"):
+        recipe_from_saved({**saved, "map_j": 1e9})  # exp(-j) is 0 far before: no flag allows it
+    del saved["map_j"]  # a recipe saved before the field: trained with the constant it had, 0.1
+    assert recipe_from_saved(saved).map_j == 0.1

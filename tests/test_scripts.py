@@ -323,3 +323,44 @@ def test_lecun1998_train_error_scores_the_training_images_not_the_test_images(cl
     done = cli("scripts.lecun1998", "train-error", *data, weights)
     assert done.returncode == 0, done.stderr
     assert f"training error {100 * wrong / len(labels):.2f} % ({wrong} of {len(labels)} wrong)" in done.stdout
+
+
+USERS_JSON = '{"my": "own results"}'
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("scripts.peer", []),
+        ("scripts.lecun1998", ["choices"]),
+        ("scripts.baseline", []),
+        ("scripts.bench", ["--quick"]),
+        ("scripts.seeds", ["--seeds", "0"]),
+        ("scripts.late_distortions", ["--branch", "1"]),
+        ("scripts.weight_average", []),
+    ],
+)
+def test_every_scripts_out_refuses_a_file_of_the_users(cli, idx_dir, tmp_path, script, args):
+    """`scripts.peer --out results.json` replaced the user's own results.json with its own: refused before any
+    work, for every script that writes a JSON summary, the file as it was."""
+    mine = tmp_path / "results.json"
+    mine.write_text(USERS_JSON)
+    data = ["--data-dir", idx_dir] if script == "scripts.seeds" else ["--data-dir", idx_dir, "--no-download"]
+    done = cli(script, *args, *data, "--out", mine)
+    assert_user_error(done, f"--out {mine} exists and is not ")
+    assert "this program wrote; move it or choose another --out" in done.stderr
+    assert mine.read_text() == USERS_JSON
+
+
+def test_lecun1998_curve_replaces_its_own_figure_but_never_a_picture_of_the_users(cli, tmp_path):
+    from PIL import Image
+
+    runs = [lecun1998_run(tmp_path / f"seed{seed}.json", seed) for seed in range(2)]
+    ours, photo = tmp_path / "curve.png", tmp_path / "holiday.png"
+    for _ in range(2):
+        assert cli("scripts.lecun1998", "curve", *runs, "--out", ours).returncode == 0
+    Image.new("RGB", (40, 30), "orange").save(photo)
+    before = photo.read_bytes()
+    done = cli("scripts.lecun1998", "curve", *runs, "--out", photo)
+    assert_user_error(done, f"--out {photo} exists and is not a figure this program wrote; move it")
+    assert photo.read_bytes() == before

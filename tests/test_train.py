@@ -290,3 +290,16 @@ def test_a_ctrl_c_while_the_epoch_is_recorded_keeps_that_epoch(idx_dir, monkeypa
     with pytest.raises(TrainingInterrupted) as stop:
         run_fit(state, loaders)
     assert stop.value.state["epoch"] == 1 and len(stop.value.state["history"]["epochs"]) == 1
+
+
+def test_the_map_loss_uses_the_recipes_constant():
+    """--map-j reaches the loss that training minimises."""
+    from lecun1998.training import map_loss
+    from support.recipes import resolve_recipe
+    from train import loss_function
+
+    outputs, labels = -torch.tensor([[0.5, 3.0, 40.0], [2.0, 1.0, 9.0]]), torch.tensor([0, 2])
+    for j in (0.1, 3.0):
+        loss = loss_function(resolve_recipe("lecun1998", {"map_j": j}))(outputs, labels)
+        assert torch.allclose(loss, map_loss(outputs, labels, j) / 2)
+    assert not torch.allclose(map_loss(outputs, labels, 0.1), map_loss(outputs, labels, 3.0))
