@@ -28,7 +28,16 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from LeNet5 import INPUT_NORMALIZATION
 from support.augment import Augmentation
 from support.distributed import ONE, World
-from support.files import atomic_torch_save, file_sha256, kind_of, remove_if_empty, write_json
+from support.files import (
+    Kind,
+    atomic_torch_save,
+    file_sha256,
+    json_kind,
+    kind_of,
+    refuse_foreign_file,
+    remove_if_empty,
+    write_json,
+)
 from support.idx import CUSTOM_FILES, MNIST, MNIST_FILES, DataError, IdxFile, idx_bytes, read_idx, write_idx
 from support.optional import attempt
 from support.recipes import Recipe, augmentation_for
@@ -109,10 +118,26 @@ def load_mnist(
     return data
 
 
-CACHE_FILES = ("training.pt", "test.pt", "sources.json")  # what the cache folder holds
+def _is_cache_tensors(path: Path) -> bool:
+    """Whether `path` is a torch.save of two tensors, as _save_cache writes them: one of other data (or other
+    shapes) is the cache's own and rebuilt; a checkpoint or anything else is the user's and never replaced."""
+    try:
+        value = torch.load(path, weights_only=True, mmap=True)  # (mmap: 47 MB are not read to be judged)
+    except Exception:
+        return False
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value)
+
+
+CACHE_TENSORS = Kind("a data cache file", _is_cache_tensors)
+# What the cache folder holds, and what a file there must be for the cache to replace it.
+CACHE_KINDS = {"training.pt": CACHE_TENSORS, "test.pt": CACHE_TENSORS,
+               "sources.json": json_kind("the data cache's sources list", set(MNIST_FILES))}  # fmt: skip
+CACHE_FILES = tuple(CACHE_KINDS)
 
 
 def _save_cache(data: MNIST, cache_dir: Path, sources: dict[str, dict[str, Any]]) -> None:
+    for name, kind in CACHE_KINDS.items():  # all checked before any is written: a foreign one skips the cache
+        refuse_foreign_file(cache_dir / name, f"--cache-dir's {name}", kind, "--cache-dir")
     atomic_torch_save((data.train_images, data.train_labels), cache_dir / "training.pt")
     atomic_torch_save((data.test_images, data.test_labels), cache_dir / "test.pt")
     write_json(sources, cache_dir / "sources.json")  # last: the files it names are verified, and cached

@@ -16,13 +16,22 @@ the safetensors file and the hub folder carry it inside (extras/exports.py).
 import argparse
 from pathlib import Path
 
-from support.cli import DEFAULT_CHECKPOINT, CliParser, UserError, add_device_flag, add_weights_flag, number, run_cli
+from support.cli import (
+    DEFAULT_CHECKPOINT,
+    CliParser,
+    UserError,
+    add_device_flag,
+    add_weights_flag,
+    number,
+    output_file,
+    run_cli,
+)
 
 import torch
 
 from data import DataSource, add_data_args, data_source, preprocess
 from extras.exports import FORMATS, export, plan
-from extras.model_card import PUBLISH_COMMAND
+from extras.model_card import publish_command
 from helper import load_checkpoint
 from support.devices import choose_device
 from support.synthetic import synthetic_digits
@@ -46,9 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_device_flag(p)
     p.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="what to export to")
     out = "output file, or folder for hub (default: checkpoints/lenet5.onnx, .torchscript.pt, .safetensors, -hub/)"
-    p.add_argument("--out", type=Path, help=out)
+    p.add_argument("--out", help=out)  # (its text: a file's name may not end in "/", a hub folder's may)
     p.add_argument("--verify-images", type=number(int, 2, 10_000), default=1000, help="test images to check it on")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is not None:
+        try:
+            args.out = Path(args.out) if FORMATS[args.format].folder else output_file(args.out)
+        except argparse.ArgumentTypeError as err:
+            p.error(f"argument --out: {err}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"verified in {fmt.runtime} on {source} (batches of 1 and {len(images) - 1}): argmax identical, "
           f"{exact}{limit}")  # fmt: skip
     if fmt.name == "hub":
-        print(f"publish with (needs the network and `hf auth login`): {PUBLISH_COMMAND.format(folder=out)}")
+        print(f"publish with (needs the network and `hf auth login`): {publish_command(str(out))}")
 
 
 if __name__ == "__main__":

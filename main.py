@@ -9,7 +9,8 @@ checkpoints/lenet5.pt (lenet5-NAME.pt for the other recipes) and its report into
 with any recipe flag changed, or on --limit images, is an experiment: it writes everything into a
 folder of its own, runs/<time>_<recipe>-seed<N>/, and never replaces the checkpoints that eval.py,
 predict.py and the demo use. --out and --report-dir say otherwise.
-A stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT) saves a resumable checkpoint; `--resume PATH` continues it.
+A stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT) saves a resumable checkpoint; `--resume PATH` continues it,
+its report in a reports/ folder beside the finished checkpoint unless --report-dir says otherwise.
 """
 
 import argparse
@@ -83,8 +84,10 @@ def outputs(flags: dict[str, Any], out: Path | None, report_dir: Path | None, re
         named = CHECKPOINT_DIR / ("lenet5.pt" if name == "default" else f"lenet5-{name}.pt")
         out = finished_path(resume) if resume else folder / "lenet5.pt" if experiment else named
         flag = "--resume's finished checkpoint" if resume else flag
-    if report_dir is None:
-        report_dir = folder / "reports" if experiment and not resume else REPORT_DIR
+    if report_dir is None and resume:  # the finished checkpoint's own reports/: the named runs' only for theirs
+        report_dir = REPORT_DIR if out.parent.resolve() == CHECKPOINT_DIR.resolve() else out.parent / "reports"
+    elif report_dir is None:
+        report_dir = folder / "reports" if experiment else REPORT_DIR
     used = folder in (out.parent, report_dir.parent) and not resume
     return Outputs(out, report_dir, tensorboard, folder if used else None, flag)
 
@@ -97,6 +100,7 @@ def own_folder(paths: Outputs, is_main: bool) -> Iterator[Outputs]:
     if paths.folder is None or not is_main:  # (under torchrun, rank 0 alone writes)
         yield paths
         return
+    parents = [folder for folder in paths.folder.parents if not folder.exists()]  # runs/ itself, the first time
     made = new_folder(paths.folder, "the run's folder (--out and --report-dir choose others)")
 
     def moved(path: Path) -> Path:
@@ -105,7 +109,7 @@ def own_folder(paths: Outputs, is_main: bool) -> Iterator[Outputs]:
     try:
         yield replace(paths, checkpoint=moved(paths.checkpoint), report_dir=moved(paths.report_dir), folder=made)
     finally:
-        remove_if_empty(made)
+        remove_if_empty(made, *parents)
 
 
 def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | None] | None = None) -> OutputPlan:

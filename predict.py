@@ -20,6 +20,7 @@ from support.cli import (
     add_json_flag,
     add_weights_flag,
     number,
+    one_line,
     output_file,
     print_results,
     run_cli,
@@ -64,10 +65,11 @@ def predict_paths(
 
 
 def format_result(r: dict[str, Any]) -> str:
+    """One line per image, even for a file name holding a line break."""
     if "error" in r:
-        return f"{r['path']}: error: {r['error']}"
+        return one_line(f"{r['path']}: error: {r['error']}")
     top = ", ".join(f"{t['digit']} {t['probability']:.1%}" for t in r["topk"])
-    return f"{r['path']}: {r['prediction']} ({r['probability']:.1%})   top-{len(r['topk'])}: {top}"
+    return one_line(f"{r['path']}: {r['prediction']} ({r['probability']:.1%})   top-{len(r['topk'])}: {top}")
 
 
 def none_classified(results: list[dict[str, Any]]) -> str:

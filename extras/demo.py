@@ -32,6 +32,7 @@ from extras.digits import IMAGE_SUFFIXES, ImageProblem, NoDigit, Source, load_gr
 from helper import Checkpoint, CheckpointError, load_checkpoint
 from support import portable
 from support.devices import place_batch
+from support.figures import viridis
 
 IDLE = "Draw a digit on the canvas, or upload a picture of one."
 CANVAS = 400  # canvas pixels per side; the digit is cropped and scaled to 20 px anyway
@@ -210,8 +211,6 @@ def picture(pixels: np.ndarray, alt: str, caption: str, width: int) -> str:
 
 def tile(maps: torch.Tensor, columns: int, zoom: int, gap: int = 2) -> np.ndarray:
     """K x H x W activations in -1..1 -> one RGB uint8 grid, each map enlarged `zoom` times (yellow +1, purple -1)."""
-    from matplotlib import colormaps
-
     count, height, width = maps.shape
     rows = -(-count // columns)
     cell_h, cell_w = height * zoom + gap, width * zoom + gap
@@ -220,17 +219,13 @@ def tile(maps: torch.Tensor, columns: int, zoom: int, gap: int = 2) -> np.ndarra
     for k in range(count):
         row, col = divmod(k, columns)
         grid[row * cell_h : row * cell_h + height * zoom, col * cell_w : col * cell_w + width * zoom] = big[k]
-    colours = colormaps["viridis"].with_extremes(bad="white")(((grid + 1) / 2).numpy())
+    colours = viridis().with_extremes(bad="white")(((grid + 1) / 2).numpy())
     return (colours[..., :3] * 255).round().astype(np.uint8)
 
 
 def legend() -> str:
     """HTML: the feature maps' colour scale, -1 (purple) to +1 (yellow), the range of tanh."""
-    from matplotlib import colormaps
-
-    stops = ", ".join(
-        "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in colormaps["viridis"](i / 8)[:3])) for i in range(9)
-    )
+    stops = ", ".join("#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in viridis()(i / 8)[:3])) for i in range(9))
     bar = f'<span class="bar" style="background: linear-gradient(to right, {stops})" aria-hidden="true"></span>'
     return f'<div id="legend">colour scale of the maps: <span>-1</span>{bar}<span>+1</span> (white: gaps)</div>'
 

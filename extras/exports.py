@@ -14,6 +14,7 @@ it). A failed check, a full disk or a Ctrl-C leaves what was at --out before.
 """
 
 import copy
+import hashlib
 import io
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from support.cli import UserError
 
 import torch
 
-from extras.model_card import CARD_MARK, model_card
+from extras.model_card import model_card
 from helper import Checkpoint, load_checkpoint
 from LeNet5 import INPUT_NORMALIZATION
 from support import portable, signals
@@ -101,13 +102,21 @@ def write_safetensors(checkpoint: Checkpoint, path: Path, name: str) -> None:
     path.write_bytes(portable.safetensors_bytes(checkpoint.state_dict, _fields(checkpoint)))
 
 
+HUB_RECORD = "export_sha256"  # in config.json: the SHA-256 of each file of the hub export, as written
+
+
 def write_hub(checkpoint: Checkpoint, folder: Path, name: str) -> None:
-    """model.safetensors, config.json and README.md into an empty folder (atomic_folder moves it into place as
-    `name`, which the card's commands use)."""
+    """model.safetensors, README.md and config.json into an empty folder (atomic_folder moves it into place as
+    `name`, which the card's commands use); config.json records the SHA-256 of each (hub_record)."""
     fields = _fields(checkpoint)
     (folder / portable.WEIGHTS_FILE).write_bytes(portable.safetensors_bytes(checkpoint.state_dict, fields))
-    (folder / portable.CONFIG_FILE).write_text(json_text(portable.hub_config(fields)))
-    (folder / portable.CARD_FILE).write_text(model_card(fields, name))
+    (folder / portable.CARD_FILE).write_bytes(model_card(fields, name).encode())
+    written = {file: file_sha256(folder / file) for file in (portable.WEIGHTS_FILE, portable.CARD_FILE)}
+
+    def config(own: str) -> bytes:  # (config.json's own SHA-256 is over its text with its own entry "")
+        return json_text({**portable.hub_config(fields), HUB_RECORD: {**written, portable.CONFIG_FILE: own}}).encode()
+
+    (folder / portable.CONFIG_FILE).write_bytes(config(hashlib.sha256(config("")).hexdigest()))
 
 
 def _reader(kind: str) -> Callable[[Path, torch.Tensor], torch.Tensor]:
@@ -163,7 +172,8 @@ def sidecar_path(out: Path) -> Path:
 def plan(fmt: Format, out: Path, weights: Path) -> OutputPlan:
     """--out for `fmt`, checked before any work: not the checkpoint read, the name the format takes, a place
     that can be written, no file of the user's that only has its name (an earlier export of this program's is
-    replaced); a hub folder only when it is new, empty, or an earlier export of this program's. The plan holds
+    replaced); a hub folder only when it is new, empty, or an earlier export of this program's that nobody changed
+    since (the SHA-256s its config.json records say). The plan holds
     --out for this export alone until its `with` block ends."""
     outputs = OutputPlan({"the checkpoint given as --weights": weights})
     example = fmt.default_name
@@ -209,26 +219,44 @@ def sidecar_kind(fmt: Format) -> Kind:
 
 
 def _check_hub_folder(out: Path) -> None:
-    """A hub --out: a folder that is new, empty, or an earlier export of this program's."""
+    """A hub --out: a folder that is new, empty, or an earlier export of this program's that nobody changed since
+    (a file that was not in it, or that changed, is the user's: never replaced)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; a hub export is a folder: give a new folder's name")
-    if out.is_dir() and any(out.iterdir()) and not is_own_hub_export(out):
-        found = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    record = hub_record(out) if names else {}
+    foreign = [name for name in names if name not in record]
+    if foreign:
         raise UserError(
-            f"--out {out} holds files that are not an earlier export of this program's ({found}); give a new or "
-            "empty folder"
+            f"--out {out} holds files that are not an earlier export of this program's ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
         )
+    changed = [name for name in names if not _as_written(out / name, record[name])]
+    if changed:
+        it, was = ("it", "was") if len(changed) == 1 else ("them", "were")
+        raise UserError(f"--out {out}: {' and '.join(changed)} {was} changed since this program wrote {it}; move "
+                        f"{it} or choose another --out")  # fmt: skip
 
 
-def is_own_hub_export(folder: Path) -> bool:
-    """A folder this program wrote: exactly the hub files, a model that loads, and the card's mark."""
-    if sorted(p.name for p in folder.iterdir()) != sorted(portable.HUB_FILES):
-        return False
+def hub_record(folder: Path) -> dict[str, str]:
+    """{file name: SHA-256 as written} that a hub export of this program's recorded in its config.json; {} for a
+    folder without one (the user's, or an export of an older version, which recorded nothing)."""
+    record = (json_object(folder / portable.CONFIG_FILE) or {}).get(HUB_RECORD)
+    if not isinstance(record, dict) or sorted(record) != sorted(portable.HUB_FILES):
+        return {}
+    return {name: sha256 for name, sha256 in record.items() if isinstance(sha256, str) and len(sha256) == 64}
+
+
+def _as_written(path: Path, sha256: str) -> bool:
+    """Whether `path` is as the hub export wrote it (config.json: its SHA-256 with its own entry "", as written)."""
+    own = f'"{sha256}"'.encode()
     try:
-        load_checkpoint(folder, kind="hub")
-        return CARD_MARK in (folder / portable.CARD_FILE).read_text(encoding="utf-8")
-    except (UserError, OSError, UnicodeDecodeError):
+        if path.name != portable.CONFIG_FILE:
+            return path.is_file() and file_sha256(path) == sha256
+        text = path.read_bytes()
+    except OSError:
         return False
+    return text.count(own) == 1 and hashlib.sha256(text.replace(own, b'""')).hexdigest() == sha256
 
 
 def export(checkpoint: Checkpoint, fmt: Format, out: Path, images: torch.Tensor, source: str,

@@ -10,8 +10,16 @@ import shlex
 from typing import Any
 
 PUBLISH_COMMAND = "hf upload USER/lenet5-mnist {folder} ."
-# The card's last line: how export.py knows a folder as its own earlier export (and so may replace it).
-CARD_MARK = "<!-- written by the lenet5-mnist project's export.py; the next export to this folder replaces it -->"
+# The card's last line: says who wrote it (export.py knows its own earlier export by what config.json records).
+CARD_MARK = (
+    "<!-- written by the lenet5-mnist project's export.py; the next export to this folder replaces it, unless a "
+    "file in it was changed since -->"
+)
+
+
+def publish_command(folder: str) -> str:
+    """The command that uploads `folder` to the Hub, the folder shell-quoted (a space in it stays one word)."""
+    return PUBLISH_COMMAND.format(folder=shlex.quote(folder))
 
 
 def text(value: Any) -> str:
@@ -31,7 +39,7 @@ def model_card(fields: dict[str, Any], folder_name: str) -> str:
         _CARD_USE,
         _CARD_LOAD.replace("{folder}", shlex.quote(folder_name))
         .replace('"{python_folder}"', json.dumps(folder_name))
-        .replace("{publish}", PUBLISH_COMMAND.format(folder=shlex.quote(folder_name))),
+        .replace("{publish}", publish_command(folder_name)),
         CARD_MARK,
     ]
     return "\n\n".join(sections).strip() + "\n"

@@ -5,8 +5,9 @@ lit, sometimes shadowed, grey or coloured, with sensor noise and JPEG compressio
     python -m scripts.paper_photos make --data-dir ../shared/mnist --out runs/paper --count 200
     python predict.py runs/paper --json | python -m scripts.paper_photos score
 
-`make` writes NNNN_L.jpg (L: the true digit); `score` reads predict.py's JSON and prints how many
-were read right, and which were not.
+`make` writes NNNN_L.jpg (L: the true digit), each marked as this program's in its JPEG comment: it
+replaces its own earlier photos, never a file of yours by one of those names. `score` reads predict.py's
+JSON and prints how many were read right, and which were not.
 """
 
 import json
@@ -19,12 +20,26 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data import DataSource
-from support.files import check_output_dir
+from support.figures import MARK_KEY, MARK_VALUE
+from support.files import Kind, check_output_dir, refuse_foreign_file
 
 PHOTO = (640, 480)
 DESKS = [(92, 62, 40), (70, 70, 76), (40, 44, 60), (120, 84, 52), (30, 30, 30)]
 SHEETS = [(246, 246, 242), (232, 228, 214), (205, 205, 205), (250, 236, 150), (214, 230, 246), (190, 186, 180)]
 INKS = [(20, 20, 24), (24, 40, 120), (70, 70, 74)]  # black pen, blue pen, pencil
+PHOTO_MARK = f"{MARK_KEY}: {MARK_VALUE}"  # each photo's JPEG comment, as the figures' PNG text chunk
+
+
+def is_own_photo(path: Path) -> bool:
+    """Whether `path` is a JPEG that `make` wrote: one with the mark as its comment."""
+    try:
+        with Image.open(path) as image:
+            return image.info.get("comment") == PHOTO_MARK.encode()
+    except Exception:  # (not an image, unreadable)
+        return False
+
+
+PHOTO_FILE = Kind("a photo", is_own_photo)
 
 
 def sheet_with_digit(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -76,15 +91,18 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def make(data_dir: Path, out: Path, count: int, seed: int) -> None:
-    check_output_dir(out, "--out")
     mnist = DataSource(data_dir, cache_dir=None, download=False).open()
     if count > len(mnist.test_labels):
         raise UserError(f"--count {count}: the test set has {len(mnist.test_labels):,} digits; give at most that")
+    names = [f"{i:04d}_{label}.jpg" for i, label in enumerate(mnist.test_labels[:count].tolist())]
+    check_output_dir(out, "--out", tuple(names))
+    for name in names:  # all before the first photo is written
+        refuse_foreign_file(out / name, f"--out's {name}", PHOTO_FILE)
     rng = np.random.default_rng(seed)
-    for i in range(count):
+    for i, name in enumerate(names):
         image = photo(mnist.test_images[i].numpy(), rng)
         try:
-            image.save(out / f"{i:04d}_{int(mnist.test_labels[i])}.jpg", quality=int(rng.integers(70, 92)))
+            image.save(out / name, quality=int(rng.integers(70, 92)), comment=PHOTO_MARK)
         except OSError as err:
             raise UserError(f"cannot write into {out}: {err.strerror or err}; {i} of {count} photos written") from None
     print(f"wrote {count} photos of MNIST test digits 0-{count - 1} to {out}")

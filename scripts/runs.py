@@ -13,10 +13,25 @@ from typing import Any
 
 from support.cli import PROJECT_DIR, CliParser, UserError, run_cli
 
-from support.files import json_kind
+from support.files import Kind, OutputPlan, json_kind, refuse_foreign_file
 
 # What scripts/baseline.py and scripts/peer.py write for bench.py: a side run outside main.py.
 PIPELINE_RESULT = json_kind("a pipeline's result", {"pipeline", "epochs"})
+LOG_MARK = "# scripts/runs.py ran: python "  # a log's first line, before the command it ran
+
+
+def is_own_log(path: Path) -> bool:
+    """Whether `path` is a log that run_timed wrote: its first line is the mark (logs written before the mark
+    existed begin with main.py's own first line, "device: ...; recipe: {...}")."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(1 << 16)
+    except OSError:
+        return False
+    return first.startswith(LOG_MARK.encode()) or (first.startswith(b"device: ") and b"; recipe: {" in first)
+
+
+TRAIN_LOG = Kind("a training log", is_own_log)
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,7 @@ class Run:
 
 def run_main(flags: list[str], out_dir: Path, target: float = 0.99, processes: int = 1) -> Run:
     """Train with `python main.py FLAGS` in a fresh process (or `torchrun --nproc-per-node N main.py FLAGS`),
-    writing into out_dir (its log: out_dir/train.log)."""
+    writing into out_dir (its log: out_dir/train.log; plan_run_folder checks what is there before)."""
     out = out_dir / "lenet5.pt"
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] * (processes > 1)
     command = [*launcher, str(PROJECT_DIR / "main.py"), *flags, "--out", str(out)]
@@ -44,15 +59,33 @@ def run_main(flags: list[str], out_dir: Path, target: float = 0.99, processes: i
     return run_timed(command, out.with_suffix(".json"), out_dir / "train.log", target)
 
 
+def plan_run_folder(plan: OutputPlan, out_dir: Path, flag: str) -> None:
+    """What run_main writes into out_dir, planned before any run starts: main.py's checkpoint, its metrics and
+    resume file, its report folder, and the log; each file already there may only be its own earlier one."""
+    from eval import REPORT_FILES  # (here: they import torch, which a script's --help does not need)
+    from extras.resume import resume_path
+    from helper import CHECKPOINT, METRICS
+    from main import HISTORY_FILES
+
+    out = out_dir / "lenet5.pt"
+    files = {out.name: CHECKPOINT, out.with_suffix(".json").name: METRICS, resume_path(out).name: CHECKPOINT}
+    plan.folder(out_dir, flag, files | {"train.log": TRAIN_LOG})
+    plan.folder(out_dir / "reports", flag, REPORT_FILES | HISTORY_FILES)
+
+
 def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) -> Run:
-    """Run `python COMMAND` (its output into `log`), then read the per-epoch metrics it wrote as JSON."""
+    """Run `python COMMAND` (its output into `log`, after a first line naming it), then read the per-epoch
+    metrics it wrote as JSON. A file of the user's at `log` is refused, never replaced."""
+    refuse_foreign_file(log, "the run's log", TRAIN_LOG, "--out-dir")
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log, "w") as sink:
+        sink.write(f"{LOG_MARK}{' '.join(command)}\n")
+        sink.flush()  # (before the child's output, which goes straight into the file)
         done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
     wall = time.time() - started
     if done.returncode != 0:  # (the log may live in a temporary folder: quote the reason, or its end)
-        lines = log.read_text(errors="replace").strip().splitlines()
+        lines = log.read_text(errors="replace").strip().splitlines()[1:]  # (not the mark)
         reason = [line for line in lines if line.startswith("error: ")][:1] or lines[-3:]
         raise UserError(f"`python {' '.join(command)}` failed (exit {done.returncode}): {chr(10).join(reason)}")
     return summarize(json.loads(metrics_json.read_text()), started, wall, target)

@@ -12,22 +12,23 @@ from pathlib import Path
 
 from support.cli import PROJECT_DIR, CliParser, UserError, number, output_file, run_cli
 
-from scripts.runs import run_main
+from scripts.runs import plan_run_folder, run_main
 from support.files import OutputPlan, json_kind, write_json
 
 SUMMARY = json_kind("a seeds summary", {"runs", "mean_test_accuracy"})  # --out: replaces only its own kind
 
 
 def plan_outputs(seeds: list[int], out_dir: Path, out: Path | None) -> None:
-    """Each seed once, into a folder of its own under out_dir (its checkpoint, metrics, log and report): the
-    summary --out may be none of those."""
+    """Each seed once, into a folder of its own under out_dir (its checkpoint, metrics, log and report), each
+    file there its own earlier one, all checked before the first seed runs: the summary --out may be none of
+    those."""
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if repeated:
         raise UserError(f"--seeds gives {', '.join(map(str, repeated))} more than once; give each seed once")
     plan = OutputPlan()
     plan.folder(out_dir, "--out-dir")
     for seed in seeds:
-        plan.whole_folder(out_dir / f"seed{seed}", f"seed {seed}'s run folder")
+        plan_run_folder(plan, out_dir / f"seed{seed}", "--out-dir")
     if out:
         plan.file(out, "--out", kind=SUMMARY, example="results.json")
 

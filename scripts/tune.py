@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shlex
+import sqlite3
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -83,6 +84,7 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialStat
 HEARTBEAT_S = int(os.environ.get("LENET5_TUNE_HEARTBEAT_S", 10))
 GRACE_S = int(os.environ.get("LENET5_TUNE_GRACE_S", 60))
 RETRIES = 2  # how often a dead worker's trial is queued again
+OPTUNA_TABLES = {"studies", "version_info", "alembic_version"}  # any of them: a SQLite file is Optuna's
 
 SPACES: dict[str, dict[str, Any]] = {
     "fast": {  # two epochs, Adam or Muon: the most accuracy for the least computation
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--out {args.out} is the study's own database (--storage); give the summary another name")
     device = choose_device(args.device)
     mnist = data_source(args).open()  # once, for every trial
+    check_data(mnist, space, args.val_size, args.limit)
     settings = {"space": space, "val_size": args.val_size, "seed": args.seed, "limit": args.limit}
     study = open_study(args.storage, name, make_pruner(args.pruner, args.prune_below), settings)
     progress = sys.stderr if args.json else sys.stdout  # with --json, stdout is the summary alone
@@ -297,6 +300,21 @@ def recipe_tokens(values: dict[str, Any]) -> list[str]:
     return [token for name, value in values.items() for token in FLAGS.tokens(name, value)]
 
 
+def check_data(mnist: MNIST, space: dict[str, Any], val_size: int, limit: int | None) -> None:
+    """make_loaders' checks of the hold-out and of the largest batch the space can draw, made before the storage
+    is opened: a trial would meet them only once the study was stored."""
+    images = len(mnist.train_labels[:limit])
+    if val_size >= images:
+        raise UserError(f"--val-size {val_size} must be between 0 and {images - 1} (the training images)")
+    entry = space.get("batch_size", resolve_recipe("default", {}).batch_size)
+    largest = max(entry.get("choices") or [entry["high"]]) if isinstance(entry, dict) else entry
+    if largest > images - val_size:
+        raise UserError(
+            f"--space: batch_size {largest} is more than the {images - val_size} training images that --limit "
+            "and --val-size leave; draw smaller batches (or give a larger --limit, or a smaller --val-size)"
+        )
+
+
 # --- the study ----------------------------------------------------------------------------------
 
 
@@ -357,6 +375,12 @@ def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, setti
     lock, database = lock_file(storage), database_file(storage)
     if database:
         check_output_file(database, "--storage", kind=None, example="optuna.db")  # (opened, added to)
+        tables = storage_call(storage, lambda: foreign_tables(storage, database))
+        if tables:
+            raise UserError(
+                f"--storage {database} is a SQLite database of something else (tables: {', '.join(tables)}); "
+                "give a new file or an Optuna study's"
+            )
 
     def opened() -> optuna.Study:
         with signals.deferred(), turn(lock):
@@ -381,12 +405,32 @@ def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, setti
     return study
 
 
+def foreign_tables(storage: str, database: Path) -> list[str]:
+    """The tables of an existing SQLite file that holds no Optuna study (Optuna would add its own beside them),
+    read without writing; none for a new or empty file, or for Optuna's."""
+    if not database.is_file() or not database.stat().st_size:
+        return []
+    try:  # as long as Optuna would wait
+        timeout = float(sqlalchemy.engine.make_url(storage).query.get("timeout", 5))
+    except (TypeError, ValueError):  # given twice, or not a number: Optuna's own connect says what is wrong
+        timeout = 5.0
+    with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)) as db:
+        tables = sorted(name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    return [] if OPTUNA_TABLES & set(tables) else [name for name in tables if not name.startswith("sqlite_")]
+
+
 def storage_call(storage: str, call):
     """call(), with a failure of the storage (a bad URL, a locked, full or read-only database) as one line that
     names its first cause, not Optuna's chain of tracebacks."""
     try:
         return call()
-    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+    except (
+        ValueError,
+        ImportError,
+        sqlite3.Error,
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,
+    ) as err:
         raise UserError(f"--storage {masked(storage)}: {root_cause(err)}") from None
 
 

@@ -3,6 +3,7 @@
 The callers decide what to plot; nothing here trains, evaluates or parses flags.
 """
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,14 +19,28 @@ MARK_KEY, MARK_VALUE = "lenet5-mnist", "a figure this program wrote"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def pyplot():
-    """matplotlib with the file-only Agg backend, imported on first use (keeps start-up fast)."""
+def _matplotlib():
+    """matplotlib with the file-only Agg backend, imported on first use (keeps start-up fast). The package only
+    writes files, so a backend named by the environment (Jupyter's inline one, or a misspelt one, which fails
+    matplotlib's own import) must not decide."""
+    os.environ["MPLBACKEND"] = "agg"
     import matplotlib
 
     matplotlib.use("Agg")
+    return matplotlib
+
+
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend."""
+    _matplotlib()
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def viridis():
+    """The viridis colour map, on the Agg backend."""
+    return _matplotlib().colormaps["viridis"]
 
 
 def save_figure(fig, path: Path) -> None:

@@ -147,10 +147,10 @@ def new_folder(path: Path, flag: str) -> Path:
     raise UserError(f"{flag}: {path} and 998 more folders of that name exist; remove some or choose another location")
 
 
-def remove_if_empty(folder: Path | None) -> None:
-    """Remove `folder` when nothing was written into it (a run refused or stopped before its first file)."""
-    if folder is not None:
-        _remove_empty([Path(folder)])
+def remove_if_empty(*folders: Path | None) -> None:
+    """Remove `folders` (deepest first) when nothing was written into them (a run refused or stopped before its
+    first file)."""
+    _remove_empty([Path(folder) for folder in folders if folder is not None])
 
 
 @dataclass(frozen=True)
@@ -392,6 +392,7 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
     fails, the temporary files are deleted and the targets stay as they were; a disk that is full,
     read-only or over a size limit is a UserError naming the file and the cause."""
     targets = [_writable_target(path) for path in paths]
+    created = sorted({f for t in targets for f in t.parents if not f.exists()}, key=lambda f: -len(f.parts))
     temps: list[Path] = []
     try:
         for target in targets:
@@ -410,6 +411,7 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+        _remove_empty(created)  # a failed write leaves no empty folder behind either
         if isinstance(err, OSError | WriteError):  # (a WriteError: a writer's own, a figure written atomically itself)
             raise WriteError(targets, err.cause if isinstance(err, WriteError) else err.strerror or str(err)) from None
         if isinstance(err, UserError):  # name the targets, not their temporary files

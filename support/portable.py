@@ -1,8 +1,9 @@
 """The two portable layouts of LeNet5 weights, in both directions, at the level of tensors and fields:
 
 - one `.safetensors` file: the tensors and, as its metadata (strings), the fields as JSON: model
-  config, normalization, preprocessing contract, metrics, recipe, data, epoch. No pickle: reading
-  it never runs code, and any language reads it.
+  config, normalization, preprocessing contract, metrics, recipe, data, epoch, and a SHA-256 of the
+  tensors (the format has no checksum of its own), compared on reading. No pickle: reading it never
+  runs code, and any language reads it.
 - the Hugging Face Hub layout, a folder with model.safetensors (that same file), config.json
   (LeNet5's constructor arguments at the top level, as huggingface_hub's PyTorchModelHubMixin reads
   them, plus the other fields) and a README.md model card.
@@ -12,6 +13,7 @@ writes through extras/exports.py. What is wrong with a file is a LayoutError, wi
 (the caller names it).
 """
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ LAYOUT_VERSION = 1  # of the metadata and config.json written here
 FIELDS = ("config", "normalization", "preprocessing", "metrics", "recipe", "data", "epoch")
 MAX_JSON_DEPTH = 32  # what this project writes is a few levels deep; far more would overflow the stack later
 MAX_METADATA_BYTES = 1 << 20  # a model's description, not a data set: what this project writes is a few KB
+DIGEST_KEY = "tensors_sha256"  # the metadata entry holding tensors_digest() (safetensors itself has no checksum)
 
 
 class LayoutError(Exception):
@@ -98,12 +101,28 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             metadata = file.metadata() or {}
             if sum(len(key) + len(value) for key, value in metadata.items()) > MAX_METADATA_BYTES:
                 raise LayoutError(f"its metadata is larger than {MAX_METADATA_BYTES:,} bytes; export it again")
-            return {name: file.get_tensor(name) for name in file.keys()}, metadata
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
     except LayoutError:
         raise
     except Exception as err:  # the Rust reader's SafetensorError, or an OSError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LayoutError(f"not a readable safetensors file: damaged, truncated or of another kind ({first})") from None
+    if DIGEST_KEY in metadata and metadata[DIGEST_KEY] != tensors_digest(tensors):  # (a file without: checked as ever)
+        raise LayoutError(
+            "its tensors do not match the digest it was written with: the file is damaged; export it again"
+        )
+    return tensors, metadata
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in sorted name order, each one's name, dtype, shape and raw bytes: what the file
+    holds, whatever its layout. Written into the metadata by safetensors_bytes, compared when the file is read."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # (bytes: any dtype, bfloat16 too)
+    return digest.hexdigest()
 
 
 def _read_text(path: Path) -> str:
@@ -150,14 +169,16 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], fields: dict[str, Any]) 
     Serialized in memory, so that a full disk fails in Python's own write (one line), not in the Rust writer."""
     from safetensors.torch import save
 
+    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     metadata = {
         "format": "pt",  # what transformers and the Hub's viewer look for in a PyTorch safetensors file
         "architecture": "LeNet5",
         "layout_version": str(LAYOUT_VERSION),
         "torch_version": str(torch.__version__),
+        DIGEST_KEY: tensors_digest(tensors),
         **{name: json_text(value, indent=None) for name, value in fields.items()},
     }
-    return save({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, metadata=metadata)
+    return save(tensors, metadata=metadata)
 
 
 def hub_config(fields: dict[str, Any]) -> dict[str, Any]:

@@ -103,10 +103,30 @@ def test_cache_is_written_reused_and_rebuilt(idx_dir, tmp_path, monkeypatch):
     images, labels = torch.load(cache / "training.pt", weights_only=True)
     torch.save((255 - images, labels), cache / "training.pt")  # other data of the same shapes is not taken
     assert torch.equal(load_mnist(moved, cache, spec, download=False).train_images, first.train_images)
-    (cache / "test.pt").write_bytes(b"garbage")  # a damaged cache is rebuilt from the files
+    torch.save((images[:5], labels[:5]), cache / "test.pt")  # a cache of other shapes is rebuilt from the files
     again = load_mnist(moved, cache, spec, download=False)
     assert torch.equal(again.test_images, first.test_images)
     assert torch.load(cache / "test.pt", weights_only=True)[0].shape == (N_TEST, 28, 28)
+
+
+@pytest.mark.parametrize("foreign", ["test.pt", "training.pt", "sources.json", "all"])
+def test_files_of_the_users_under_the_caches_names_are_never_replaced(idx_dir, tmp_path, weights, capsys, foreign):
+    """A --cache-dir holding the user's own test.pt (a LeNet checkpoint, even), training.pt or sources.json had
+    all three replaced silently: the cache is skipped for the run, with one warning naming the file."""
+    spec, cache = spec_of(idx_dir), tmp_path / "cache"
+    mine = {"test.pt": weights.read_bytes(), "training.pt": b"notes\n", "sources.json": b'{"my": "sources list"}'}
+    mine = {name: content for name, content in mine.items() if foreign in (name, "all")}
+    cache.mkdir()
+    for name, content in mine.items():
+        (cache / name).write_bytes(content)
+    data = load_mnist(idx_dir, cache, spec, download=False)
+    assert torch.equal(data.test_images, load_mnist(idx_dir, None, CUSTOM_FILES, download=False).test_images)
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == mine  # none replaced, and nothing written beside
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith(f"warning: the MNIST cache in {cache}"), warning
+    name = next(name for name in CACHE_FILES if name in mine)  # (the first checked)
+    assert f"--cache-dir's {name} {cache / name} exists and is not " in warning[0]
+    assert "move it or choose another --cache-dir" in warning[0] and warning[0].endswith("the run goes on")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed"])

@@ -1,6 +1,8 @@
 """export.py, the command: its flags and its --out, checked before any work; a folder replaced only when it
 holds an earlier export of this program's."""
 
+import shlex
+
 import pytest
 from conftest import assert_user_error
 
@@ -34,8 +36,47 @@ def test_hub_export_replaces_an_earlier_one_but_not_other_files(tmp_path, weight
         assert done.returncode == 0, done.stderr
     (folder / "notes.txt").write_text("mine")
     done = cli("export", "--weights", weights, "--format", "hub", "--out", folder, "--no-download")
-    assert_user_error(done, "holds files that are not an earlier export of this program's (README.md, config.json")
-    assert (folder / "notes.txt").read_text() == "mine"
+    assert_user_error(done, "holds files that are not an earlier export of this program's (notes.txt); give a new")
+    assert (folder / "notes.txt").read_text() == "mine"  # (named alone: the export's own files were named too)
+
+
+@pytest.mark.parametrize("changed", ["README.md", "config.json", "model.safetensors"])
+def test_a_hub_export_whose_files_the_user_changed_is_not_replaced(tmp_path, weights, cli, changed):
+    """An edit appended to the export's README.md was lost to the next export: each file's SHA-256, recorded at
+    export time, says what was changed since, and the folder is left as it is."""
+    folder = tmp_path / "hub"
+    args = ["--weights", weights, "--format", "hub", "--out", folder, "--data-dir", tmp_path / "no-mnist",
+            "--no-download", "--verify-images", "4"]  # fmt: skip
+    assert cli("export", *args).returncode == 0
+    with open(folder / changed, "ab") as file:
+        file.write(b"\n")  # (config.json is still valid JSON, model.safetensors still loads)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    done = cli("export", *args)
+    assert_user_error(done, f"--out {folder}: {changed} was changed since this program wrote it; move it or choose")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "y.onnx"), ("torchscript", "y.pt"), ("safetensors", "y.safetensors")])
+@pytest.mark.parametrize("ending", ["/", "/.", "/.."])
+def test_a_file_formats_out_that_names_a_folder_is_refused(tmp_path, weights, cli, fmt, name, ending):
+    """--out y.onnx/ wrote a file named y.onnx: refused as main.py and predict.py refuse it, nothing written."""
+    out = f"{tmp_path / name}{ending}"
+    done = cli("export", "--weights", weights, "--format", fmt, "--out", out, "--no-download")
+    assert_user_error(done, f"argument --out: {out!r} names a folder; give the name of a file in it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_the_publish_command_quotes_the_hub_folder(tmp_path, weights, cli):
+    """A hub --out with spaces (and the slash a shell completes a folder with) printed `hf upload ... sp ace/my hub .`
+    unquoted: the folder is one word of the command now."""
+    folder = tmp_path / "sp ace" / "my hub"
+    done = cli("export", "--weights", weights, "--format", "hub", "--out", f"{folder}/", "--data-dir",
+               tmp_path / "no-mnist", "--no-download", "--verify-images", "4")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"hf upload USER/lenet5-mnist {shlex.quote(str(folder))} .\n" in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if "hf upload" in line]
+    assert shlex.split(line.split(": ", 1)[1]) == ["hf", "upload", "USER/lenet5-mnist", str(folder), "."]
+    assert folder.is_dir()
 
 
 @pytest.mark.parametrize(
@@ -69,4 +110,4 @@ def test_a_folder_with_the_hub_file_names_but_not_ours_is_left_alone(tmp_path, w
     assert cli("export", *args, "--data-dir", tmp_path).returncode == 0  # an empty folder: ours now
     card = folder / "README.md"
     card.write_text(card.read_text().replace("<!-- written by", "<!-- edited by"))  # the user's card now
-    assert_user_error(cli("export", *args, "--data-dir", tmp_path), "not an earlier export of this program's")
+    assert_user_error(cli("export", *args, "--data-dir", tmp_path), "README.md was changed since this program wrote")

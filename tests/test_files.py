@@ -277,3 +277,16 @@ def test_the_lock_takes_only_a_lock_files_name_of_its_own(tmp_path, what):
         OutputPlan().lock(out)
     left = {"link": lock.is_symlink, "folder": lock.is_dir, "notes": lambda: lock.read_text() == "my notes\n"}
     assert left[what]()
+
+
+def test_a_failed_write_leaves_no_folder_it_made(tmp_path):
+    """`eval.py --report-dir a/b/c` on a full disk left a, a/b and a/b/c empty behind its one-line error."""
+    import errno
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "kept.txt").write_text("the user's")
+    targets = [tmp_path / "a" / "b" / "c" / name for name in ("metrics.json", "loss.png")]
+    with pytest.raises(UserError, match="loss.png: No space left on device; what was there before is unchanged"):
+        with atomic_outputs(*targets):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["kept.txt"]

@@ -6,7 +6,7 @@ import pytest
 from conftest import save_weights
 
 from extras.exports import _fields
-from extras.model_card import CARD_MARK, model_card
+from extras.model_card import CARD_MARK, model_card, publish_command
 from helper import load_checkpoint
 from LeNet5 import LeNet5
 from support.recipes import Recipe, resolve_recipe
@@ -66,3 +66,4 @@ def test_text_from_the_file_never_becomes_markup(tmp_path, value, shown):
 def test_a_folder_name_stays_a_word_in_the_commands(tmp_path):
     text = card(tmp_path, folder="my hub; rm -rf ~")
     assert "python eval.py --weights 'my hub; rm -rf ~'" in text and 'load_model("my hub; rm -rf ~")' in text
+    assert f"{publish_command('my hub; rm -rf ~')}\n" in text and "lenet5-mnist 'my hub; rm -rf ~' ." in text

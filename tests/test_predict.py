@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from conftest import assert_user_error
@@ -160,3 +161,27 @@ def test_out_replaces_its_own_figure_but_never_a_picture_of_the_users(cli, tmp_p
     done = cli("predict", seven, "--weights", weights, "--out", photo)
     assert_user_error(done, f"--out {photo} exists and is not a figure this program wrote; move it")
     assert photo.read_bytes() == before
+
+
+def test_a_file_name_with_a_line_break_stays_on_its_results_line(cli, tmp_path, weights):
+    """One line per image, as a script reading the output expects: "a\\nb.png" is shown escaped, good or bad."""
+    good = as_file(draw_seven(), tmp_path, "a\nb.png")
+    bad = tmp_path / "c\nd.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n")  # a PNG cut short
+    done = cli("predict", good, bad, "--weights", weights)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and re.match(re.escape(f"{tmp_path}/a\\nb.png: ") + r"\d \(", lines[0])
+    assert lines[1].startswith(f"{tmp_path}/c\\nd.png: error: ")
+
+
+def test_a_backend_named_by_the_environment_does_not_stop_the_figure(tmp_path, weights):
+    """Jupyter sets MPLBACKEND to its inline backend, and a misspelt one fails matplotlib's own import: the figure
+    is a file, drawn with Agg whatever the environment says."""
+    import os
+
+    image = as_file(draw_seven(), tmp_path, "seven.png")
+    env = {**os.environ, "MPLBACKEND": "bogus"}
+    done = run_predict(image, "--weights", weights, "--out", tmp_path / "show.png", env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"

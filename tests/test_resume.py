@@ -289,3 +289,17 @@ def test_the_1998_recipe_resumes_to_the_same_weights(cli, tmp_path, monkeypatch)
     resumed, uninterrupted = (torch.load(p, weights_only=True)["state_dict"] for p in (out, whole))
     assert resumed.keys() == uninterrupted.keys() and "output.centres" in resumed
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_a_resumed_run_reports_beside_its_checkpoint_not_into_the_projects_reports(cli, interrupted, monkeypatch):
+    """`main.py --resume runs/x/lenet5.resume.pt` alone wrote its report into the project's reports/, over the
+    default run's: it goes into runs/x/reports/, beside the checkpoint it finishes."""
+    import main
+
+    common, out, resume = interrupted
+    projects = out.parent.parent / "projects-reports"
+    monkeypatch.setattr(main, "REPORT_DIR", projects)
+    flags = common[: common.index("--report-dir")]
+    done = cli("main", *flags, "--resume", resume)
+    assert done.returncode == 0, done.stderr
+    assert (out.parent / "reports" / "metrics.json").is_file() and not projects.exists()

@@ -2,7 +2,7 @@ from support.cli import UserError
 
 import pytest
 
-from scripts.runs import run_timed, summarize
+from scripts.runs import LOG_MARK, is_own_log, run_timed, summarize
 
 
 def epochs(*accuracies: float, split: str = "test") -> list[dict]:
@@ -55,3 +55,20 @@ def test_run_as_a_program_it_says_it_is_a_helper_module_not_a_command():
     done = run_script("-m", "scripts.runs", "--help")
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m scripts.runs"), done.stderr
     assert "It is a helper module, not a command" in done.stdout
+
+
+def test_the_log_names_its_command_and_a_log_of_the_users_is_never_replaced(tmp_path):
+    """A train.log of the user's in a run's folder was overwritten by the run's output: refused before the run
+    starts, the file as it was; the log run_timed writes is known by its first line, and replaced."""
+    log, ran = tmp_path / "train.log", tmp_path / "ran"
+    command = ["-c", f"open({str(ran)!r}, 'a').write('x'); print('trained'); exit(3)"]
+    for _ in range(2):  # the second run replaces the first one's log
+        with pytest.raises(UserError, match="failed \\(exit 3\\): trained$"):
+            run_timed(command, tmp_path / "m.json", log, 0.99)
+    assert log.read_text().splitlines() == [f"{LOG_MARK}{' '.join(command)}", "trained"] and ran.read_text() == "xx"
+    log.write_text("my own log\n")
+    with pytest.raises(UserError, match=f"the run's log {log} exists and is not a training log this program wrote"):
+        run_timed(command, tmp_path / "m.json", log, 0.99)
+    assert log.read_text() == "my own log\n" and ran.read_text() == "xx"  # not run
+    log.write_text("device: cpu; recipe: {'name': 'default'}\ndata: 96 training\n")  # one written before the mark
+    assert is_own_log(log)

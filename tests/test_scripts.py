@@ -40,10 +40,30 @@ def test_seeds_refuses_a_summary_among_the_runs_files_and_a_seed_twice(capsys, t
     seeds = script("seeds")
     runs, metrics = tmp_path / "S", tmp_path / "S" / "seed0" / "lenet5.json"
     done = finished(seeds.main, "--seeds", "0", "--out-dir", str(runs), "--out", str(metrics), capsys=capsys)
-    assert_user_error(done, f"--out {metrics} and seed 0's run folder")
+    assert_user_error(done, f"--out {metrics} is also --out-dir's lenet5.json: one would replace the other")
     done = finished(seeds.main, "--seeds", "0", "1", "0", "--out-dir", str(runs), capsys=capsys)
     assert_user_error(done, "--seeds gives 0 more than once; give each seed once")
     assert not runs.exists()  # nothing ran, no folder made
+
+
+@pytest.mark.parametrize("name", ["train.log", "lenet5.json", "reports/loss.png"])
+def test_seeds_refuses_a_file_of_the_users_in_a_run_folder_before_any_seed_runs(cli, idx_dir, tmp_path, name):
+    """main.py refused the user's lenet5.pt in a seed's folder, but the user's train.log there was overwritten
+    by the run's output: every file of every seed's folder is checked before the first seed runs."""
+    from scripts.runs import LOG_MARK
+
+    runs = tmp_path / "runs"
+    mine = runs / "seed1" / name
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my own notes\n")
+    (runs / "seed0").mkdir()
+    (runs / "seed0" / "train.log").write_text(f"{LOG_MARK}main.py --seed 0\n")  # its own earlier log: replaced
+    data = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--limit", "64", "--epochs", "1"]
+    done = cli("scripts.seeds", "--seeds", "0", "1", "--out-dir", runs, *data)
+    assert_user_error(done, f"--out-dir's {mine.name} {mine} exists and is not ")
+    assert "this program wrote; move it or choose another --out-dir" in done.stderr
+    assert mine.read_text() == "my own notes\n"
+    assert [p.name for p in (runs / "seed0").iterdir()] == ["train.log"]  # seed 0 did not run
 
 
 def test_step_cost_times_every_part_of_a_single_process_step(capsys):
@@ -364,3 +384,28 @@ def test_lecun1998_curve_replaces_its_own_figure_but_never_a_picture_of_the_user
     done = cli("scripts.lecun1998", "curve", *runs, "--out", photo)
     assert_user_error(done, f"--out {photo} exists and is not a figure this program wrote; move it")
     assert photo.read_bytes() == before
+
+
+def test_paper_photos_replaces_its_own_photos_but_never_a_file_of_the_users(cli, idx_dir, tmp_path, monkeypatch):
+    """`paper_photos make` into a folder holding the user's own 0000_7.jpg replaced it silently: refused before
+    any photo is written, the file as it was; its own earlier photos are replaced."""
+    import functools
+
+    from PIL import Image
+
+    from data import DataSource
+
+    photos = script("paper_photos")  # (the tiny data passes the structure checks, not the official counts)
+    monkeypatch.setattr(photos, "DataSource", functools.partial(DataSource, allow_custom=True))
+    out = tmp_path / "photos"
+    make = ["make", "--data-dir", idx_dir, "--out", out, "--count", "3"]
+    for _ in range(2):
+        assert cli("scripts.paper_photos", *make).returncode == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 3
+    mine = out / names[1]
+    Image.new("RGB", (40, 30), "orange").save(mine)  # the user's own photo, under one of the names
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    done = cli("scripts.paper_photos", *make)
+    assert_user_error(done, f"--out's {mine.name} {mine} exists and is not a photo this program wrote; move it")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not one photo written

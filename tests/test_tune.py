@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -167,6 +168,36 @@ def test_a_locked_database_is_one_line_naming_the_cause(study_dir, capsys):
 def test_out_naming_the_database_is_refused(study_dir, capsys):
     done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1"), "--out", str(study_dir / "optuna.db"))
     assert_user_error(done, "is the study's own database (--storage)")
+
+
+def users_database(path: Path) -> bytes:
+    """A SQLite file of another program's, with its own table: its bytes, to compare after a run."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE contacts (name TEXT)")
+        db.commit()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--val-size", "96"], "--val-size 96 must be between 0 and 95 (the training images)"),
+        (["--limit", "50", "--val-size", "49"], "--space: batch_size 64 is more than the 1 training images"),
+    ],
+)
+def test_a_hold_out_or_batch_the_data_cannot_give_is_refused_before_any_storage(study_dir, capsys, extra, message):
+    before = users_database(study_dir / "optuna.db")
+    done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1", *extra))
+    assert_user_error(done, message)
+    assert (study_dir / "optuna.db").read_bytes() == before  # no Optuna table added, no trial stored
+
+
+def test_a_database_of_something_else_is_refused_unchanged(study_dir, capsys):
+    before = users_database(study_dir / "optuna.db")
+    done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1"))
+    assert_user_error(done, "is a SQLite database of something else (tables: contacts)")
+    assert (study_dir / "optuna.db").read_bytes() == before
+    assert not (study_dir / "optuna.db-journal").exists()
 
 
 @pytest.mark.parametrize(
