@@ -238,7 +238,7 @@ def test_uploads_are_deleted_once_older_than_the_page_keeps_them(offered, tmp_pa
     short = page.build(offered[:1], [])
     short.launch(server_name="127.0.0.1", server_port=app.claim_port("127.0.0.1", 0), prevent_thread_lock=True,
                  quiet=True)  # fmt: skip
-    stop = page.keep_uploads_for(short, 1.0)
+    stop = page.keep_uploads_for(short, 5.0)  # (long enough that a busy machine still finds it fresh)
     try:
         api = Client(short.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
         api.predict(handle_file(PROJECT_DIR / "examples" / "seven.jpg"), offered[0].key, api_name="/predict")

@@ -95,7 +95,7 @@ def test_main_says_add_augment_for_a_recipe_trained_without_it(cli, tmp_path):
 
 
 def test_the_map_constant_is_the_map_losss_and_a_saved_one_is_checked():
-    assert resolve_recipe("lecun1998", {"map_j": 3.0}).map_j == 3.0
+    assert resolve_recipe("lecun1998", {"map_j": 1.0}).map_j == 1.0
     with pytest.raises(UserError, match="--map-j is the map loss's constant: drop it, or add --loss map"):
         resolve_recipe("default", {"map_j": 3.0})
     saved = asdict(resolve_recipe("lecun1998", {}))
