@@ -21,6 +21,7 @@ from support.cli import (
     add_report_dir_flag,
     add_weights_flag,
     number,
+    one_line,
     print_results,
     run_cli,
 )
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         print_results(json_text({**result.metrics(), **extra, "wrote": [str(p) for p in paths]}))
     else:
         print(format_report(result))
-        print("wrote:", *[f"  {p}" for p in paths], sep="\n")
+        print("wrote:", *[f"  {one_line(str(p))}" for p in paths], sep="\n")
 
 
 if __name__ == "__main__":

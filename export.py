@@ -23,6 +23,7 @@ from support.cli import (
     add_device_flag,
     add_weights_flag,
     number,
+    one_line,
     output_file,
     run_cli,
 )
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     beside = f" and {out.name}.json" if fmt.sidecar else ""
     exact = "bit for bit" if fmt.tolerance == 0 else f"max |logit difference| {check['max_abs_logit_diff']:.2e}"
     limit = "" if fmt.tolerance == 0 else f" (limit {fmt.tolerance:.0e})"
-    print(f"wrote {out}{'/' if fmt.folder else ''} ({size:.0f} KiB){beside}")
+    print(one_line(f"wrote {out}{'/' if fmt.folder else ''} ({size:.0f} KiB){beside}"))
     print(f"verified in {fmt.runtime} on {source} (batches of 1 and {len(images) - 1}): argmax identical, "
           f"{exact}{limit}")  # fmt: skip
     if fmt.name == "hub":

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, number, output_file, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, number, one_line, output_file, run_cli
 
 import torch
 
@@ -244,7 +244,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
         or []
     )
     written += tensorboard.finish(setup.recipe, setup.config, result, images)
-    print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {p}" for p in written], sep="\n")
+    print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {one_line(str(p))}" for p in written], sep="\n")
 
 
 def save_trained(out: Path, training: dict[str, Any], setup: Setup, result: Evaluation, device: torch.device,

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         plot_predictions(classified[:SHOWN], args.out)
         shown = f" (the first {SHOWN} of {len(classified)} images)" if len(classified) > SHOWN else ""
-        print(f"wrote {args.out}{shown}", file=sys.stderr if args.json else sys.stdout)
+        print(one_line(f"wrote {args.out}{shown}"), file=sys.stderr if args.json else sys.stdout)
     if args.json:  # last: stdout that cannot take it is an error, after the figure is safe
         print_results(as_json(results))
     failed = len(results) - len(classified)

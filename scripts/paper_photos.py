@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from data import DataSource
 from support.figures import MARK_KEY, MARK_VALUE
-from support.files import Kind, check_output_dir, refuse_foreign_file
+from support.files import Kind, check_output_dir, refuse_foreign_file, remove_if_empty
 
 PHOTO = (640, 480)
 DESKS = [(92, 62, 40), (70, 70, 76), (40, 44, 60), (120, 84, 52), (30, 30, 30)]
@@ -95,15 +95,19 @@ def make(data_dir: Path, out: Path, count: int, seed: int) -> None:
     if count > len(mnist.test_labels):
         raise UserError(f"--count {count}: the test set has {len(mnist.test_labels):,} digits; give at most that")
     names = [f"{i:04d}_{label}.jpg" for i, label in enumerate(mnist.test_labels[:count].tolist())]
-    check_output_dir(out, "--out", tuple(names))
+    check_output_dir(out, "--out", tuple(names), keep=False)
     for name in names:  # all before the first photo is written
         refuse_foreign_file(out / name, f"--out's {name}", PHOTO_FILE)
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i, name in enumerate(names):
         image = photo(mnist.test_images[i].numpy(), rng)
         try:
             image.save(out / name, quality=int(rng.integers(70, 92)), comment=PHOTO_MARK)
         except OSError as err:
+            (out / name).unlink(missing_ok=True)  # (half a photo)
+            remove_if_empty(*created)
             raise UserError(f"cannot write into {out}: {err.strerror or err}; {i} of {count} photos written") from None
     print(f"wrote {count} photos of MNIST test digits 0-{count - 1} to {out}")
 
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.command == "make":
         make(args.data_dir, args.out, args.count, args.seed)
+    elif sys.stdin is None:  # (started with stdin closed: `<&-`)
+        raise UserError("score reads `python predict.py DIR --json` on stdin, which is closed; pipe it in")
     else:
         score(sys.stdin.read())
 

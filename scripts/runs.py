@@ -2,6 +2,7 @@
 test accuracy and the time from process start to the end of the first epoch whose test accuracy
 reached a target. bench.py and scripts/seeds.py both time accuracy this way."""
 
+import contextlib
 import json
 import statistics
 import subprocess
@@ -77,11 +78,19 @@ def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) 
     """Run `python COMMAND` (its output into `log`, after a first line naming it), then read the per-epoch
     metrics it wrote as JSON. A file of the user's at `log` is refused, never replaced."""
     refuse_foreign_file(log, "the run's log", TRAIN_LOG, "--out-dir")
-    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(log, "w") as sink:
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(log, "w")  # noqa: SIM115 (closed below, after the child has written into it)
         sink.write(f"{LOG_MARK}{' '.join(command)}\n")
         sink.flush()  # (before the child's output, which goes straight into the file)
+    except OSError as err:  # a full disk: one line, and no empty log left
+        with contextlib.suppress(OSError):
+            log.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write {log}: {err.strerror or err}; free some space or choose another --out-dir"
+        ) from None
+    with sink:
         done = subprocess.run([sys.executable, *command], stdout=sink, stderr=subprocess.STDOUT, cwd=PROJECT_DIR)
     wall = time.time() - started
     if done.returncode != 0:  # (the log may live in a temporary folder: quote the reason, or its end)

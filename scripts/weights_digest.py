@@ -7,7 +7,7 @@ two runs gave bitwise the same weights.
 import hashlib
 from pathlib import Path
 
-from support.cli import CliParser, run_cli
+from support.cli import CliParser, one_line, run_cli
 
 from helper import load_checkpoint
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("weights", type=Path, nargs="+", help="checkpoints to fingerprint")
     for path in p.parse_args(argv).weights:
-        print(f"{digest(path)}  {path}")
+        print(one_line(f"{digest(path)}  {path}"))
 
 
 if __name__ == "__main__":

@@ -322,8 +322,13 @@ class _Lock:
             if _same_file(fd, path):  # (not a file its last holder removed as this one opened it)
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as err:  # a full disk, or a file-size limit (ulimit -f): the run could save nothing either
+            cls(fd, path, created).release()
+            raise UserError(f"cannot write into {path.parent}: {_reason(err)}; free some space or choose another "
+                            "location") from None  # fmt: skip
         return cls(fd, path, created)
 
     def release(self) -> None:

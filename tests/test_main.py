@@ -359,6 +359,23 @@ def test_an_interrupt_while_importing_exits_quietly(script, signal_name):
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
 
 
+def test_a_disk_that_takes_no_byte_is_one_line_at_the_start(tmp_path):
+    """With no byte left (RLIMIT_FSIZE 0, as a full disk), writing the lock's pid was a traceback: one line, the
+    run never starts, and no empty lock file is left."""
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "run" / "lenet5.pt"
+    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--out", str(out)]
+    command += ["--report-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, env=env,
+                          preexec_fn=limited("RLIMIT_FSIZE", 0))  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot write into {out.parent}: file too large; free some space or choose another location"
+    ]
+    assert not out.parent.exists() and not (tmp_path / "reports").exists()
+
+
 def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tmp_path):
     """Files may grow to 100 kB (RLIMIT_FSIZE; a checkpoint is about 250 kB): one line naming the files and
     the cause, and the previous lenet5.pt and lenet5.json are untouched, with no temporary file beside them."""
@@ -513,3 +530,13 @@ def test_a_report_folder_keeps_the_users_files_and_takes_its_own(cli, tmp_path, 
         assert mine.read_bytes() == users
     mine.unlink()
     assert cli("eval", *evaluate).returncode == 0 and (reports / "feature_maps.png").exists()
+
+
+def test_the_files_written_are_listed_one_per_line_whatever_their_names(cli, tmp_path):
+    """`--out $'m\\nx.pt'` split the "wrote:" list over two lines: a name with a line break is shown escaped."""
+    data = write_idx_dir(tmp_path / "mnist")
+    out = tmp_path / "m\nx.pt"
+    done = cli("main", "--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", tmp_path / "r")
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("wrote:\n", 1)[1].splitlines()
+    assert listed[:2] == [f"  {tmp_path}/m\\nx.pt", f"  {tmp_path}/m\\nx.json"] and out.is_file()

@@ -9,7 +9,7 @@ from support.cli import run_cli
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import N_TEST, N_TRAIN, assert_user_error
+from conftest import N_TEST, N_TRAIN, assert_user_error, run_script
 
 from support.synthetic import synthetic_mnist
 
@@ -64,6 +64,24 @@ def test_seeds_refuses_a_file_of_the_users_in_a_run_folder_before_any_seed_runs(
     assert "this program wrote; move it or choose another --out-dir" in done.stderr
     assert mine.read_text() == "my own notes\n"
     assert [p.name for p in (runs / "seed0").iterdir()] == ["train.log"]  # seed 0 did not run
+
+
+def test_a_second_seeds_into_the_same_folder_is_refused_before_it_opens_a_log(cli, idx_dir, tmp_path):
+    """Two `seeds` into one --out-dir: the second's main.py was refused by the checkpoint's lock, but only after
+    seeds had opened seed0/train.log over the first's. The logs are held for the whole of a seeds run."""
+    from scripts.runs import LOG_MARK
+    from support.files import OutputPlan
+
+    runs = tmp_path / "runs"
+    (runs / "seed0").mkdir(parents=True)
+    log = runs / "seed0" / "train.log"
+    log.write_text(f"{LOG_MARK}main.py --seed 0\nthe first run's output\n")
+    data = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--limit", "64", "--epochs", "1"]
+    with OutputPlan() as first:  # the first seeds, still running
+        first.lock(log, "--out-dir")
+        done = cli("scripts.seeds", "--seeds", "0", "--out-dir", runs, *data)
+    assert_user_error(done, f"is writing {log}; wait for it or choose another --out-dir")
+    assert log.read_text().endswith("the first run's output\n")
 
 
 def test_step_cost_times_every_part_of_a_single_process_step(capsys):
@@ -409,3 +427,12 @@ def test_paper_photos_replaces_its_own_photos_but_never_a_file_of_the_users(cli,
     done = cli("scripts.paper_photos", *make)
     assert_user_error(done, f"--out's {mine.name} {mine} exists and is not a photo this program wrote; move it")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not one photo written
+
+
+def test_paper_photos_score_with_stdin_closed_is_one_line():
+    """`paper_photos score <&-`: sys.stdin is None, which was an AttributeError traceback."""
+    import os
+
+    done = run_script("-m", "scripts.paper_photos", "score", preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == "error: score reads `python predict.py DIR --json` on stdin, which is closed; pipe it in\n"
