@@ -227,6 +227,9 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
         result = evaluate(state.eval_model, setup.loaders.test, state.device)
     except KeyboardInterrupt:  # training is finished: keep it
         setup.interrupted.save_and_exit(final, "with training finished")
+    except Exception as err:  # a broken install, memory: the evaluation is re-run by --resume, the training is kept
+        failed = one_line(f"the test evaluation failed ({type(err).__name__}: {err})")
+        setup.interrupted.save_and_exit(final, "with training finished", failed)
     with signals.deferred():
         written = save_trained(paths.checkpoint, final, setup, result, state.device, started)
         if setup.resume:

@@ -32,7 +32,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from support.cli import CliParser, add_device_flag, add_json_flag, number, output_file, run_cli
+from support.cli import (
+    CliParser,
+    add_device_flag,
+    add_json_flag,
+    number,
+    output_file,
+    print_results,
+    results_arrived,
+    run_cli,
+)
 
 import torch
 import torch.nn.functional as F
@@ -301,7 +310,9 @@ def main(argv: list[str] | None = None) -> None:
             write_json(result, args.out)
             print(f"wrote {args.out}")
     if args.json:
-        print(json_text(result), end="")
+        print_results(json_text(result))
+    elif not args.out:  # the printed report is the results' only copy
+        results_arrived()
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def score(text: str) -> None:
     try:
         results = json.loads(text)
         truths = [int(Path(r["path"]).stem.split("_")[1]) for r in results]
+        if not all("prediction" in r or "error" in r for r in results):  # predict.py says one or the other
+            raise KeyError("prediction")
     except (json.JSONDecodeError, RecursionError, TypeError, KeyError, IndexError, ValueError):
         raise UserError("score reads `python predict.py DIR --json` of photos named NNNN_L.jpg on stdin") from None
     if not results:

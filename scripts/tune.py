@@ -262,9 +262,12 @@ def check_entry(name: str, entry: Any) -> None:
 def check_range(name: str, entry: dict[str, Any]) -> list[Any]:
     """The range's ends, once it is known to be one."""
     low, high, step = entry["low"], entry["high"], entry.get("step")
-    numbers = [v for v in (low, high, step) if v is not None]
-    if any(type(v) not in (int, float) for v in numbers) or not low <= high:
+    if any(type(v) not in (int, float) for v in (low, high)) or not low <= high:
         raise UserError(f"--space: {name}: low and high are numbers, low <= high; got {entry}")
+    if step is not None and (type(step) not in (int, float) or not step > 0):
+        raise UserError(f"--space: {name}: step is a number above 0; got {step!r}")
+    if type(entry.get("log", False)) is not bool:  # "false" is a non-empty string, which Optuna takes as true
+        raise UserError(f"--space: {name}: log is true or false; got {entry['log']!r}")
     if entry.get("log") and (low <= 0 or step is not None):
         raise UserError(f"--space: {name}: a log range needs low > 0 and no step")
     return [low, high]

@@ -7,7 +7,7 @@ two runs gave bitwise the same weights.
 import hashlib
 from pathlib import Path
 
-from support.cli import CliParser, one_line, run_cli
+from support.cli import CliParser, one_line, print_results, run_cli
 
 from helper import load_checkpoint
 
@@ -25,8 +25,8 @@ def digest(path: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = CliParser(__doc__)
     p.add_argument("weights", type=Path, nargs="+", help="checkpoints to fingerprint")
-    for path in p.parse_args(argv).weights:
-        print(one_line(f"{digest(path)}  {path}"))
+    lines = [one_line(f"{digest(path)}  {path}") for path in p.parse_args(argv).weights]
+    print_results("\n".join(lines))  # the digests are the product: a closed stdout is an error, not silence
 
 
 if __name__ == "__main__":

@@ -133,7 +133,15 @@ def output_file(text: str) -> Path:
     folder, which Path would silently turn into a file of that folder's name (`--out runs/x/` wrote runs/x)."""
     if text.replace(os.sep, "/").rsplit("/", 1)[-1] in ("", ".", ".."):
         raise argparse.ArgumentTypeError(f"{text!r} names a folder; give the name of a file in it")
-    return Path(text)
+    path = Path(text)
+    if not path.is_symlink():
+        return path
+    # A symlink is written through; its target's name is taken now, so that the files named after it (x.json,
+    # x.resume.pt) sit beside the file they describe, not beside the link.
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be resolved ({err}); give a plain file name") from None
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
@@ -311,6 +319,11 @@ def print_results(text: str) -> None:
     UserError says so, rather than a success with the results lost. A reader that stopped reading early
     (`| head -c 100`) took what it wanted: that is no error."""
     print(text, end="" if text.endswith("\n") else "\n")
+    results_arrived()
+
+
+def results_arrived() -> None:
+    """Raise a UserError when what was printed as the results could not be written to stdout (print_results)."""
     sys.stdout.flush()
     failure = getattr(sys.stdout, "failure", None)
     if failure:
@@ -341,6 +354,23 @@ def _interrupted() -> int:
     return EXIT_INTERRUPTED
 
 
+def broken_library(err: ImportError) -> str | None:
+    """The installed library (top-level name) that `err` came from, or None when it came from this project's code."""
+    tb = err.__traceback__
+    while tb is not None:  # raised while a library's own code ran (it is broken): the first frame outside the project
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        outside = not Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_DIR)
+        if outside and module and not module.startswith("importlib"):
+            return module.split(".")[0]
+        tb = tb.tb_next
+    top = (err.name or "").split(".")[0]
+    return top if top and not _in_project(top) else None  # not installed at all
+
+
+def _in_project(top: str) -> bool:
+    return (PROJECT_DIR / top).is_dir() or (PROJECT_DIR / f"{top}.py").is_file()
+
+
 def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int:
     """main(argv) under the contract; returns its exit status (an unexpected exception goes on, with its traceback)."""
     where = who()
@@ -359,6 +389,14 @@ def _run(main: Callable[[list[str] | None], Any], argv: list[str] | None) -> int
         problem = named is not None and name_length_problem(named)
         problem = problem or f"{named if named is not None else 'a path'}: too long a name; choose a shorter one"
         print(f"error: {where}{one_line(problem)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ImportError as err:  # a library the package needs is missing or broken: the install is to fix, not the code
+        library = broken_library(err)
+        if library is None:
+            raise
+        problem = one_line(f"{type(err).__name__}: {err}")
+        print(f"error: {where}cannot import {library} ({problem}); reinstall it: pip install -r requirements.txt",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USER_ERROR
     except Exception as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch's, named so that this module need not import torch

@@ -16,7 +16,7 @@ from support.cli import (
 )
 
 import pytest
-from conftest import PROJECT_DIR, assert_user_error, run_script
+from conftest import PROJECT_DIR, assert_user_error, run_script, write_idx_dir
 
 
 @pytest.mark.parametrize(
@@ -281,3 +281,26 @@ def test_an_error_that_quotes_a_name_with_a_line_break_stays_one_line(cli, tmp_p
     weights = tmp_path / "two\nlines.pt"
     done = cli("eval", "--weights", weights, "--data-dir", tmp_path / "none", "--no-download")
     assert_user_error(done, "two\\nlines.pt")
+
+
+def test_a_broken_library_is_one_line_that_names_it_and_a_bug_of_ours_keeps_its_traceback(tmp_path, weights):
+    """An ImportError raised inside an installed library (or a library not installed) is the install to fix: one
+    line naming it. One raised by this project's own code is a bug: its traceback stays."""
+    shim = tmp_path / "shim" / "sklearn"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("import a_module_nobody_installed\n")
+    data = write_idx_dir(tmp_path / "mnist")
+    done = run_script("eval.py", "--weights", str(weights), "--data-dir", str(data), "--allow-custom-data",
+                      "--report-dir", str(tmp_path / "report"), env={"PYTHONPATH": str(shim.parent)})  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: cannot import sklearn (ModuleNotFoundError: No module named 'a_module_")
+    assert done.stderr.rstrip().endswith("reinstall it: pip install -r requirements.txt")
+
+    from support.cli import broken_library
+
+    with pytest.raises(ImportError) as ours:
+        from support import not_a_module_of_ours  # noqa: F401
+    assert broken_library(ours.value) is None
+    with pytest.raises(ImportError) as missing:
+        import a_module_nobody_installed  # noqa: F401
+    assert broken_library(missing.value) == "a_module_nobody_installed"

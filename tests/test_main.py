@@ -310,6 +310,39 @@ def test_ctrl_c_during_the_final_evaluation_keeps_the_trained_weights(cli, tmp_p
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["lenet5.json", "lenet5.pt"]
 
 
+def test_a_broken_library_at_the_final_evaluation_keeps_the_trained_weights(tmp_path):
+    """sklearn fails to import only when the test set is scored, after training: the finished training is saved as
+    a resume file with one line saying why and how to continue, and the continue command finishes the run."""
+    data, shim = write_idx_dir(tmp_path / "mnist"), tmp_path / "shim" / "sklearn"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("a broken install")\n')
+    run = tmp_path / "run"
+    common = ["main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--report-dir", str(tmp_path / "reports")]
+    done = run_script(*common, "--out", str(run / "lenet5.pt"), env={"PYTHONPATH": str(shim.parent)})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: the test evaluation failed (ImportError: a broken install); saved the state")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["lenet5.resume.pt"]
+    resumed = run_script(*common, "--resume", str(run / "lenet5.resume.pt"))
+    assert resumed.returncode == 0 and "1 of 1 epochs done, nothing left to train" in resumed.stdout, resumed.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["lenet5.json", "lenet5.pt"]
+
+
+def test_an_out_through_a_symlink_puts_the_metrics_beside_the_file_it_replaces(cli, tmp_path):
+    data = write_idx_dir(tmp_path / "mnist")
+    common = ["--data-dir", data, *TINY, "--epochs", "1", "--report-dir", tmp_path / "reports"]
+    target = tmp_path / "kept" / "base.pt"
+    assert cli("main", *common, "--out", target).returncode == 0
+    link = tmp_path / "link.pt"
+    link.symlink_to(target)
+    before = target.with_suffix(".json").read_text()
+    assert cli("main", *common, "--seed", "1", "--out", link).returncode == 0
+    assert link.is_symlink() and not (tmp_path / "link.json").exists()
+    metrics = json.loads(target.with_suffix(".json").read_text())
+    assert target.with_suffix(".json").read_text() != before and metrics["recipe"]["seed"] == 1
+    assert torch.load(target, weights_only=True)["metrics"] == metrics
+
+
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     """`python main.py | grep -m1 "epoch 1/"`: the reader goes away, the run still saves its checkpoint. (With a
     HOME that cannot be written, too: matplotlib then makes a temporary folder, which the exit removes.)"""

@@ -436,3 +436,35 @@ def test_paper_photos_score_with_stdin_closed_is_one_line():
     done = run_script("-m", "scripts.paper_photos", "score", preexec_fn=lambda: os.close(0))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr == "error: score reads `python predict.py DIR --json` on stdin, which is closed; pipe it in\n"
+
+
+def test_paper_photos_score_refuses_a_result_with_neither_a_prediction_nor_an_error(cli, monkeypatch):
+    """An entry that is not predict.py's was counted as misread ("None"), a silent wrong score."""
+    import io
+
+    entries = [{"path": "p/0001_7.jpg", "prediction": 7}, {"path": "p/0002_3.jpg", "confidence": 0.9}]
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(entries)))
+    assert_user_error(cli("scripts.paper_photos", "score"), "score reads `python predict.py DIR --json` of photos")
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(entries[:1] + [{"path": "p/0002_3.jpg", "error": "x"}])))
+    done = cli("scripts.paper_photos", "score")
+    assert done.returncode == 0 and done.stdout.splitlines() == [
+        "1 of 2 read right (50.0%)",
+        "not read right: 0002_3.jpg: x",
+    ]
+
+
+def test_weights_digest_tells_equal_weights_from_changed_ones_and_says_when_stdout_is_closed(cli, weights, tmp_path):
+    import os
+    import shutil
+
+    copy, changed = tmp_path / "copy.pt", tmp_path / "changed.pt"
+    shutil.copy(weights, copy)
+    checkpoint = torch.load(weights, weights_only=True)
+    checkpoint["state_dict"]["c1.bias"][0] += 1e-6
+    torch.save(checkpoint, changed)
+    done = cli("scripts.weights_digest", weights, copy, changed)
+    assert done.returncode == 0, done.stderr
+    digests = [line.split()[0] for line in done.stdout.splitlines()]
+    assert len(digests) == 3 and digests[0] == digests[1] != digests[2]
+    closed = run_script("-m", "scripts.weights_digest", str(weights), preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and closed.stderr == "error: cannot write the results to stdout: it is closed\n"

@@ -212,6 +212,9 @@ def test_a_database_of_something_else_is_refused_unchanged(study_dir, capsys):
         ([], "give an object that maps recipe flags"),
         ({"batch_size": {"choices": [[16, 32]]}}, "argument --batch-size: must be an integer"),
         ({"warmup_epochs": 3, "epochs": 2}, "--warmup-epochs 3 is longer than the run's 2 epochs"),
+        ({"lr": {"low": 0.001, "high": 0.02, "log": "false"}}, "lr: log is true or false; got 'false'"),
+        ({"epochs": {"low": 1, "high": 3, "step": "1"}}, "epochs: step is a number above 0; got '1'"),
+        ({"epochs": {"low": 1, "high": 3, "step": 0}}, "epochs: step is a number above 0; got 0"),
     ],
 )
 def test_a_bad_space_is_one_line_before_any_storage(study_dir, capsys, space, message):
