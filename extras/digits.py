@@ -395,7 +395,8 @@ def expand_paths(inputs: list[str | Path]) -> list[Path]:
     paths = []
     for item in map(Path, inputs):
         if _is_folder(item):
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and file_problem(p) is None)
+            # (a folder named like an image is no image; a pipe, a device or a broken link is, and is reported)
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not _is_folder(p))
         else:
             paths.append(item)
     return paths

@@ -102,7 +102,7 @@ def write_safetensors(checkpoint: Checkpoint, path: Path, name: str) -> None:
     path.write_bytes(portable.safetensors_bytes(checkpoint.state_dict, _fields(checkpoint)))
 
 
-HUB_RECORD = "export_sha256"  # in config.json: the SHA-256 of each file of the hub export, as written
+HUB_RECORD = portable.HUB_RECORD  # in config.json: the SHA-256 of each file of the hub export, as written
 
 
 def write_hub(checkpoint: Checkpoint, folder: Path, name: str) -> None:

@@ -9,6 +9,7 @@ The largest imports (cumulative, as -X importtime reports them) follow the phase
 inside a phase (sklearn, matplotlib) are part of that phase's time too.
 """
 
+import atexit
 import json
 import os
 import platform
@@ -51,9 +52,8 @@ def main(argv: list[str]) -> None:
     )
     for label in results[0]["phases"]:
         values = [r["phases"][label] for r in results]
-        print(
-            f"{label:<40}" + "".join(f"{v:8.2f}" for v in values) + f"{statistics.median(values[1:]):8.2f}" * (runs > 1)
-        )
+        median = f"{statistics.median(values[1:]):8.2f}" if runs > 1 else ""  # (one run: no median column)
+        print(f"{label:<40}" + "".join(f"{v:8.2f}" for v in values) + median)
     print(f"\nlargest imports (cumulative seconds, -X importtime, run {runs}):")
     for name, seconds in results[-1]["imports"][:TOP_IMPORTS]:
         print(f"  {name:<38}{seconds:8.2f}")
@@ -101,7 +101,8 @@ def measure(flags: list[str]) -> dict:
         done = subprocess.run(command, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ended = time.time()
         if done.returncode != 0:
-            sys.exit(f"error: {' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}")
+            said = done.stderr.strip().splitlines()
+            sys.exit(f"error: {' '.join(command)} failed: {said[-1] if said else f'exit status {done.returncode}'}")
         child_times = json.loads(times.read_text())
     phases = {"interpreter start": child_times.pop("started") - launched}
     phases.update(child_times.pop("phases"))
@@ -136,12 +137,16 @@ def child(times: Path, flags: list[str]) -> None:
     for module, name, label in PHASES:
         setattr(modules[module], name, timed(getattr(modules[module], name), label, spent))
     run_started = time.perf_counter()
-    try:
-        run_cli(main_module.main, flags)
-    finally:
+
+    def record() -> None:
         total = time.perf_counter() - run_started
         spent["other (flags, device, printing)"] = total - sum(v for k, v in spent.items() if not k.startswith("imp"))
         times.write_text(json.dumps({"started": started, "phases": spent, "finished": time.time()}))
+
+    # run_cli ends the process itself (support/cli.end_process: os._exit, after the exit hooks), so a `finally`
+    # here would never run: the times are written by an exit hook.
+    atexit.register(record)
+    run_cli(main_module.main, flags)
 
 
 def timed(function, label: str, spent: dict[str, float]):

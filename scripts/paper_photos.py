@@ -112,11 +112,17 @@ def make(data_dir: Path, out: Path, count: int, seed: int) -> None:
     print(f"wrote {count} photos of MNIST test digits 0-{count - 1} to {out}")
 
 
+def predict_says(entry: dict) -> bool:
+    """Whether `entry` is what predict.py --json writes for an image: a digit, or else the error that stopped it."""
+    digit = type(entry.get("prediction")) is int and 0 <= entry["prediction"] <= 9  # (a bool is no digit)
+    return digit != isinstance(entry.get("error"), str)
+
+
 def score(text: str) -> None:
     try:
         results = json.loads(text)
         truths = [int(Path(r["path"]).stem.split("_")[1]) for r in results]
-        if not all("prediction" in r or "error" in r for r in results):  # predict.py says one or the other
+        if not all(predict_says(r) for r in results):
             raise KeyError("prediction")
     except (json.JSONDecodeError, RecursionError, TypeError, KeyError, IndexError, ValueError):
         raise UserError("score reads `python predict.py DIR --json` of photos named NNNN_L.jpg on stdin") from None

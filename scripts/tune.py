@@ -41,14 +41,9 @@ import shlex
 import sqlite3
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-try:
-    import fcntl  # POSIX: workers on one machine take turns through a lock file
-except ImportError:  # Windows: they go without, as workers on several machines do
-    fcntl = None
 
 from support.cli import (
     PROJECT_DIR,
@@ -71,7 +66,7 @@ from optuna.trial import Trial, TrialState
 from data import MNIST, add_data_args, data_source, make_loaders
 from support import signals
 from support.devices import choose_device
-from support.files import check_output_file, json_kind, json_text, write_json
+from support.files import check_output_file, json_kind, json_text, turn, write_json
 from support.recipes import DISTORTIONS, Recipe, add_recipe_args, resolve_recipe
 from train import TrainingDiverged, TrainingInterrupted, TrainState, fit
 
@@ -170,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = {"space": space, "val_size": args.val_size, "seed": args.seed, "limit": args.limit}
     study = open_study(args.storage, name, make_pruner(args.pruner, args.prune_below), settings)
     progress = sys.stderr if args.json else sys.stdout  # with --json, stdout is the summary alone
-    lock, guard = lock_file(args.storage), functools.partial(storage_call, args.storage)
+    database, guard = database_file(args.storage), functools.partial(storage_call, args.storage)
     fixed = {"seed": args.seed, "val_size": args.val_size, "limit": args.limit}
     with contextlib.redirect_stdout(progress):  # (each trial's epoch lines)
-        while (trial := next_trial(study, args.trials, lock, guard)) is not None:
+        while (trial := next_trial(study, args.trials, database, guard)) is not None:
             finished = run_and_tell(study, trial, draw(trial, space), fixed, mnist, device, guard)
             print(trial_row(finished), flush=True)
     result = guard(lambda: summary(study, args.storage, args.val_size, args.seed))
@@ -353,29 +348,16 @@ def database_file(storage: str) -> Path | None:
     )
 
 
-def lock_file(storage: str) -> Path | None:
-    """Beside a SQLite file: the lock that workers on this machine take turns with."""
-    database = database_file(storage)
-    return database.with_name(database.name + ".lock") if database else None
-
-
-@contextlib.contextmanager
-def turn(lock: Path | None) -> Iterator[None]:
-    """One worker at a time counts the trials and starts one, so that together they start exactly --trials.
-    A server database has no such lock, nor has Windows: two workers that ask at the same instant may start one
-    too many."""
-    if lock is None or fcntl is None:
-        yield
-        return
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
+def taking_turns(database: Path | None) -> contextlib.AbstractContextManager:
+    """Workers on this machine that share a SQLite file take turns (support/files.turn). A server database has no
+    such lock, nor has Windows: two workers that ask at the same instant may start one too many."""
+    return turn(database) if database else contextlib.nullcontext()
 
 
 def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, settings: dict[str, Any]) -> optuna.Study:
     """The study `name` in `storage`, created by the first worker; the others must share its settings. The
     storage keeps each running trial's heartbeat, so that a dead worker's trial is failed and queued again."""
-    lock, database = lock_file(storage), database_file(storage)
+    database = database_file(storage)
     if database:
         check_output_file(database, "--storage", kind=None, example="optuna.db")  # (opened, added to)
         tables = storage_call(storage, lambda: foreign_tables(storage, database))
@@ -386,7 +368,7 @@ def open_study(storage: str, name: str, pruner: optuna.pruners.BasePruner, setti
             )
 
     def opened() -> optuna.Study:
-        with signals.deferred(), turn(lock):
+        with signals.deferred(), taking_turns(database):
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
             rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                              heartbeat_stale_trial_callback=retry)  # fmt: skip
@@ -458,14 +440,14 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def next_trial(study: optuna.Study, n_trials: int, lock: Path | None, guard: Callable) -> Trial | None:
+def next_trial(study: optuna.Study, n_trials: int, database: Path | None, guard: Callable) -> Trial | None:
     """A new trial (a dead worker's first, queued again), or None once the study holds n_trials that are
     finished, under way or queued."""
     trial = None
 
     def asked() -> Trial | None:
         nonlocal trial
-        with signals.deferred(), turn(lock):
+        with signals.deferred(), taking_turns(database):
             optuna.storages.fail_stale_trials(study)  # silent workers' trials: failed, and queued to run again
             queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if queued or len(study.get_trials(deepcopy=False, states=COUNTED)) < n_trials:

@@ -356,15 +356,15 @@ def _interrupted() -> int:
 
 def broken_library(err: ImportError) -> str | None:
     """The installed library (top-level name) that `err` came from, or None when it came from this project's code."""
-    tb = err.__traceback__
-    while tb is not None:  # raised while a library's own code ran (it is broken): the first frame outside the project
-        module = tb.tb_frame.f_globals.get("__name__", "")
+    tb, library = err.__traceback__, None
+    while tb is not None:  # raised in a library's own code (it is broken): the innermost frame outside the project,
+        module = tb.tb_frame.f_globals.get("__name__", "")  # (torch importing a broken onnx: onnx, not torch)
         outside = not Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PROJECT_DIR)
         if outside and module and not module.startswith("importlib"):
-            return module.split(".")[0]
+            library = module.split(".")[0]
         tb = tb.tb_next
     top = (err.name or "").split(".")[0]
-    return top if top and not _in_project(top) else None  # not installed at all
+    return library or (top if top and not _in_project(top) else None)  # or one not installed at all
 
 
 def _in_project(top: str) -> bool:

@@ -293,8 +293,9 @@ class _Lock:
         self.holder = holder  # another process holds it: its pid (0: unknown); None: this one does
 
     @classmethod
-    def take(cls, target: Path) -> "_Lock | None":
-        """The lock for `target`: this process's, or (holder set) another's; None where files cannot be locked."""
+    def take(cls, target: Path, wait: bool = False) -> "_Lock | None":
+        """The lock for `target`: this process's, or (holder set) another's; None where files cannot be locked.
+        wait: until the other holder lets it go (processes that share `target` and take turns with it)."""
         if fcntl is None:
             return None
         path = target.with_name(_temp_prefix(target) + "lock")
@@ -308,7 +309,7 @@ class _Lock:
                 _remove_empty(created)
                 return None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_pid(fd)
                 os.close(fd)
@@ -339,6 +340,19 @@ class _Lock:
                 self.path.unlink()  # while still held: a process waiting on it then sees it gone and tries again
         os.close(self.fd)
         _remove_empty(self.created)  # (the folders made for it, unless the run wrote into them)
+
+
+@contextlib.contextmanager
+def turn(target: Path) -> Iterator[None]:
+    """Processes that share `target` (workers adding to one study's SQLite file) take turns: each waits here for
+    the others; the lock file beside it (.<name>.lock) is gone once nobody holds it. Where files cannot be locked,
+    no turns are taken."""
+    lock = _Lock.take(target, wait=True)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _refuse_foreign_lock(path: Path, target: Path) -> None:

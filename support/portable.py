@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from support.files import json_text
+from support.files import file_sha256, json_text
 
 SUFFIX = ".safetensors"
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
@@ -29,6 +29,7 @@ LAYOUT_VERSION = 1  # of the metadata and config.json written here
 FIELDS = ("config", "normalization", "preprocessing", "metrics", "recipe", "data", "epoch")
 MAX_JSON_DEPTH = 32  # what this project writes is a few levels deep; far more would overflow the stack later
 MAX_METADATA_BYTES = 1 << 20  # a model's description, not a data set: what this project writes is a few KB
+HUB_RECORD = "export_sha256"  # in a hub folder's config.json: the SHA-256 of each of its files, as exported
 DIGEST_KEY = "tensors_sha256"  # the metadata entry holding tensors_digest() (safetensors itself has no checksum)
 
 
@@ -85,7 +86,14 @@ def read_hub(folder: Path, constructor_arguments: list[str]) -> tuple[dict[str, 
     if not isinstance(config, dict) or config.get("architecture", "LeNet5") != "LeNet5":
         raise LayoutError(f'its {CONFIG_FILE} is not the config of a LeNet5 (no "architecture": "LeNet5")')
     _check_version(config.get("layout_version", 1))
-    tensors, _ = _read_tensors(folder / WEIGHTS_FILE)
+    tensors, _ = _read_tensors(folder / WEIGHTS_FILE)  # (damaged: its own digest says so first)
+    record = config.get(HUB_RECORD)
+    exported = record.get(WEIGHTS_FILE) if isinstance(record, dict) else None
+    if isinstance(exported, str) and exported != file_sha256(folder / WEIGHTS_FILE):  # (a folder without: as ever)
+        raise LayoutError(
+            f"its {WEIGHTS_FILE} is not the one its {CONFIG_FILE} was exported with (replaced or changed), so the "
+            "folder's config and model card do not describe these weights; export it again"
+        )
     fields = {name: config[name] for name in FIELDS if name in config and name != "config"}
     fields["config"] = {name: config[name] for name in constructor_arguments if name in config}
     return tensors, fields

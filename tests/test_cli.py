@@ -295,6 +295,11 @@ def test_a_broken_library_is_one_line_that_names_it_and_a_bug_of_ours_keeps_its_
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: cannot import sklearn (ModuleNotFoundError: No module named 'a_module_")
     assert done.stderr.rstrip().endswith("reinstall it: pip install -r requirements.txt")
+    (shim.parent / "onnx").mkdir()  # torch's exporter importing a broken onnx: onnx is named, not torch
+    (shim.parent / "onnx" / "__init__.py").write_text('raise ImportError("simulated")\n')
+    done = run_script("export.py", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                      env={"PYTHONPATH": str(shim.parent)})  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("error: cannot import onnx (ImportError: simulated)")
 
     from support.cli import broken_library
 

@@ -103,6 +103,19 @@ def test_eval_reports_alike_for_pt_safetensors_and_hub(tmp_path, weights, cli, i
     assert reports[0] == reports[1] == reports[2]
 
 
+def test_a_hub_folder_whose_weights_were_swapped_is_refused(tmp_path, weights, cli):
+    """Another export's model.safetensors copied into a hub folder is a whole, valid file, but config.json and the
+    model card describe the old weights: the folder's record of its files' SHA-256 says so before any use."""
+    images = preprocess(synthetic_digits(8, seed=5)[0])
+    torch.manual_seed(1)
+    other = save_weights(tmp_path / "other.pt", LeNet5())
+    hub = exported(weights, "hub", tmp_path / "hub", images)
+    exported(other, "hub", tmp_path / "other_hub", images)
+    (hub / portable.WEIGHTS_FILE).write_bytes((tmp_path / "other_hub" / portable.WEIGHTS_FILE).read_bytes())
+    done = cli("predict", "--weights", hub, PROJECT_DIR / "examples" / "seven.jpg")
+    assert_user_error(done, "its model.safetensors is not the one its config.json was exported with")
+
+
 @pytest.fixture(scope="module")
 def good_export(tmp_path_factory) -> Path:
     """One good safetensors export of an untrained LeNet5, for the damage cases to spoil (each a copy of its own)."""

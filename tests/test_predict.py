@@ -79,6 +79,26 @@ def test_predict_paths_keeps_the_order_and_only_what_it_needs(tmp_path, tiny_mod
     assert all(len(r["topk"]) == 3 and r["grey"] is None and r["digit"].shape == (28, 28) for r in results)
 
 
+def test_a_pipe_a_device_or_a_broken_link_in_a_folder_is_reported_not_skipped(cli, tmp_path, weights):
+    """They were left out of a folder's images without a word: each is now that input's error (exit status 1)."""
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    as_file(draw_seven(), folder, "a.png")
+    (folder / "z.png").symlink_to("/dev/zero")
+    (folder / "y.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(folder / "f.png")
+    (folder / "sub.png").mkdir()  # a folder named like an image is no image
+    done = cli("predict", folder, "--weights", weights)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{folder / 'a.png'}: ") and lines[1:] == [
+        f"{folder / 'f.png'}: error: not a file", f"{folder / 'y.png'}: error: no such file",
+        f"{folder / 'z.png'}: error: not a file",
+    ]  # fmt: skip
+
+
 def run_predict(*args, **popen):
     import subprocess
     import sys

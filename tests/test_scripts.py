@@ -161,6 +161,18 @@ def test_cold_start_checks_its_flags_before_any_run(capsys, monkeypatch):
     assert cold_start.parse(["--runs", "2", "--", "--recipe", "fast"]) == (2, ["--recipe", "fast"])
 
 
+def test_cold_start_times_every_phase_of_a_real_run(idx_dir):
+    """The child's times are written as its process ends: main.py's run ends it with os._exit, which skipped the
+    `finally` that wrote them (a traceback on every run)."""
+    flags = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--batch-size", "16", "--epochs", "1"]
+    done = run_script("-m", "scripts.cold_start", "--runs", "1", "--", *flags, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    rows = {line[:40].strip(): line[40:].split() for line in done.stdout.splitlines()}
+    for label in ("imports (main.py and what it imports)", "training", "checkpoint and its .json", "process exit"):
+        assert float(rows[label][0]) >= 0, done.stdout
+    assert float(rows["training"][0]) > 0 and float(rows["total (Popen to exit)"][0]) > float(rows["training"][0])
+
+
 def test_lecun1998_choices_are_each_a_valid_recipe_changing_what_they_say(cli, idx_dir, tmp_path):
     import main
     from support.recipes import recipe_flags, resolve_recipe
@@ -442,9 +454,12 @@ def test_paper_photos_score_refuses_a_result_with_neither_a_prediction_nor_an_er
     """An entry that is not predict.py's was counted as misread ("None"), a silent wrong score."""
     import io
 
-    entries = [{"path": "p/0001_7.jpg", "prediction": 7}, {"path": "p/0002_3.jpg", "confidence": 0.9}]
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(entries)))
-    assert_user_error(cli("scripts.paper_photos", "score"), "score reads `python predict.py DIR --json` of photos")
+    right = {"path": "p/0001_7.jpg", "prediction": 7}
+    for odd in ({"confidence": 0.9}, {"prediction": None}, {"prediction": True}, {"prediction": 3.0},
+                {"prediction": 3, "error": "x"}, {"prediction": 12}):  # fmt: skip
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps([right, {"path": "p/0002_3.jpg", **odd}])))
+        assert_user_error(cli("scripts.paper_photos", "score"), "score reads `python predict.py DIR --json` of photos")
+    entries = [right]
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(entries[:1] + [{"path": "p/0002_3.jpg", "error": "x"}])))
     done = cli("scripts.paper_photos", "score")
     assert done.returncode == 0 and done.stdout.splitlines() == [

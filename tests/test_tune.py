@@ -280,15 +280,22 @@ def test_a_space_file_nested_too_deeply_is_one_line(tmp_path):
         tune.load_space(str(tmp_path / "deep.json"))
 
 
-def test_tune_starts_where_fcntl_is_missing(monkeypatch, tmp_path):
-    """Windows has no fcntl: the script still imports, and workers take turns without the lock file."""
-    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError
-    module = importlib.reload(tune)
-    try:
-        assert module.fcntl is None
-        with module.turn(tmp_path / "optuna.db.lock"):
-            pass
-        assert not (tmp_path / "optuna.db.lock").exists()
-    finally:
-        monkeypatch.delitem(sys.modules, "fcntl")
-        importlib.reload(tune)
+def test_workers_take_turns_through_a_lock_that_is_gone_after_the_study(study_dir, capsys, monkeypatch):
+    """Each worker's turn at counting and starting trials is the package's one lock (support/files.turn): no lock
+    file is left beside the SQLite file once the study ends (an empty optuna.db.lock was, every time). Where files
+    cannot be locked (Windows has no fcntl), the workers go without."""
+    from support import files
+
+    def locks() -> list[str]:
+        return [p.name for p in study_dir.iterdir() if "lock" in p.name]
+
+    done = run_tune(capsys, *flags(study_dir, UNTRAINED, "--trials", "1"))
+    assert done.returncode == 0, done.stderr
+    assert locks() == []
+    with tune.taking_turns(study_dir / "optuna.db"):
+        assert locks() == [".optuna.db.lock"]
+        assert (study_dir / ".optuna.db.lock").read_text() == f"{os.getpid()}\n"
+    assert locks() == []
+    monkeypatch.setattr(files, "fcntl", None)
+    with tune.taking_turns(study_dir / "optuna.db"):
+        assert locks() == []
