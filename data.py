@@ -190,7 +190,7 @@ def _try_download(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] 
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
     raw = data_dir / "MNIST" / "raw"
-    made = [folder for folder in (raw, raw.parent) if not folder.exists()]
+    made = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]  # (deepest first)
     try:
         TorchvisionMNIST(str(data_dir), train=True, download=True)
     except Exception:  # no network (the usual case here): the caller explains how to fix it

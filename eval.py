@@ -142,7 +142,11 @@ def format_report(result: Evaluation) -> str:
 REPORT_METRICS = json_kind("a report's metrics", {"accuracy", "confusion_matrix", "classification_report"})
 # What write_report writes, and what each file there may be for a run to replace it (its own earlier one).
 REPORT_FILES = {"metrics.json": REPORT_METRICS, "confusion_matrix.png": FIGURE, "misclassified.png": FIGURE}
-INSIDE_FILES = {"filters.png": FIGURE, "feature_maps.png": FIGURE}  # and inside_figures
+INSIDE_FILES = {"filters.png": FIGURE, "feature_maps.png": FIGURE}  # and inside_figures (eval.py's report)
+HISTORY_FILES = {"loss.png": FIGURE, "accuracy.png": FIGURE}  # and main.py's history figures
+# Every file a report folder may hold. A report replaces the whole set: an earlier report's files that it does not
+# write (eval.py after main.py: the training curves) are removed, so the folder never describes two runs.
+REPORT_FOLDER = REPORT_FILES | INSIDE_FILES | HISTORY_FILES
 
 
 def write_report(
@@ -171,6 +175,9 @@ def write_report(
     with atomic_outputs(*paths) as temps:
         for write, tmp in zip(writers.values(), temps):
             write(tmp)
+    for name, kind in REPORT_FOLDER.items():  # (only once the new files are in place; only this program's own)
+        if name not in writers and kind.ours(out_dir / name):
+            (out_dir / name).unlink(missing_ok=True)
     return paths
 
 
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = choose_device(args.device)
     OutputPlan({"the checkpoint given as --weights": args.weights}).folder(
-        args.report_dir, "--report-dir", REPORT_FILES | INSIDE_FILES
+        args.report_dir, "--report-dir", REPORT_FOLDER
     )
     model, checkpoint = load_model(args.weights, device)
     data = data_source(args).open()

@@ -15,6 +15,7 @@ its report in a reports/ folder beside the finished checkpoint unless --report-d
 
 import argparse
 import contextlib
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +23,22 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from support.cli import PROJECT_DIR, CliParser, UserError, add_device_flag, number, one_line, output_file, run_cli
+from support.cli import (
+    EXIT_INTERRUPTED,
+    PROJECT_DIR,
+    CliParser,
+    UserError,
+    add_device_flag,
+    number,
+    one_line,
+    output_file,
+    run_cli,
+)
 
 import torch
 
 from data import DataSource, Loaders, add_data_args, data_source, fingerprint, make_loaders
-from eval import REPORT_FILES, Evaluation, evaluate, format_report, write_report
+from eval import REPORT_FOLDER, Evaluation, evaluate, format_report, write_report
 from extras.resume import InterruptedRun, Resume, continue_command, finished_path, resume_path
 from extras.tensorboard_log import TensorBoardLog
 from helper import CHECKPOINT, METRICS, save_checkpoint
@@ -35,7 +46,7 @@ from LeNet5 import LeNet5, count_parameters, layer_table
 from support import signals
 from support.devices import choose_device
 from support.distributed import World, agree, code_version, exit_skipping_teardown, join, one_job
-from support.figures import FIGURE, plot_accuracy, plot_loss
+from support.figures import plot_accuracy, plot_loss
 from support.files import OutputPlan, new_folder, refuse_special_file, remove_if_empty, resolve_output
 from support.optional import attempt
 from support.recipes import Recipe, add_recipe_args, recipe_flags, resolve_recipe, run_name
@@ -44,7 +55,6 @@ from train import History, TrainingInterrupted, TrainState, fit
 CHECKPOINT_DIR = PROJECT_DIR / "checkpoints"
 REPORT_DIR = PROJECT_DIR / "reports"
 EXPERIMENT_DIR = PROJECT_DIR / "runs"
-HISTORY_FILES = {"loss.png": FIGURE, "accuracy.png": FIGURE}  # what history_figures draws
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_data_args(p)
     add_recipe_args(p)
     add_device_flag(p)
-    out = "checkpoint to write, its .json beside it (default: see above; with --resume, the interrupted run's)"
+    out = "checkpoint to write (x.pt), x.json beside it (default: see above; with --resume, the interrupted run's)"
     p.add_argument("--out", type=output_file, help=out)
     p.add_argument("--report-dir", type=Path, help="folder for metrics.json and the figures (default: see above)")
     p.add_argument("--resume", type=Path, help="continue a checkpoint saved by a stop signal, with its own recipe")
@@ -119,15 +129,15 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     if resume:  # (its default --out is beside it: a pipe given as --resume is named as that)
         refuse_special_file(resolve_output(resume, "--resume"), "--resume", "pass the file an interrupted run saved")
     out = paths.checkpoint_flag
-    if paths.checkpoint.suffix == ".json":
-        raise UserError(f"{out} {paths.checkpoint}: the checkpoint's metrics go beside it as .json; give a .pt name")
     rewritten = {resolve_output(path, out) for path in (paths.checkpoint, resume_path(paths.checkpoint))}
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
     plan = OutputPlan({**(inputs or {}), "the file given as --resume": None if replaced else resume})
     plan.file(paths.checkpoint, out, kind=CHECKPOINT)
+    if paths.checkpoint.suffix != ".pt":  # (`m` or "m.pt " would share m.pt's m.json, and replace it)
+        raise UserError(f"{out} {paths.checkpoint}: give a name ending in .pt (its metrics go beside it as .json)")
     plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file", kind=METRICS)
     plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
-    plan.folder(paths.report_dir, "--report-dir", REPORT_FILES | HISTORY_FILES)
+    plan.folder(paths.report_dir, "--report-dir", REPORT_FOLDER)
     if paths.tensorboard:  # (its run folders are new ones inside it: the folder itself must be free)
         plan.folder(paths.tensorboard, "--tensorboard")
     plan.lock(paths.checkpoint, "--out")  # last: nothing after it can fail
@@ -239,14 +249,22 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
     # The report and the figures replace an earlier run's together, or not at all: never a mixed set.
     folder, images, weights = paths.report_dir, setup.loaders.test.dataset.images, str(paths.checkpoint)
     figures = history_figures(state.history)
-    written += (
-        attempt(
-            f"the report and figures in {folder}",
-            lambda: write_report(result, images, folder, {"weights": weights}, figures),
+    try:
+        written += (
+            attempt(
+                f"the report and figures in {folder}",
+                lambda: write_report(result, images, folder, {"weights": weights}, figures),
+            )
+            or []
         )
-        or []
-    )
-    written += tensorboard.finish(setup.recipe, setup.config, result, images)
+        written += tensorboard.finish(setup.recipe, setup.config, result, images)
+    except KeyboardInterrupt:  # the checkpoint is safe; say so, and how to write the report it stopped
+        again = f"python eval.py --weights {shlex.quote(weights)} --report-dir {shlex.quote(str(folder))}"
+        print(
+            "\n"
+            + one_line(f"interrupted: {weights} is saved; its report may be unwritten or an earlier run's: {again}")
+        )
+        sys.exit(EXIT_INTERRUPTED)
     print(f"total time {time.time() - started:.1f}s; wrote:", *[f"  {one_line(str(p))}" for p in written], sep="\n")
 
 

@@ -63,15 +63,14 @@ def run_main(flags: list[str], out_dir: Path, target: float = 0.99, processes: i
 def plan_run_folder(plan: OutputPlan, out_dir: Path, flag: str) -> None:
     """What run_main writes into out_dir, planned before any run starts: main.py's checkpoint, its metrics and
     resume file, its report folder, and the log; each file already there may only be its own earlier one."""
-    from eval import REPORT_FILES  # (here: they import torch, which a script's --help does not need)
+    from eval import REPORT_FOLDER  # (here: they import torch, which a script's --help does not need)
     from extras.resume import resume_path
     from helper import CHECKPOINT, METRICS
-    from main import HISTORY_FILES
 
     out = out_dir / "lenet5.pt"
     files = {out.name: CHECKPOINT, out.with_suffix(".json").name: METRICS, resume_path(out).name: CHECKPOINT}
     plan.folder(out_dir, flag, files | {"train.log": TRAIN_LOG})
-    plan.folder(out_dir / "reports", flag, REPORT_FILES | HISTORY_FILES)
+    plan.folder(out_dir / "reports", flag, REPORT_FOLDER)
 
 
 def run_timed(command: list[str], metrics_json: Path, log: Path, target: float) -> Run:

@@ -5,6 +5,8 @@ page in headless Chromium (Debian's chromium and chromium-driver), wait for the 
     python -m scripts.tensorboard_screenshot /tmp/tbruns --out docs/figures/tensorboard.png
 """
 
+import argparse
+import re
 import socket
 import subprocess
 import sys
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("logdir", type=Path, help="the folder given to main.py --tensorboard")
     default = PROJECT_DIR / "docs" / "figures" / "tensorboard.png"
     p.add_argument("--out", type=output_file, default=default, help="PNG to write")
-    p.add_argument("--tag-filter", default="train/", help="the tags shown first (a regular expression)")
+    p.add_argument("--tag-filter", type=regular_expression, default="train/",
+                   help="the tags shown first (a regular expression)")  # fmt: skip
     p.add_argument("--charts", type=number(int, 1), default=2, help="wait until this many charts are drawn")
     args = p.parse_args(argv)
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
@@ -97,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_output(args.out) as tmp:
         tmp.write_bytes(marked_png(png))
     print(f"wrote {args.out}")
+
+
+def regular_expression(text: str) -> str:
+    """An argparse type: a pattern TensorBoard can use (it would show "malformed regular expression" in the shot)."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({err})") from None
+    return text
 
 
 if __name__ == "__main__":

@@ -64,6 +64,28 @@ def test_load_mnist_layouts(tmp_path, layout):
     assert torch.equal(data.train_labels, torch.arange(N_TRAIN) % 10)
 
 
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    """torchvision's downloader makes data/MNIST/raw before it fails offline: the project's default data/ was left
+    behind, empty. (The downloader is replaced by one that fails the same way, so that no test needs the network.)"""
+    import os
+
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train, download):
+            os.makedirs(os.path.join(root, "MNIST", "raw"), exist_ok=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(DataError, match="and the download failed"):
+        load_mnist(tmp_path / "data", None, MNIST_FILES, download=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # a folder that was there stays, even empty
+    with pytest.raises(DataError):
+        load_mnist(tmp_path / "mine", None, MNIST_FILES, download=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
 def test_missing_files_message(tmp_path):
     with pytest.raises(DataError) as err:
         load_mnist(tmp_path / "nowhere", None, MNIST_FILES, download=False)

@@ -97,9 +97,11 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--out", "{tmp}/mnist"], "--out {tmp}/mnist is a directory; give a file name"),
         (["main", "--out", "{tmp}/fifo"], "--out: {tmp}/fifo is not a regular file (a pipe); give a file name"),
         (["main", "--out", "{tmp}/loop1"], "--out {tmp}/loop1: cannot be resolved"),
-        (["main", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/loss.png is not a regular file"),
+        (["main", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/filters.png is not a regular file"),
         (["eval", "--report-dir", "{tmp}/reports"], "--report-dir: {tmp}/reports/filters.png is not a regular file"),
-        (["main", "--out", "{tmp}/metrics.json"], "give a .pt name"),
+        (["main", "--out", "{tmp}/metrics.json"], "give a name ending in .pt"),
+        (["main", "--out", "{tmp}/m"], "{tmp}/m: give a name ending in .pt"),
+        (["main", "--out", "{tmp}/m.pt "], "{tmp}/m.pt : give a name ending in .pt"),
         (["main", "--report-dir", "{tmp}/garbage.pt"], "--report-dir {tmp}/garbage.pt is a file, not a folder"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 is more than the 96"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--val-size", "96"], "--val-size 96 must be between 0"),
@@ -124,8 +126,8 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
     (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
     os.mkfifo(tmp_path / "fifo")  # like /dev/null: renaming a file over it would replace it
     (tmp_path / "reports").mkdir()
-    os.mkfifo(tmp_path / "reports" / "loss.png")  # main.py writes it, eval.py does not
-    os.mkfifo(tmp_path / "reports" / "filters.png")  # the other way round
+    os.mkfifo(tmp_path / "reports" / "loss.png")  # main.py writes it; eval.py removes main's (a report is whole)
+    os.mkfifo(tmp_path / "reports" / "filters.png")  # the other way round: each command checks both
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     weights.rename(tmp_path / "weights.pt")
@@ -343,6 +345,31 @@ def test_an_out_through_a_symlink_puts_the_metrics_beside_the_file_it_replaces(c
     assert torch.load(target, weights_only=True)["metrics"] == metrics
 
 
+def test_ctrl_c_while_the_report_is_written_says_the_checkpoint_is_saved_and_how_to_report_it(
+    cli, tmp_path, monkeypatch
+):
+    import main
+
+    data, out, reports = write_idx_dir(tmp_path / "mnist"), tmp_path / "run" / "m.pt", tmp_path / "reports"
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(main, "write_report", ctrl_c)
+        done = cli("main", "--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports)
+    assert done.returncode == 130 and sorted(p.name for p in out.parent.iterdir()) == ["m.json", "m.pt"]
+    said = done.stdout.strip().splitlines()[-1]
+    assert said == f"interrupted: {out} is saved; its report may be unwritten or an earlier run's: python eval.py " \
+                   f"--weights {out} --report-dir {reports}"  # fmt: skip
+    monkeypatch.undo()
+    assert (
+        cli("eval", *said.split("python eval.py ")[1].split(), "--data-dir", data, "--allow-custom-data").returncode
+        == 0
+    )
+    assert (reports / "metrics.json").exists()
+
+
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
     """`python main.py | grep -m1 "epoch 1/"`: the reader goes away, the run still saves its checkpoint. (With a
     HOME that cannot be written, too: matplotlib then makes a temporary folder, which the exit removes.)"""
@@ -542,7 +569,8 @@ def users_picture(path) -> None:
 def test_a_report_folder_keeps_the_users_files_and_takes_its_own(cli, tmp_path, name):
     """--report-dir holding the user's own metrics.json or loss.png: main.py and eval.py replaced them with the
     report's. Refused before any work, the file as it was; a report this program wrote there is replaced by the
-    next run, main's by eval's too."""
+    next run, main's by eval's too, whole: the files of the earlier report that the new one does not write are
+    removed (eval.py's report beside main.py's training curves described two runs)."""
     data = write_idx_dir(tmp_path / "mnist")
     reports, out = tmp_path / "r", tmp_path / "run" / "m.pt"
     args = ["--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports]
@@ -555,14 +583,18 @@ def test_a_report_folder_keeps_the_users_files_and_takes_its_own(cli, tmp_path, 
         users_picture(mine)
     users = mine.read_bytes()
     evaluate = ["--weights", out, "--data-dir", data, "--allow-custom-data", "--no-download", "--report-dir", reports]
-    writers = [("main", args)] + [("eval", evaluate)] * (name != "loss.png")  # (eval draws no loss)
+    writers = [("main", args), ("eval", evaluate)]
     for module, given in writers:
         done = cli(module, *given)
         assert_user_error(done, f"--report-dir's {name} {mine} exists and is not ")
         assert "this program wrote; move it or choose another --report-dir" in done.stderr
         assert mine.read_bytes() == users
     mine.unlink()
-    assert cli("eval", *evaluate).returncode == 0 and (reports / "feature_maps.png").exists()
+    evaluation = {"metrics.json", "confusion_matrix.png", "misclassified.png", "filters.png", "feature_maps.png"}
+    assert cli("eval", *evaluate).returncode == 0 and set(os.listdir(reports)) == evaluation
+    assert cli("main", *args).returncode == 0
+    assert set(os.listdir(reports)) == {"metrics.json", "confusion_matrix.png", "misclassified.png", "loss.png",
+                                        "accuracy.png"}  # fmt: skip
 
 
 def test_the_files_written_are_listed_one_per_line_whatever_their_names(cli, tmp_path):

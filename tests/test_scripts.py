@@ -483,3 +483,9 @@ def test_weights_digest_tells_equal_weights_from_changed_ones_and_says_when_stdo
     assert len(digests) == 3 and digests[0] == digests[1] != digests[2]
     closed = run_script("-m", "scripts.weights_digest", str(weights), preexec_fn=lambda: os.close(1))
     assert closed.returncode == 2 and closed.stderr == "error: cannot write the results to stdout: it is closed\n"
+
+
+def test_tensorboard_screenshot_refuses_a_tag_filter_that_is_no_regular_expression(cli, tmp_path):
+    """TensorBoard showed "malformed regular expression" in the picture, and the script exited 0."""
+    done = cli("scripts.tensorboard_screenshot", tmp_path, "--tag-filter", "([")
+    assert_user_error(done, "argument --tag-filter: '([' is not a regular expression")
