@@ -121,6 +121,8 @@ def load_mnist(
 def _is_cache_tensors(path: Path) -> bool:
     """Whether `path` is a torch.save of two tensors, as _save_cache writes them: one of other data (or other
     shapes) is the cache's own and rebuilt; a checkpoint or anything else is the user's and never replaced."""
+    if not path.is_file():  # (a pipe is nobody's cache, and would be waited on)
+        return False
     try:
         value = torch.load(path, weights_only=True, mmap=True)  # (mmap: 47 MB are not read to be judged)
     except Exception:
@@ -164,6 +166,8 @@ def _load_cache(cache_dir: Path, files: dict[str, IdxFile]) -> MNIST | None:
     cache of other data, FashionMNIST's say, is never taken for MNIST); None means rebuild it."""
     parts = []
     for name, split in (("training.pt", "train"), ("test.pt", "test")):
+        if not (cache_dir / name).is_file():  # (a pipe there would be waited on for ever)
+            return None
         try:
             images, labels = torch.load(cache_dir / name, weights_only=True)
         except Exception:  # missing, truncated or foreign: rebuilt from the IDX files
@@ -392,6 +396,11 @@ class DataSource:
         if self.cache_dir is not None and not self.allow_custom:
             inputs |= {f"the data cache's {name} (--cache-dir)": self.cache_dir / name for name in CACHE_FILES}
         return inputs
+
+    def flags(self) -> list[str]:
+        """The data flags that name this source again, for a command printed to be run later."""
+        flags = ["--data-dir", str(self.data_dir)] + (["--cache-dir", str(self.cache_dir)] if self.cache_dir else [])
+        return flags + ["--allow-custom-data"] * self.allow_custom + ["--no-download"] * (not self.download)
 
     def open(self) -> MNIST:
         self.check()

@@ -34,7 +34,7 @@ from data import EVAL_BATCH_SIZE, add_data_args, data_source, eval_loader, prepr
 from helper import load_model
 from support.devices import choose_device, place_batch
 from support.figures import FIGURE, plot_confusion_matrix, plot_feature_maps, plot_filters, plot_misclassified
-from support.files import OutputPlan, atomic_outputs, json_kind, json_text
+from support.files import OutputPlan, atomic_outputs, json_kind, json_object, json_text
 
 MAX_EVAL_BATCH = 10_000  # images per evaluation batch at most: the whole MNIST test set in one
 
@@ -144,8 +144,9 @@ REPORT_METRICS = json_kind("a report's metrics", {"accuracy", "confusion_matrix"
 REPORT_FILES = {"metrics.json": REPORT_METRICS, "confusion_matrix.png": FIGURE, "misclassified.png": FIGURE}
 INSIDE_FILES = {"filters.png": FIGURE, "feature_maps.png": FIGURE}  # and inside_figures (eval.py's report)
 HISTORY_FILES = {"loss.png": FIGURE, "accuracy.png": FIGURE}  # and main.py's history figures
-# Every file a report folder may hold. A report replaces the whole set: an earlier report's files that it does not
-# write (eval.py after main.py: the training curves) are removed, so the folder never describes two runs.
+# Every file a report folder may hold. A report replaces the whole set: the files an earlier report listed in its
+# metrics.json that this one does not write (eval.py after main.py: the training curves) are removed, so the folder
+# never describes two runs; a figure written there by another command (predict.py --out) is no report's, and stays.
 REPORT_FOLDER = REPORT_FILES | INSIDE_FILES | HISTORY_FILES
 
 
@@ -162,23 +163,32 @@ def write_report(
 
     images: the evaluated images, in loader order (for the misclassified grid).
     """
-    metrics = json_text({**result.metrics(), **(extra or {})}).encode()
+    earlier = _report_files(out_dir)
     writers = {
-        "metrics.json": lambda path: path.write_bytes(metrics),
+        "metrics.json": lambda path: path.write_bytes(json_text(metrics).encode()),
         "confusion_matrix.png": lambda path: plot_confusion_matrix(result.confusion_matrix, path),
         "misclassified.png": lambda path: plot_misclassified(
             images, result.labels, result.predictions, result.probabilities, path
         ),
         **(figures or {}),
     }
+    metrics = {**result.metrics(), **(extra or {}), "files": sorted(writers)}  # (the next report removes what it lists)
     paths = [out_dir / name for name in writers]
     with atomic_outputs(*paths) as temps:
         for write, tmp in zip(writers.values(), temps):
             write(tmp)
-    for name, kind in REPORT_FOLDER.items():  # (only once the new files are in place; only this program's own)
-        if name not in writers and kind.ours(out_dir / name):
+    for name in earlier - set(writers):  # (only once the new files are in place; only this program's own)
+        if REPORT_FOLDER[name].ours(out_dir / name):
             (out_dir / name).unlink(missing_ok=True)
     return paths
+
+
+def _report_files(out_dir: Path) -> set[str]:
+    """The files of the report in out_dir, as its metrics.json lists them (none: no report, or one from before the
+    list was kept)."""
+    metrics = out_dir / "metrics.json"
+    listed = (json_object(metrics) or {}).get("files") if REPORT_METRICS.ours(metrics) else None
+    return {name for name in listed if name in REPORT_FOLDER} if isinstance(listed, list) else set()
 
 
 def inside_figures(model: nn.Module, digit: torch.Tensor, label: int) -> dict[str, Callable[[Path], None]]:

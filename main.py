@@ -166,6 +166,7 @@ class Setup:
     data: dict[str, Any]  # the data's fingerprint and sizes, kept in the checkpoint
     resume: Resume | None  # the checked --resume file
     interrupted: InterruptedRun  # how this run saves itself when it is stopped
+    eval_flags: list[str]  # eval.py's flags for the same test images (the data, its cache, --limit)
 
 
 def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, paths: Outputs, argv: list[str],
@@ -194,7 +195,8 @@ def prepare(flags: dict[str, Any], resume: Path | None, source: DataSource, path
         if checked:
             checked.check_data(data["fingerprint"])
         interrupted = InterruptedRun(paths.checkpoint, config, data, continue_command(argv, world), world)
-        setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, checked, interrupted)
+        same_test = source.flags() + (["--limit", str(recipe.limit)] if recipe.limit else [])
+        setup = Setup(recipe, config, make_loaders(mnist, recipe, device, world), data, checked, interrupted, same_test)
     except UserError as err:
         error = err
     facts = setup and {"recipe": asdict(setup.recipe), "model": setup.config, "data": setup.data["fingerprint"]}
@@ -259,7 +261,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
         )
         written += tensorboard.finish(setup.recipe, setup.config, result, images)
     except KeyboardInterrupt:  # the checkpoint is safe; say so, and how to write the report it stopped
-        again = f"python eval.py --weights {shlex.quote(weights)} --report-dir {shlex.quote(str(folder))}"
+        again = shlex.join(["python", "eval.py", "--weights", weights, "--report-dir", str(folder), *setup.eval_flags])
         print(
             "\n"
             + one_line(f"interrupted: {weights} is saved; its report may be unwritten or an earlier run's: {again}")

@@ -293,9 +293,7 @@ def open_data(args: argparse.Namespace, tmp: Path) -> tuple[MNIST, str, list[str
         directory = write_mnist(tmp / "mnist", data)
         return data, kind, ["--data-dir", str(directory), "--allow-custom-data", "--no-download"]
     source = data_source(args)
-    flags = ["--data-dir", str(source.data_dir), "--cache-dir", str(args.cache_dir)]
-    flags += ["--allow-custom-data"] * args.allow_custom_data + ["--no-download"] * args.no_download
-    return source.open(), "MNIST" if not args.allow_custom_data else "your IDX files", flags
+    return source.open(), "MNIST" if not args.allow_custom_data else "your IDX files", source.flags()
 
 
 def main(argv: list[str] | None = None) -> None:

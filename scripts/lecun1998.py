@@ -19,7 +19,7 @@ import re
 import statistics
 from pathlib import Path
 
-from support.cli import PROJECT_DIR, CliParser, UserError, number, output_file, run_cli
+from support.cli import PROJECT_DIR, CliParser, UserError, number, one_line, output_file, print_results, run_cli
 
 from data import DataSource, add_data_args, data_source, eval_loader
 from eval import evaluate
@@ -148,13 +148,18 @@ def check_seeds_of_one_recipe(metrics: list[Path], runs: list[dict]) -> None:
         seen[seed] = path
 
 
-def curve(metrics: list[Path], out: Path) -> None:
-    """Training error (on the fly, as the paper measures it) and test error per pass, mean over the runs."""
+def refuse_repeats(paths: list[Path]) -> None:
+    """A mean over runs counts each run once, however its path is spelt."""
     given: dict[Path, Path] = {}
-    for path in metrics:
+    for path in paths:
         if path.resolve() in given:
             raise UserError(f"{path} is given twice (also as {given[path.resolve()]}); give each run once")
         given[path.resolve()] = path
+
+
+def curve(metrics: list[Path], out: Path) -> None:
+    """Training error (on the fly, as the paper measures it) and test error per pass, mean over the runs."""
+    refuse_repeats(metrics)
     runs = [read_run(path) for path in metrics]
     check_seeds_of_one_recipe(metrics, runs)
     seeds = f"mean of {len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0]['recipe'].get('seed')}"
@@ -179,16 +184,26 @@ def curve(metrics: list[Path], out: Path) -> None:
 
 
 def train_error(weights: list[Path], source: DataSource) -> list[float]:
-    """Each checkpoint's error on the training images, in percent."""
-    mnist, errors = source.open(), []
-    for path in weights:
-        model, _ = load_model(path)
+    """Each checkpoint's error on the training images, in percent; with several, their mean, which (as the curve's)
+    is over seeds of one recipe, each run once."""
+    refuse_repeats(weights)
+    models = [load_model(path) for path in weights]  # (all checked before any is scored)
+    if len(models) > 1:
+        recipes = [checkpoint.recipe for _, checkpoint in models]
+        unknown = next((path for path, recipe in zip(weights, recipes) if not isinstance(recipe, dict)), None)
+        if unknown is not None:
+            raise UserError(f"{unknown} records no recipe, so its seed cannot be told; score it on its own")
+        check_seeds_of_one_recipe(weights, [{"recipe": recipe} for recipe in recipes])
+    mnist, errors, lines = source.open(), [], []
+    for path, (model, _) in zip(weights, models):
         result = evaluate(model, eval_loader(mnist.train_images, mnist.train_labels), "cpu")
         errors.append(100 * (1 - result.accuracy))
-        wrong = round(len(mnist.train_labels) * (1 - result.accuracy))
-        print(f"{path}: training error {errors[-1]:.2f} % ({wrong:,} of {len(mnist.train_labels):,} wrong)")
+        count = len(mnist.train_labels)
+        wrong = round(count * (1 - result.accuracy))
+        lines.append(one_line(f"{path}: training error {errors[-1]:.2f} % ({wrong:,} of {count:,} wrong)"))
     if len(errors) > 1:
-        print(f"mean training error {statistics.mean(errors):.2f} % over {len(errors)} checkpoints")
+        lines.append(f"mean training error {statistics.mean(errors):.2f} % over {len(errors)} checkpoints")
+    print_results("\n".join(lines))  # the scores are the product: a closed stdout is an error, not silence
     return errors
 
 

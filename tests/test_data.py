@@ -7,7 +7,7 @@ from support.cli import UserError
 
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, synthetic_mnist, write_idx_dir
+from conftest import N_TEST, N_TRAIN, run_script, synthetic_mnist, write_idx_dir
 
 from data import (
     CACHE_FILES,
@@ -84,6 +84,27 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         load_mnist(tmp_path / "mine", None, MNIST_FILES, download=True)
     assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_a_pipe_in_the_cache_folder_is_passed_over_not_waited_on(tmp_path):
+    """A FIFO at the cache's training.pt or test.pt hung main.py and eval.py for ever (torch.load waited for a
+    writer). It is now no cache (rebuilt from the IDX files) and nobody's cache file (so never replaced either).
+    Run in a process of its own, so that a hang is a timeout, not a stuck test session."""
+    import os
+    import subprocess
+
+    for name in ("training.pt", "test.pt"):
+        os.mkfifo(tmp_path / name)
+    code = (
+        "import sys; from pathlib import Path; from data import _load_cache, CACHE_KINDS; from support.idx import "
+        "MNIST_FILES; d = Path(sys.argv[1]); print(_load_cache(d, MNIST_FILES), CACHE_KINDS['test.pt'].ours(d / "
+        "'test.pt'))"
+    )
+    try:
+        done = run_script("-c", code, str(tmp_path), timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a pipe in the cache folder was waited on")
+    assert done.returncode == 0 and done.stdout.split() == ["None", "False"], done.stderr
 
 
 def test_missing_files_message(tmp_path):

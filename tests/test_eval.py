@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from conftest import PROJECT_DIR
 from torch import nn
 
 from data import eval_loader
@@ -147,3 +148,19 @@ def test_a_batch_size_beyond_the_test_set_is_one_line_before_any_work(cli, tmp_p
     assert_user_error(done, "argument --batch-size: must be an integer >= 1 and <= 10000, got 99999999999999999999")
     assert not (tmp_path / "report").exists()
     assert cli("eval", *flags, "--batch-size", "10000").returncode == 0  # the whole test set in one batch
+
+
+def test_a_report_removes_only_the_files_an_earlier_report_listed(cli, tmp_path, weights, idx_dir):
+    """eval.py removed any figure of this program's at a report file's name that it does not write itself: a
+    predict.py --out accuracy.png in the folder was deleted without a word. Only what an earlier report's
+    metrics.json lists goes."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    image = PROJECT_DIR / "examples" / "seven.jpg"
+    assert cli("predict", image, "--weights", weights, "--out", reports / "accuracy.png").returncode == 0
+    figure = (reports / "accuracy.png").read_bytes()
+    data = ["--data-dir", idx_dir, "--allow-custom-data", "--no-download", "--report-dir", reports]
+    assert cli("eval", "--weights", weights, *data).returncode == 0
+    assert (reports / "accuracy.png").read_bytes() == figure
+    listed = json.loads((reports / "metrics.json").read_text())["files"]
+    assert sorted(listed) == sorted(p.name for p in reports.iterdir() if p.name != "accuracy.png")

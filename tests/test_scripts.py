@@ -375,6 +375,27 @@ def test_lecun1998_train_error_scores_the_training_images_not_the_test_images(cl
     assert f"training error {100 * wrong / len(labels):.2f} % ({wrong} of {len(labels)} wrong)" in done.stdout
 
 
+def test_lecun1998_train_error_means_only_seeds_of_one_recipe_each_once(cli, idx_dir, tmp_path):
+    """Its mean, like the curve's, counted one run twice (two spellings of a path) and averaged runs of different
+    recipes, without a word; and a closed stdout lost its only product silently."""
+    import os
+
+    data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download"]
+    runs = []
+    for name, flags in (("a", ["--seed", "0"]), ("b", ["--seed", "1"]), ("c", ["--lr", "0.02"])):
+        runs.append(tmp_path / name / "m.pt")
+        train = ["--batch-size", "16", "--epochs", "1", "--out", runs[-1], "--report-dir", tmp_path / name / "r"]
+        assert cli("main", *data, *train, *flags).returncode == 0
+    twice = tmp_path / "a" / ".." / "a" / "m.pt"
+    assert_user_error(cli("scripts.lecun1998", "train-error", *data, runs[0], twice), "is given twice")
+    done = cli("scripts.lecun1998", "train-error", *data, runs[0], runs[2])
+    assert_user_error(done, "are runs of different recipes (lr differ)")
+    done = cli("scripts.lecun1998", "train-error", *data, runs[0], runs[1])
+    assert done.returncode == 0 and "mean training error" in done.stdout.splitlines()[-1]
+    closed = run_script("-m", "scripts.lecun1998", "train-error", *data, str(runs[0]), preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and closed.stderr == "error: cannot write the results to stdout: it is closed\n"
+
+
 USERS_JSON = '{"my": "own results"}'
 
 
