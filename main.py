@@ -135,6 +135,9 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     plan.file(paths.checkpoint, out, kind=CHECKPOINT)
     if paths.checkpoint.suffix != ".pt":  # (`m` or "m.pt " would share m.pt's m.json, and replace it)
         raise UserError(f"{out} {paths.checkpoint}: give a name ending in .pt (its metrics go beside it as .json)")
+    if paths.checkpoint.name.endswith(".resume.pt"):  # the name of an interrupted run's only copy
+        raise UserError(f"{out} {paths.checkpoint}: a name ending in .resume.pt is an interrupted run's resume file; "
+                        "choose another name")  # fmt: skip
     plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file", kind=METRICS)
     plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
     plan.folder(paths.report_dir, "--report-dir", REPORT_FOLDER)

@@ -54,11 +54,13 @@ class Resume:
     config: dict[str, Any]  # LeNet5's constructor arguments
     training: dict[str, Any]  # a TrainState.state_dict()
     data_fingerprint: str | None  # data.fingerprint() of the data it trained on
+    identity: tuple[int, ...] = ()  # the file as it was read (device, inode, size, change time): removed only so
 
     @classmethod
     def open(cls, path: Path, flags: dict[str, Any], world: World) -> "Resume":
         """flags: the recipe flags given on the command line (Recipe field names; "name" for --recipe,
         "full_c3" for --full-c3); a resume continues its own recipe, so none may differ from it."""
+        identity = _identity(path)
         checkpoint = load_checkpoint(path, resumable=True)
         if not checkpoint.sealed():
             raise CheckpointError(
@@ -73,7 +75,8 @@ class Resume:
             raise UserError(
                 f"--resume {path} was trained by {processes} process(es); resume it with as many ({launcher})"
             )
-        return cls(Path(path), recipe, config, checkpoint.training_state(), checkpoint.data.get("fingerprint"))
+        fingerprint = checkpoint.data.get("fingerprint")
+        return cls(Path(path), recipe, config, checkpoint.training_state(), fingerprint, identity)
 
     def check_data(self, data_fingerprint: str) -> None:
         if self.data_fingerprint != data_fingerprint:
@@ -103,7 +106,18 @@ class Resume:
         """The finished checkpoint is safely written at `out`: the resume file's run is complete, and the file is
         removed; one that cannot be (a read-only folder) is a warning, since the run itself is saved."""
         if self.path.name.endswith(".resume.pt") and self.path.resolve() != out.resolve():
+            if _identity(self.path) != self.identity:  # another run wrote there meanwhile: that file is its own
+                print(f"warning: left {self.path}: it changed after this run resumed from it", file=sys.stderr)
+                return
             attempt(f"removing {self.path} (delete it yourself)", lambda: self.path.unlink(missing_ok=True))
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns
 
 
 def _inconsistency(saved: dict[str, Any], state: TrainState) -> str | None:

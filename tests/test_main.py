@@ -102,6 +102,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--out", "{tmp}/metrics.json"], "give a name ending in .pt"),
         (["main", "--out", "{tmp}/m"], "{tmp}/m: give a name ending in .pt"),
         (["main", "--out", "{tmp}/m.pt "], "{tmp}/m.pt : give a name ending in .pt"),
+        (["main", "--out", "{tmp}/m.resume.pt"], "a name ending in .resume.pt is an interrupted run's resume file"),
         (["main", "--report-dir", "{tmp}/garbage.pt"], "--report-dir {tmp}/garbage.pt is a file, not a folder"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 is more than the 96"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--val-size", "96"], "--val-size 96 must be between 0"),
@@ -367,6 +368,38 @@ def test_ctrl_c_while_the_report_is_written_says_the_checkpoint_is_saved_and_how
                    f"--weights {out} --report-dir {reports} {data_flags}"  # fmt: skip
     assert cli("eval", *said.split("python eval.py ")[1].split()).returncode == 0  # as printed
     assert (reports / "metrics.json").exists()
+
+
+def test_a_finished_resume_removes_its_resume_file_only_if_no_other_run_wrote_there(cli, tmp_path, monkeypatch):
+    """Resume.finished deleted whatever was at the resume file's path when the resumed run ended, also a file another
+    run had written there meanwhile. (The other run is simulated: a stop is saved again, under the same name,
+    while the evaluation of the resumed one runs.)"""
+    import main
+
+    data = write_idx_dir(tmp_path / "mnist")
+    common = ["--data-dir", data, *TINY, "--epochs", "2", "--report-dir", tmp_path / "reports"]
+    out = tmp_path / "run" / "lenet5.pt"
+    resume = out.with_name("lenet5.resume.pt")
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(main, "evaluate", ctrl_c)
+        assert cli("main", *common, "--out", out).returncode == 130
+    kept = resume.read_bytes()
+    evaluate = main.evaluate
+
+    def another_run_saves_there(*args):
+        resume.unlink()
+        resume.write_bytes(kept)  # another run's file: a new one at that name
+        return evaluate(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(main, "evaluate", another_run_saves_there)
+        done = cli("main", *common, "--resume", resume)
+    assert done.returncode == 0 and f"warning: left {resume}: it changed after this run resumed" in done.stderr
+    assert resume.read_bytes() == kept and out.exists()
 
 
 def test_a_closed_pipe_does_not_lose_the_run(tmp_path):
