@@ -34,6 +34,7 @@ from support.files import (
     file_sha256,
     json_kind,
     kind_of,
+    missing_folders,
     refuse_foreign_file,
     remove_if_empty,
     write_json,
@@ -194,12 +195,11 @@ def _try_download(data_dir: Path, files: dict[str, IdxFile]) -> dict[str, Path] 
     from torchvision.datasets import MNIST as TorchvisionMNIST
 
     raw = data_dir / "MNIST" / "raw"
-    made = [folder for folder in (raw, raw.parent, data_dir) if not folder.exists()]  # (deepest first)
+    made = missing_folders(raw)
     try:
         TorchvisionMNIST(str(data_dir), train=True, download=True)
     except Exception:  # no network (the usual case here): the caller explains how to fix it
-        for folder in made:  # the downloader's empty folders do not stay behind
-            remove_if_empty(folder)
+        remove_if_empty(*made)  # the downloader's empty folders do not stay behind
         return None
     return find_idx_files(data_dir, files)
 

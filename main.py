@@ -47,7 +47,14 @@ from support import signals
 from support.devices import choose_device
 from support.distributed import World, agree, code_version, exit_skipping_teardown, join, one_job
 from support.figures import plot_accuracy, plot_loss
-from support.files import OutputPlan, new_folder, refuse_special_file, remove_if_empty, resolve_output
+from support.files import (
+    OutputPlan,
+    missing_folders,
+    new_folder,
+    refuse_special_file,
+    remove_if_empty,
+    resolve_output,
+)
 from support.optional import attempt
 from support.recipes import Recipe, add_recipe_args, recipe_flags, resolve_recipe, run_name
 from train import History, TrainingInterrupted, TrainState, fit
@@ -110,7 +117,7 @@ def own_folder(paths: Outputs, is_main: bool) -> Iterator[Outputs]:
     if paths.folder is None or not is_main:  # (under torchrun, rank 0 alone writes)
         yield paths
         return
-    parents = [folder for folder in paths.folder.parents if not folder.exists()]  # runs/ itself, the first time
+    parents = missing_folders(paths.folder.parent)  # runs/ itself, the first time
     made = new_folder(paths.folder, "the run's folder (--out and --report-dir choose others)")
 
     def moved(path: Path) -> Path:

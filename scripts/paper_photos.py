@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from data import DataSource
 from support.figures import MARK_KEY, MARK_VALUE
-from support.files import Kind, check_output_dir, refuse_foreign_file, remove_if_empty
+from support.files import Kind, check_output_dir, missing_folders, refuse_foreign_file, remove_if_empty
 
 PHOTO = (640, 480)
 DESKS = [(92, 62, 40), (70, 70, 76), (40, 44, 60), (120, 84, 52), (30, 30, 30)]
@@ -98,7 +98,7 @@ def make(data_dir: Path, out: Path, count: int, seed: int) -> None:
     check_output_dir(out, "--out", tuple(names), keep=False)
     for name in names:  # all before the first photo is written
         refuse_foreign_file(out / name, f"--out's {name}", PHOTO_FILE)
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    created = missing_folders(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i, name in enumerate(names):

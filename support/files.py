@@ -94,7 +94,7 @@ def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = (), ke
         refuse_special_file(resolve_output(directory / name, flag), flag)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{flag} {directory} is a file, not a folder; choose another location")
-    created = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    created = missing_folders(directory)
     try:
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,13 @@ def _probe(directory: Path, flag: str) -> None:
 def _reason(err: OSError) -> str:
     reason = err.strerror or str(err)
     return reason[:1].lower() + reason[1:]  # "Read-only file system" -> "read-only file system"
+
+
+def missing_folders(*paths: Path) -> list[Path]:
+    """The folders at and above `paths` that do not exist yet, deepest first: what making them creates, and what
+    _remove_empty (remove_if_empty) takes back when nothing was written into them."""
+    missing = {folder for path in map(Path, paths) for folder in (path, *path.parents) if not folder.exists()}
+    return sorted(missing, key=lambda folder: -len(folder.parts))
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -300,7 +307,7 @@ class _Lock:
             return None
         path = target.with_name(_temp_prefix(target) + "lock")
         _refuse_foreign_lock(path, target)
-        created = [folder for folder in target.parents if not os.path.exists(folder)]
+        created = missing_folders(target.parent)
         while True:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,7 +418,7 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
     fails, the temporary files are deleted and the targets stay as they were; a disk that is full,
     read-only or over a size limit is a UserError naming the file and the cause."""
     targets = [_writable_target(path) for path in paths]
-    created = sorted({f for t in targets for f in t.parents if not f.exists()}, key=lambda f: -len(f.parts))
+    created = missing_folders(*(target.parent for target in targets))
     temps: list[Path] = []
     try:
         for target in targets:
@@ -462,7 +469,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield an empty folder beside `path`; when the block succeeds it takes `path`'s place (a previous
     folder there is moved aside first, then deleted), otherwise it is deleted. Never half a folder."""
     path = resolve_output(path, "--out")
-    created = [f for f in path.parents if not f.exists()]  # removed again if the block fails
+    created = missing_folders(path.parent)  # removed again if the block fails
     old = tmp = None
     held = contextlib.ExitStack()
     try:

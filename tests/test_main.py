@@ -451,16 +451,18 @@ def test_an_interrupt_while_importing_exits_quietly(script, signal_name):
     assert done.returncode == 130 and done.stderr == "" and done.stdout == ""
 
 
+def run_main_with_file_limit(data, out, reports, size: int) -> subprocess.CompletedProcess:
+    """One epoch of main.py in a process whose files may grow to `size` bytes (RLIMIT_FSIZE: a full disk)."""
+    flags = ["--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports]
+    return run_script("main.py", *map(str, flags), preexec_fn=limited("RLIMIT_FSIZE", size))
+
+
 def test_a_disk_that_takes_no_byte_is_one_line_at_the_start(tmp_path):
     """With no byte left (RLIMIT_FSIZE 0, as a full disk), writing the lock's pid was a traceback: one line, the
     run never starts, and no empty lock file is left."""
     data = write_idx_dir(tmp_path / "mnist")
     out = tmp_path / "run" / "lenet5.pt"
-    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--out", str(out)]
-    command += ["--report-dir", str(tmp_path / "reports")]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, env=env,
-                          preexec_fn=limited("RLIMIT_FSIZE", 0))  # fmt: skip
+    done = run_main_with_file_limit(data, out, tmp_path / "reports", 0)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: cannot write into {out.parent}: file too large; free some space or choose another location"
@@ -479,11 +481,7 @@ def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tm
     previous = {"test_accuracy": 0.5, "epochs": []}  # an earlier run's pair: the one a run may replace
     save_checkpoint(out, {}, {"model": LeNet5().state_dict()}, previous, metrics_json=out.with_suffix(".json"))
     before = out.read_bytes(), out.with_suffix(".json").read_text()
-    command = [sys.executable, "main.py", "--data-dir", str(data), *TINY, "--epochs", "1", "--out", str(out)]
-    command += ["--report-dir", str(tmp_path / "reports")]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120, env=env,
-                          preexec_fn=limited("RLIMIT_FSIZE", 100_000))  # fmt: skip
+    done = run_main_with_file_limit(data, out, tmp_path / "reports", 100_000)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: cannot write {out} and {out.with_suffix('.json')}: File too large; what was there before is unchanged"
