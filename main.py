@@ -33,6 +33,7 @@ from support.cli import (
     one_line,
     output_file,
     run_cli,
+    through_link,
 )
 
 import torch
@@ -83,7 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     out = "checkpoint to write (x.pt), x.json beside it (default: see above; with --resume, the interrupted run's)"
     p.add_argument("--out", type=output_file, help=out)
     p.add_argument("--report-dir", type=Path, help="folder for metrics.json and the figures (default: see above)")
-    p.add_argument("--resume", type=Path, help="continue a checkpoint saved by a stop signal, with its own recipe")
+    resume = "continue a checkpoint saved by a stop signal, with its own recipe"
+    p.add_argument("--resume", type=through_link, help=resume)
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
     tensorboard = "also log curves, weights and images for TensorBoard into a new run folder under DIR"
     p.add_argument("--tensorboard", type=Path, metavar="DIR", help=tensorboard)
@@ -146,7 +148,10 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
         raise UserError(f"{out} {paths.checkpoint}: a name ending in .resume.pt is an interrupted run's resume file; "
                         "choose another name")  # fmt: skip
     plan.file(paths.checkpoint.with_suffix(".json"), f"{out}'s metrics file", kind=METRICS)
-    plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
+    pending = plan.file(resume_path(paths.checkpoint), f"{out}'s resume file", kind=CHECKPOINT)
+    if pending.is_file() and not (resume and resolve_output(resume, "--resume") == resolve_output(pending, out)):
+        raise UserError(f"{pending} holds an interrupted run that a stop of this one would replace; continue it with "
+                        f"--resume {shlex.quote(str(pending))}, or move it to train anew")  # fmt: skip
     plan.folder(paths.report_dir, "--report-dir", REPORT_FOLDER)
     if paths.tensorboard:  # (its run folders are new ones inside it: the folder itself must be free)
         plan.folder(paths.tensorboard, "--tensorboard")
@@ -252,10 +257,13 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
     except Exception as err:  # a broken install, memory: the evaluation is re-run by --resume, the training is kept
         failed = one_line(f"the test evaluation failed ({type(err).__name__}: {err})")
         setup.interrupted.save_and_exit(final, "with training finished", failed)
-    with signals.deferred():
-        written = save_trained(paths.checkpoint, final, setup, result, state.device, started)
-        if setup.resume:
-            setup.resume.finished(paths.checkpoint)
+    try:
+        with signals.deferred():
+            written = save_trained(paths.checkpoint, final, setup, result, state.device, started)
+            if setup.resume:
+                setup.resume.finished(paths.checkpoint)
+    except UserError as err:  # a disk filled or a folder gone during the run: the training is kept where it can be
+        setup.interrupted.save_and_exit(final, "with training finished", f"the checkpoint could not be saved ({err})")
     print(f"\n{format_report(result)}")
     # The checkpoint holds the run; what follows is optional (support/optional.py): a failure is one warning.
     # The report and the figures replace an earlier run's together, or not at all: never a mixed set.

@@ -13,8 +13,11 @@ with the model, optimizer, schedule and generators it is loaded into. Every mism
 """
 
 import copy
+import os
 import shlex
 import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -245,21 +248,41 @@ class InterruptedRun:
         Ctrl-C or SIGTERM, 1 when another process failed: `failure` says which and how)."""
         signals.ignore_stops()  # the run is ending: a second Ctrl-C, or torchrun's SIGTERM after a peer died, waits
         if self.world.is_main:
-            path = resume_path(self.out)
-            self._save(path, training, when, failure)
-            continuing = f"continue with: {self.command} --resume {shlex.quote(str(path))}"
+            path, instead = self._save(training, when, failure)
+            command = self.command if not instead else _with_out(self.command, self.out)
+            continuing = f"continue with: {command} --resume {shlex.quote(str(path))}"
+            saved = f"saved the state {when} to {path}{instead}"
             if failure:
-                print(f"error: {failure}; saved the state {when} to {path}; {continuing}", file=sys.stderr, flush=True)
+                print(f"error: {failure}; {saved}; {continuing}", file=sys.stderr, flush=True)
             else:
-                print(f"\ninterrupted: saved the state {when} to {path}\n{continuing}", flush=True)
+                print(f"\ninterrupted: {saved}\n{continuing}", flush=True)
         sys.exit(EXIT_SOME_FAILED if failure else EXIT_INTERRUPTED)
 
-    def _save(self, path: Path, training: dict[str, Any], when: str, failure: str | None) -> None:
+    def _save(self, training: dict[str, Any], when: str, failure: str | None) -> tuple[Path, str]:
+        """Save beside the checkpoint, or, where that cannot be written (its disk full, its folder gone), in the
+        system's temporary folder: (where it went, and why not beside the checkpoint, or "")."""
+        path = resume_path(self.out)
         try:
             save_checkpoint(path, self.config, training, data=self.data)
+            return path, ""
+        except UserError as err:
+            beside = err
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        spare = Path(tempfile.gettempdir()) / f"{self.out.stem}-{stamp}.resume.pt"
+        try:
+            save_checkpoint(spare, self.config, training, data=self.data)
+            older = f"; move the older {path} before continuing" if path.exists() else ""  # (what it resumed from)
+            return spare, f" instead of beside the checkpoint ({beside}){older}"
         except UserError as err:
             epochs = training["epoch"]
             lost = f"the {epochs} finished epoch(s) of this run are lost" if epochs else "no epoch had finished"
-            older = f"; the {path.name} there is from an earlier run" if path.exists() else ""
+            older = f"; the {path.name} there holds an earlier state" if path.exists() else ""
             stopped = failure or "interrupted"
-            raise UserError(f"{stopped}, and the state {when} could not be saved: {err}; {lost}{older}") from None
+            raise UserError(f"{stopped}, and the state {when} could not be saved: {beside}; nor in "
+                            f"{spare.parent}: {err}; {lost}{older}") from None  # fmt: skip
+
+
+def _with_out(command: str, out: Path) -> str:
+    """`command` with --out `out` (a resume file saved elsewhere would otherwise finish beside itself)."""
+    given = any(arg == "--out" or arg.startswith("--out=") for arg in shlex.split(command))
+    return command if given else f"{command} --out {shlex.quote(str(out))}"

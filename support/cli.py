@@ -133,11 +133,15 @@ def output_file(text: str) -> Path:
     folder, which Path would silently turn into a file of that folder's name (`--out runs/x/` wrote runs/x)."""
     if text.replace(os.sep, "/").rsplit("/", 1)[-1] in ("", ".", ".."):
         raise argparse.ArgumentTypeError(f"{text!r} names a folder; give the name of a file in it")
+    return through_link(text)
+
+
+def through_link(text: str) -> Path:
+    """An argparse type for a file named by a symlink: its target's name is taken now, so that the files named
+    after it (x.json, x.resume.pt; x.pt for a resume file) sit beside the file they describe, not beside the link."""
     path = Path(text)
     if not path.is_symlink():
         return path
-    # A symlink is written through; its target's name is taken now, so that the files named after it (x.json,
-    # x.resume.pt) sit beside the file they describe, not beside the link.
     try:
         return path.resolve()
     except (RuntimeError, OSError):  # a symlink loop: the output plan's check says so, with the flag's name

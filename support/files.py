@@ -4,7 +4,8 @@ A file (or a set of files, or a folder) is written under a temporary name beside
 to the disk, and only then renamed over it: a full disk, a Ctrl-C or a killed process leaves what was
 there before. A disk that is full, read-only or over a size limit is a UserError naming the file.
 A command's outputs are planned before any work (OutputPlan): a file that is there already is replaced
-only when it is one this program wrote, of the same kind; and one run at a time writes them.
+only when it is one this program wrote, of the same kind (checked again at the rename); and one run at a
+time writes them.
 JSON is written one way: strict, with NaN and infinity (which JSON lacks) as null.
 """
 
@@ -194,6 +195,12 @@ def json_object(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+# What each planned output may replace (resolved path: Kind), for this process's plans: checked again at the
+# rename, so that a file of the user's put at an output's name while the command ran is kept as one there at
+# the start is (the plan's check alone would have let a long run replace it at its end).
+_planned: dict[Path, Kind] = {}
+
+
 class OutputPlan:
     """One command's outputs, all known before any work starts: each is checked writable now (its folder
     created and a file written there, then removed again, so that a bad location fails before a long run,
@@ -213,6 +220,7 @@ class OutputPlan:
         self._inputs = {resolve_output(path, what): what for what, path in (inputs or {}).items() if path}
         self._claims: dict[Path, tuple[str, str]] = {}  # resolved path: (what, kind)
         self._locks: list[_Lock] = []
+        self._kinds: list[Path] = []  # this plan's entries in _planned
 
     def __enter__(self) -> "OutputPlan":
         return self
@@ -225,7 +233,14 @@ class OutputPlan:
         one this program wrote of that kind (None: see check_output_file)."""
         self._claim(path, flag, "file")
         check_output_file(path, flag, kind=kind, example=example, keep=False)
+        self._expect(path, kind)
         return Path(path)
+
+    def _expect(self, path: Path, kind: Kind | None) -> None:
+        if kind is not None:
+            key = resolve_output(path, "--out")
+            _planned[key] = kind
+            self._kinds.append(key)
 
     def lock(self, path: Path, flag: str = "--out") -> None:
         """Hold `path` for this command alone until release(): a second command that would write it (a second
@@ -242,6 +257,8 @@ class OutputPlan:
         """Let the outputs go (lock()): the plan's `with` block does it on every way out."""
         while self._locks:
             self._locks.pop().release()
+        while self._kinds:
+            _planned.pop(self._kinds.pop(), None)
 
     def folder(self, directory: Path, flag: str, files: dict[str, Kind] | None = None) -> Path:
         """A folder the command writes `files` into, among whatever else is there; each file's Kind says which
@@ -253,6 +270,7 @@ class OutputPlan:
         check_output_dir(directory, flag, tuple(files), keep=False)
         for name, kind in files.items():
             refuse_foreign_file(Path(directory) / name, f"{flag}'s {name}", kind, flag)
+            self._expect(Path(directory) / name, kind)
         return Path(directory)
 
     def whole_folder(self, directory: Path, flag: str) -> Path:
@@ -429,6 +447,8 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
             _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
         folders = {target.parent for target in targets}
         with _one_writer_at_a_time(folders if len(targets) > 1 else set()):  # (one rename is atomic by itself)
+            for target in targets:
+                _refuse_newcomer(target)
             for tmp, target in zip(temps, targets):
                 os.replace(tmp, target)
         for directory in folders:
@@ -446,6 +466,14 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
                 message = message.replace(str(tmp), str(target))
             raise type(err)(message) from None
         raise
+
+
+def _refuse_newcomer(target: Path) -> None:
+    """A planned output's name taken, since the plan's check, by a file this program did not write: it is kept."""
+    kind = _planned.get(target)
+    if kind is not None and target.is_file() and not kind.ours(target):
+        raise UserError(f"{target} appeared while this command ran and is not {kind.name} this program wrote: it is "
+                        "kept, and nothing was written in its place; move it")  # fmt: skip
 
 
 class WriteError(UserError):
@@ -553,6 +581,8 @@ def _one_writer_at_a_time(directories: set[Path]) -> Iterator[None]:
 
 def _writable_target(path: Path) -> Path:
     path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
+    if any(folder.exists() and not folder.is_dir() for folder in path.parents):  # (mkdir would say "File exists")
+        raise UserError(f"cannot write {path}: a file is in the place of its folder; move that file")
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory; choose a file name")
     refuse_special_file(path, "cannot write")

@@ -236,6 +236,28 @@ def test_a_file_there_is_replaced_only_when_this_program_wrote_it(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "the user's own notes"
 
 
+def test_a_file_put_at_a_planned_name_while_the_command_runs_is_kept(tmp_path):
+    """The plan's check is made again at the rename: a file of the user's that appears at an output's name after the
+    start is kept, and none of a set is written; one of this program's is replaced (the user's file went before)."""
+    kind = Kind("a note", lambda path: path.read_text() == "written by this program")
+    note, other = tmp_path / "note.txt", tmp_path / "other.txt"
+    with OutputPlan() as plan:
+        plan.file(note, "--out", kind=kind)
+        plan.file(other, "--out's other", kind=kind)
+        note.write_text("the user's own notes")  # after the check
+        message = rf"^{note} appeared while this command ran and is not a note this program wrote: it is kept"
+        with pytest.raises(UserError, match=message):
+            with atomic_outputs(other, note) as temps:
+                for tmp in temps:
+                    tmp.write_text("new")
+        assert note.read_text() == "the user's own notes" and not other.exists()
+        assert sorted(os.listdir(tmp_path)) == ["note.txt"]  # no temporary file left
+        note.write_text("written by this program")
+        with atomic_outputs(note) as (tmp,):
+            tmp.write_text("new")
+    assert note.read_text() == "new"
+
+
 def test_a_lock_holds_an_output_for_one_command_and_is_let_go_on_every_way_out(tmp_path):
     """A second plan locking the same output is refused, naming the process that holds it; the lock goes with
     the plan's block however it ends (here a Ctrl-C), and leaves no file behind, nor the folder made for it."""

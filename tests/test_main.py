@@ -1,6 +1,7 @@
 """The entry points as a user runs them: end to end on tiny synthetic data, every user error, and
 Ctrl-C or a closed pipe at the moments that used to lose work."""
 
+import errno
 import json
 import os
 import shlex
@@ -8,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,6 +333,85 @@ def test_a_broken_library_at_the_final_evaluation_keeps_the_trained_weights(tmp_
     assert sorted(p.name for p in run.iterdir()) == ["lenet5.json", "lenet5.pt"]
 
 
+@pytest.mark.parametrize("mishap", ["its disk fills", "its folder becomes a file"])
+def test_a_final_save_that_fails_keeps_the_training_in_the_temporary_folder(cli, tmp_path, monkeypatch, mishap):
+    """During training, --out's disk fills or its folder is replaced by a file: neither the checkpoint nor the resume
+    file beside it can be written. The finished training goes to the system's temporary folder (it was lost), named
+    in one line with the command that finishes the run where it was asked to be."""
+    import pathlib
+    import tempfile
+
+    import train
+
+    data, out, spare = write_idx_dir(tmp_path / "mnist"), tmp_path / "run" / "lenet5.pt", tmp_path / "spare"
+    spare.mkdir()
+    common = ["--data-dir", data, *TINY, "--epochs", "1", "--report-dir", tmp_path / "reports"]
+    place, write_bytes = train.place_batch, pathlib.Path.write_bytes
+
+    def disk_full_there(self, data):
+        if self.parent == out.parent:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    def folder_becomes_a_file(*args):
+        if out.parent.is_dir():
+            shutil.rmtree(out.parent)
+            out.parent.write_text("in the way")
+        return place(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "tempdir", str(spare))
+        if mishap == "its disk fills":
+            patched.setattr(pathlib.Path, "write_bytes", disk_full_there)
+        else:
+            patched.setattr(train, "place_batch", folder_becomes_a_file)
+        done = cli("main", *common, "--out", out)
+    (saved,) = spare.glob("*.resume.pt")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: the checkpoint could not be saved (cannot write {out}")
+    assert f"saved the state with training finished to {saved} instead of beside the checkpoint (" in done.stderr
+    command = shlex.split(done.stderr.split("continue with: ")[1])
+    assert command[-4:] == ["--out", str(out), "--resume", str(saved)]
+    if out.parent.is_file():
+        out.parent.unlink()  # the user clears the way
+    finished = cli("main", *command[2:])
+    assert finished.returncode == 0 and "1 of 1 epochs done, nothing left to train" in finished.stdout
+    assert out.exists() and not saved.exists()
+
+
+@pytest.mark.parametrize("name", ["m.json", "reports/loss.png"])
+def test_a_file_of_the_users_put_at_an_outputs_name_during_the_run_is_kept(cli, tmp_path, monkeypatch, name):
+    """The user writes a file at --out's metrics name, or at a figure's in the report folder, while the run trains:
+    it is kept (it was replaced: the plan had checked the names at the start only). Without its .json the
+    checkpoint is not written, and the finished training is kept as a resume file; the report is one warning."""
+    import train
+
+    data, out, reports, mine = (
+        write_idx_dir(tmp_path / "mnist"),
+        tmp_path / "m.pt",
+        tmp_path / "reports",
+        tmp_path / name,
+    )
+    place = train.place_batch
+
+    def the_user_writes(*args):
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_text("the user's own")
+        return place(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "place_batch", the_user_writes)
+        done = cli("main", "--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports)
+    assert mine.read_text() == "the user's own" and "Traceback" not in done.stderr
+    appeared = f"{mine} appeared while this command ran and is not a"
+    if name == "m.json":
+        assert done.returncode == 1 and done.stderr.startswith(f"error: the checkpoint could not be saved ({appeared}")
+        assert sorted(os.listdir(tmp_path)) == ["m.json", "m.resume.pt", "mnist"]
+    else:
+        assert done.returncode == 0 and done.stderr.startswith(f"warning: the report and figures in {reports} failed")
+        assert appeared in done.stderr and out.exists() and sorted(os.listdir(reports)) == ["loss.png"]
+
+
 def test_an_out_through_a_symlink_puts_the_metrics_beside_the_file_it_replaces(cli, tmp_path):
     data = write_idx_dir(tmp_path / "mnist")
     common = ["--data-dir", data, *TINY, "--epochs", "1", "--report-dir", tmp_path / "reports"]
@@ -454,7 +535,10 @@ def test_an_interrupt_while_importing_exits_quietly(script, signal_name):
 def run_main_with_file_limit(data, out, reports, size: int) -> subprocess.CompletedProcess:
     """One epoch of main.py in a process whose files may grow to `size` bytes (RLIMIT_FSIZE: a full disk)."""
     flags = ["--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports]
-    return run_script("main.py", *map(str, flags), preexec_fn=limited("RLIMIT_FSIZE", size))
+    spare = Path(out).parent.parent / "spare"  # the system's temporary folder, where a resume file goes last
+    spare.mkdir(exist_ok=True)
+    limit = limited("RLIMIT_FSIZE", size)
+    return run_script("main.py", *map(str, flags), preexec_fn=limit, env={"TMPDIR": str(spare)})
 
 
 def test_a_disk_that_takes_no_byte_is_one_line_at_the_start(tmp_path):
@@ -471,8 +555,9 @@ def test_a_disk_that_takes_no_byte_is_one_line_at_the_start(tmp_path):
 
 
 def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tmp_path):
-    """Files may grow to 100 kB (RLIMIT_FSIZE; a checkpoint is about 250 kB): one line naming the files and
-    the cause, and the previous lenet5.pt and lenet5.json are untouched, with no temporary file beside them."""
+    """Files may grow to 100 kB (RLIMIT_FSIZE; a checkpoint is about 250 kB) everywhere: one line naming the files,
+    the cause and what is lost, and the previous lenet5.pt and lenet5.json are untouched, with no temporary file
+    beside them."""
     from helper import save_checkpoint
     from LeNet5 import LeNet5
 
@@ -483,9 +568,13 @@ def test_a_full_disk_at_the_final_save_keeps_the_previous_checkpoint_and_json(tm
     before = out.read_bytes(), out.with_suffix(".json").read_text()
     done = run_main_with_file_limit(data, out, tmp_path / "reports", 100_000)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"error: cannot write {out} and {out.with_suffix('.json')}: File too large; what was there before is unchanged"
-    ]
+    unchanged = "File too large; what was there before is unchanged"
+    assert done.stderr.startswith(
+        f"error: the checkpoint could not be saved (cannot write {out} and {out.with_suffix('.json')}: {unchanged}), "
+        f"and the state with training finished could not be saved: cannot write {out.with_name('lenet5.resume.pt')}: "
+    )
+    assert done.stderr.strip().endswith("the 1 finished epoch(s) of this run are lost")
+    assert len(done.stderr.strip().splitlines()) == 1
     assert (out.read_bytes(), out.with_suffix(".json").read_text()) == before
     assert sorted(os.listdir(out.parent)) == ["lenet5.json", "lenet5.pt"]
 

@@ -8,8 +8,10 @@ import importlib
 import io
 import os
 import pathlib
+import shlex
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 from support.cli import run_cli
@@ -18,8 +20,7 @@ import pytest
 import torch
 from conftest import Finished, assert_user_error, write_idx_dir
 
-from helper import save_checkpoint, state_digest
-from LeNet5 import LeNet5
+from helper import state_digest
 
 TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
@@ -190,35 +191,72 @@ def test_the_resume_file_stays_until_the_finished_checkpoint_is_safe(cli, interr
     with monkeypatch.context() as patched:
         patched.setattr(pathlib.Path, "write_bytes", disk_full_for_the_checkpoint)
         done = cli("main", *common, "--out", out, "--resume", resume)
-    assert_user_error(done, f"cannot write {out} and {out.with_suffix('.json')}: No space left on device")
+    failed = f"the checkpoint could not be saved (cannot write {out} and {out.with_suffix('.json')}: No space left"
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {failed}") and "Traceback" not in done.stderr
+    assert f"; saved the state with training finished to {resume}; continue with: " in done.stderr  # (its own file)
     assert resume.exists() and not out.exists() and not out.with_suffix(".json").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["lenet5.resume.pt"]  # no temporary file left
     finished = cli("main", *common, "--out", out, "--resume", resume)
-    assert finished.returncode == 0 and not resume.exists() and out.exists()
+    assert finished.returncode == 0 and "3 of 3 epochs done, nothing left to train" in finished.stdout
+    assert not resume.exists() and out.exists()
 
 
-def test_a_resume_file_that_cannot_be_written_says_what_is_lost(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spare_full", [False, True], ids=["spare", "nowhere"])
+def test_a_stop_where_the_resume_file_cannot_be_written_saves_it_in_the_temporary_folder(
+    cli, tmp_path, monkeypatch, spare_full
+):
+    """--out's disk is full when Ctrl-C comes: the state goes to the system's temporary folder, and the command it
+    prints finishes the run at --out; where that disk is full too, one line says what is lost."""
     data = write_idx_dir(tmp_path / "mnist")
-    out = tmp_path / "run" / "lenet5.pt"
-    out.parent.mkdir()
-    older = out.with_name("lenet5.resume.pt")
-    save_checkpoint(older, {}, {"model": LeNet5().state_dict(), "epoch": 1})  # an earlier run's (a file of ours)
-    earlier = older.read_bytes()
-    write_bytes = pathlib.Path.write_bytes
+    out, spare = tmp_path / "run" / "lenet5.pt", tmp_path / "spare"
+    spare.mkdir()
+    full, write_bytes = {out.parent, spare} if spare_full else {out.parent}, pathlib.Path.write_bytes
 
     def disk_full(self, data):
-        if self.name.startswith(".lenet5.resume.pt."):
+        if self.parent in full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write_bytes(self, data)
 
     with monkeypatch.context() as patched:
         interrupt_at_step(patched, 15)  # in epoch 3: two epochs finished
         patched.setattr(pathlib.Path, "write_bytes", disk_full)
+        patched.setattr(tempfile, "tempdir", str(spare))
         done = cli("main", "--data-dir", data, *TINY, "--epochs", "3", "--out", out, "--report-dir", tmp_path / "r")
-    assert_user_error(done, "interrupted, and the state after epoch 2 could not be saved: cannot write")
-    assert "No space left on device" in done.stderr and "the 2 finished epoch(s) of this run are lost" in done.stderr
-    assert "the lenet5.resume.pt there is from an earlier run" in done.stderr
-    assert older.read_bytes() == earlier and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
+    beside = f"cannot write {out.with_name('lenet5.resume.pt')}: No space left on device"
+    if spare_full:
+        assert_user_error(done, f"interrupted, and the state after epoch 2 could not be saved: {beside}")
+        assert f"; nor in {spare}: cannot write {spare}" in done.stderr
+        assert done.stderr.strip().endswith("the 2 finished epoch(s) of this run are lost")
+        assert not list(spare.glob("*.resume.pt")) and not out.parent.exists()
+        return
+    (saved,) = spare.glob("*.resume.pt")
+    assert done.returncode == 130 and f"saved the state after epoch 2 to {saved} instead of beside the checkpoint " \
+                                      f"({beside}" in done.stdout, done.stderr  # fmt: skip
+    said = next(line for line in done.stdout.splitlines() if line.startswith("continue with: "))
+    resumed = cli("main", *shlex.split(said)[4:])
+    assert resumed.returncode == 0 and "2 of 3 epochs done, continuing" in resumed.stdout, resumed.stderr
+    assert out.exists() and not saved.exists()
+
+
+def test_a_new_run_into_an_out_whose_resume_file_waits_is_refused(cli, interrupted):
+    """An unrelated run into the same --out, stopped in turn, replaced the interrupted run's only copy: it is refused
+    at its start, naming the way to continue the one that waits."""
+    common, out, resume = interrupted
+    kept = resume.read_bytes()
+    done = cli("main", *common, "--out", out, "--seed", "1")
+    assert_user_error(done, f"{resume} holds an interrupted run that a stop of this one would replace; continue it "
+                            f"with --resume {resume}, or move it to train anew")  # fmt: skip
+    assert resume.read_bytes() == kept and sorted(os.listdir(out.parent)) == ["lenet5.resume.pt"]
+
+
+def test_a_resume_file_named_through_a_symlink_finishes_beside_its_target(cli, interrupted, tmp_path):
+    """--resume through a link wrote link.pt and removed only the link, leaving the real resume file behind."""
+    common, out, resume = interrupted
+    link = tmp_path / "link.resume.pt"
+    link.symlink_to(resume)
+    done = cli("main", *common, "--resume", link)
+    assert done.returncode == 0 and "resuming " + str(resume) in done.stdout, done.stderr
+    assert out.exists() and not resume.exists() and not (tmp_path / "link.pt").exists()
 
 
 def test_adam_and_a_weight_average_resume_only_when_whole(cli, tmp_path, monkeypatch):
