@@ -267,8 +267,8 @@ class InterruptedRun:
             return path, ""
         except UserError as err:
             beside = err
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        spare = Path(tempfile.gettempdir()) / f"{self.out.stem}-{stamp}.resume.pt"
+        stem = os.fsdecode(os.fsencode(self.out.stem)[:150])  # (the name within a file system's 255 bytes)
+        spare = Path(tempfile.gettempdir()) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.resume.pt"
         try:
             save_checkpoint(spare, self.config, training, data=self.data)
             older = f"; move the older {path} before continuing" if path.exists() else ""  # (what it resumed from)

@@ -206,9 +206,10 @@ def test_a_stop_where_the_resume_file_cannot_be_written_saves_it_in_the_temporar
     cli, tmp_path, monkeypatch, spare_full
 ):
     """--out's disk is full when Ctrl-C comes: the state goes to the system's temporary folder, and the command it
-    prints finishes the run at --out; where that disk is full too, one line says what is lost."""
+    prints finishes the run at --out; where that disk is full too, one line says what is lost. (A long name, since
+    the name in the temporary folder is longer than the resume file's.)"""
     data = write_idx_dir(tmp_path / "mnist")
-    out, spare = tmp_path / "run" / "lenet5.pt", tmp_path / "spare"
+    out, spare = tmp_path / "run" / ("a" * 240 + ".pt"), tmp_path / "spare"
     spare.mkdir()
     full, write_bytes = {out.parent, spare} if spare_full else {out.parent}, pathlib.Path.write_bytes
 
@@ -222,7 +223,7 @@ def test_a_stop_where_the_resume_file_cannot_be_written_saves_it_in_the_temporar
         patched.setattr(pathlib.Path, "write_bytes", disk_full)
         patched.setattr(tempfile, "tempdir", str(spare))
         done = cli("main", "--data-dir", data, *TINY, "--epochs", "3", "--out", out, "--report-dir", tmp_path / "r")
-    beside = f"cannot write {out.with_name('lenet5.resume.pt')}: No space left on device"
+    beside = f"cannot write {out.with_name('a' * 240 + '.resume.pt')}: No space left on device"
     if spare_full:
         assert_user_error(done, f"interrupted, and the state after epoch 2 could not be saved: {beside}")
         assert f"; nor in {spare}: cannot write {spare}" in done.stderr
