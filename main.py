@@ -81,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_data_args(p)
     add_recipe_args(p)
     add_device_flag(p)
-    out = "checkpoint to write (x.pt), x.json beside it (default: see above; with --resume, the interrupted run's)"
+    out = "checkpoint to write (x.pt), x.json beside it (default: see above; with --resume x.resume.pt, x.pt beside it)"
     p.add_argument("--out", type=output_file, help=out)
     p.add_argument("--report-dir", type=Path, help="folder for metrics.json and the figures (default: see above)")
     resume = "continue a checkpoint saved by a stop signal, with its own recipe"
@@ -142,8 +142,9 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
     plan = OutputPlan({**(inputs or {}), "the file given as --resume": None if replaced else resume})
     plan.file(paths.checkpoint, out, kind=CHECKPOINT)
-    if paths.checkpoint.suffix != ".pt":  # (`m` or "m.pt " would share m.pt's m.json, and replace it)
-        raise UserError(f"{out} {paths.checkpoint}: give a name ending in .pt (its metrics go beside it as .json)")
+    if paths.checkpoint.suffix != ".pt":  # (`m` or "m.pt " would share m.pt's m.json, and replace it; ".pt" has none)
+        raise UserError(f"{out} {paths.checkpoint}: give a name ending in .pt, such as lenet5.pt (its metrics go "
+                        "beside it as .json)")  # fmt: skip
     if paths.checkpoint.name.endswith(".resume.pt"):  # the name of an interrupted run's only copy
         raise UserError(f"{out} {paths.checkpoint}: a name ending in .resume.pt is an interrupted run's resume file; "
                         "choose another name")  # fmt: skip

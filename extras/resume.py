@@ -18,7 +18,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,8 @@ class Resume:
         """The finished checkpoint is safely written at `out`: the resume file's run is complete, and the file is
         removed; one that cannot be (a read-only folder) is a warning, since the run itself is saved."""
         if self.path.name.endswith(".resume.pt") and self.path.resolve() != out.resolve():
-            if _identity(self.path) != self.identity:  # another run wrote there meanwhile: that file is its own
+            now = _identity(self.path)
+            if now and now != self.identity:  # another run wrote there meanwhile: that file is its own
                 print(f"warning: left {self.path}: it changed after this run resumed from it", file=sys.stderr)
                 return
             attempt(f"removing {self.path} (delete it yourself)", lambda: self.path.unlink(missing_ok=True))
@@ -242,6 +243,10 @@ class InterruptedRun:
     data: dict[str, Any]
     command: str  # continue_command(): `{command} --resume PATH` continues
     world: World
+    found: tuple[int, ...] = field(init=False)  # the resume file beside `out` at the start: only the resumed one
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "found", _identity(resume_path(self.out)))
 
     def save_and_exit(self, training: dict[str, Any], when: str, failure: str | None = None) -> None:
         """Rank 0 saves the resumable state and says how to continue; every process exits (130 after a
@@ -262,21 +267,25 @@ class InterruptedRun:
         """Save beside the checkpoint, or, where that cannot be written (its disk full, its folder gone), in the
         system's temporary folder: (where it went, and why not beside the checkpoint, or "")."""
         path = resume_path(self.out)
-        try:
-            save_checkpoint(path, self.config, training, data=self.data)
-            return path, ""
-        except UserError as err:
-            beside = err
+        there = _identity(path)
+        if there in ((), self.found):  # nothing, or the file this run resumed from: replaced
+            try:
+                save_checkpoint(path, self.config, training, data=self.data)
+                return path, ""
+            except (UserError, OSError) as err:
+                beside = err
+        else:  # another run's resume file, copied there meanwhile: kept
+            beside = f"{path} appeared while this run trained, and is kept"
         stem = os.fsdecode(os.fsencode(self.out.stem)[:150])  # (the name within a file system's 255 bytes)
         spare = Path(tempfile.gettempdir()) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.resume.pt"
         try:
             save_checkpoint(spare, self.config, training, data=self.data)
-            older = f"; move the older {path} before continuing" if path.exists() else ""  # (what it resumed from)
+            older = f"; move the older {path} before continuing" if there and there == self.found else ""
             return spare, f" instead of beside the checkpoint ({beside}){older}"
-        except UserError as err:
+        except (UserError, OSError) as err:
             epochs = training["epoch"]
             lost = f"the {epochs} finished epoch(s) of this run are lost" if epochs else "no epoch had finished"
-            older = f"; the {path.name} there holds an earlier state" if path.exists() else ""
+            older = f"; the {path.name} there holds another state" if path.exists() else ""
             stopped = failure or "interrupted"
             raise UserError(f"{stopped}, and the state {when} could not be saved: {beside}; nor in "
                             f"{spare.parent}: {err}; {lost}{older}") from None  # fmt: skip

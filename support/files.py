@@ -195,10 +195,11 @@ def json_object(path: Path, max_bytes: int = 1 << 20) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-# What each planned output may replace (resolved path: Kind), for this process's plans: checked again at the
-# rename, so that a file of the user's put at an output's name while the command ran is kept as one there at
-# the start is (the plan's check alone would have let a long run replace it at its end).
-_planned: dict[Path, Kind] = {}
+# What each planned output may replace, for this process's plans: checked again at the rename, so that a file
+# of the user's put at an output's name while the command ran is kept as one there at the start is (the plan's
+# check alone would have let a long run replace it at its end); and a link put there, or in the place of one of
+# its folders, is not written through. By the path as given, made absolute: (the path resolved then, its Kind).
+_planned: dict[str, tuple[Path, Kind]] = {}
 
 
 class OutputPlan:
@@ -220,7 +221,7 @@ class OutputPlan:
         self._inputs = {resolve_output(path, what): what for what, path in (inputs or {}).items() if path}
         self._claims: dict[Path, tuple[str, str]] = {}  # resolved path: (what, kind)
         self._locks: list[_Lock] = []
-        self._kinds: list[Path] = []  # this plan's entries in _planned
+        self._kinds: list[str] = []  # this plan's entries in _planned
 
     def __enter__(self) -> "OutputPlan":
         return self
@@ -238,8 +239,8 @@ class OutputPlan:
 
     def _expect(self, path: Path, kind: Kind | None) -> None:
         if kind is not None:
-            key = resolve_output(path, "--out")
-            _planned[key] = kind
+            key = os.path.abspath(path)
+            _planned[key] = resolve_output(path, "--out"), kind
             self._kinds.append(key)
 
     def lock(self, path: Path, flag: str = "--out") -> None:
@@ -447,8 +448,8 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
             _sync(tmp)  # the bytes reach the disk before the new name does, or a power cut could leave an empty file
         folders = {target.parent for target in targets}
         with _one_writer_at_a_time(folders if len(targets) > 1 else set()):  # (one rename is atomic by itself)
-            for target in targets:
-                _refuse_newcomer(target)
+            for path, target in zip(paths, targets):
+                _refuse_newcomer(path, target)
             for tmp, target in zip(temps, targets):
                 os.replace(tmp, target)
         for directory in folders:
@@ -468,9 +469,13 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         raise
 
 
-def _refuse_newcomer(target: Path) -> None:
-    """A planned output's name taken, since the plan's check, by a file this program did not write: it is kept."""
-    kind = _planned.get(target)
+def _refuse_newcomer(path: Path, target: Path) -> None:
+    """A planned output's name taken, since the plan's check, by a file this program did not write, or by a link
+    (`target`: where `path` leads now): it is kept, and nothing is written through it."""
+    resolved, kind = _planned.get(os.path.abspath(path), (target, None))
+    if target != resolved:
+        raise UserError(f"{path} became a link to {target} while this command ran: nothing was written through it; "
+                        "remove the link")  # fmt: skip
     if kind is not None and target.is_file() and not kind.ours(target):
         raise UserError(f"{target} appeared while this command ran and is not {kind.name} this program wrote: it is "
                         "kept, and nothing was written in its place; move it")  # fmt: skip
@@ -581,11 +586,14 @@ def _one_writer_at_a_time(directories: set[Path]) -> Iterator[None]:
 
 def _writable_target(path: Path) -> Path:
     path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
-    if any(folder.exists() and not folder.is_dir() for folder in path.parents):  # (mkdir would say "File exists")
-        raise UserError(f"cannot write {path}: a file is in the place of its folder; move that file")
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a directory; choose a file name")
-    refuse_special_file(path, "cannot write")
+    try:
+        if any(folder.exists() and not folder.is_dir() for folder in path.parents):  # (mkdir: "File exists")
+            raise UserError(f"cannot write {path}: a file is in the place of its folder; move that file")
+        if path.is_dir():
+            raise UserError(f"cannot write {path}: it is a directory; choose a file name")
+        refuse_special_file(path, "cannot write")
+    except OSError as err:  # a name too long, say: a UserError like a failed write, whose callers catch them
+        raise WriteError([path], err.strerror or str(err)) from None
     return path
 
 

@@ -1,9 +1,10 @@
 """Run control: every signal that ends a process by default and that a program can catch, handled one way.
 
 Ctrl-C (SIGINT), SIGTERM (`kill`, a scheduler's preemption, torchrun stopping its workers), SIGHUP (the
-terminal closed) and SIGQUIT (Ctrl-\\) all stop a command the same orderly way: as a KeyboardInterrupt,
-which training turns into a saved resume file and the commands into exit status 130. Each use below
-installs one handler for all of them, through `_install`, and puts the previous ones back:
+terminal closed; not under nohup, which has it ignored) and SIGQUIT (Ctrl-\\) all stop a command the same
+orderly way: as a KeyboardInterrupt, which training turns into a saved resume file and the commands into
+exit status 130. Each use below installs one handler for all of them, through `_install`, and puts the
+previous ones back:
 
 - `stop_raises()`: the usual state while a command runs (cli.run_cli sets it);
 - `Noted()`: within a block, a stop is only noted (the end of an epoch; every process of a torchrun job
@@ -29,15 +30,22 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)
 )  # (Windows has only the first two)
 
+# `nohup python main.py &` starts the process with SIGHUP ignored, so that closing the terminal does not stop it:
+# that choice is kept (the other stop signals are handled whatever they inherit: `kill -INT` stops a job that a
+# script started with `&`, which the shell starts with SIGINT ignored).
+KEPT_IGNORED = tuple(
+    number for number in STOP_SIGNALS if number.name == "SIGHUP" and signal.getsignal(number) == signal.SIG_IGN
+)
+
 Handler = Callable[[int, object], object] | int | None
 
 
 def _install(handler: Handler) -> dict[int, Handler]:
-    """Set `handler` for every stop signal; returns the previous ones. Only the main thread can set handlers:
-    elsewhere (a server's worker thread) nothing changes."""
+    """Set `handler` for every stop signal (but one ignored on purpose: KEPT_IGNORED); returns the previous ones.
+    Only the main thread can set handlers: elsewhere (a server's worker thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    return {number: signal.signal(number, handler) for number in STOP_SIGNALS if number not in KEPT_IGNORED}
 
 
 def _restore(previous: dict[int, Handler]) -> None:

@@ -39,6 +39,16 @@ COMMITTED = PROJECT_DIR / "checkpoints" / "lenet5.pt"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def uploads(tmp_path_factory) -> Path:
+    """A folder of this file's own for Gradio's uploads: the system's temporary one is shared by every process, and
+    another test worker's page, with a short cache time, deleted this one's uploads as they were read."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("gradio")
+        patch.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """A stand-in checkpoints/ folder: an untrained LeNet5, and what must not be offered or offered once."""
@@ -157,9 +167,18 @@ OUTCOMES = {
 }
 
 
+@pytest.fixture
+def visitor(served, tmp_path):
+    """A client of its own: a session that has uploaded nothing (the page keeps a visitor's last upload, and an
+    empty canvas then leaves that upload's answer as it is)."""
+    api = Client(served.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+    yield api
+    api.close()
+
+
 @pytest.mark.parametrize("outcome", OUTCOMES)
-def test_every_outcome_has_its_own_words(client, tmp_path, outcome):
-    make, said = OUTCOMES[outcome]
+def test_every_outcome_has_its_own_words(visitor, tmp_path, outcome):
+    client, (make, said) = visitor, OUTCOMES[outcome]
     if make in (None, "canvas"):
         value = canvas_value(tmp_path, draw=False) if make else None
         top, status, seen, c1, c3, *_ = client.predict(value, "checkpoints/lenet5.pt", api_name="/predict_canvas")

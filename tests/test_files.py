@@ -258,6 +258,33 @@ def test_a_file_put_at_a_planned_name_while_the_command_runs_is_kept(tmp_path):
     assert note.read_text() == "new"
 
 
+@pytest.mark.parametrize("where", ["the file", "its folder"])
+def test_a_link_put_at_a_planned_name_while_the_command_runs_is_not_written_through(tmp_path, where):
+    """A link that appears at an output's name, or in the place of its folder, after the plan's check: the file it
+    leads to (the user's) was replaced, since a write goes through links; now nothing is written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "loss.png").write_text("the user's own figure")
+    out = tmp_path / "reports" / "loss.png"
+    with OutputPlan() as plan:
+        plan.folder(out.parent, "--report-dir", {"loss.png": ANY})
+        if where == "the file":
+            out.parent.mkdir()
+            out.symlink_to(mine / "loss.png")
+        else:
+            out.parent.symlink_to(mine)
+        with pytest.raises(UserError, match="became a link to .* while this command ran: nothing was written through"):
+            write_json({"a": 1}, out)
+    assert (mine / "loss.png").read_text() == "the user's own figure" and sorted(os.listdir(mine)) == ["loss.png"]
+
+
+def test_a_name_too_long_to_write_is_a_user_error_naming_it(tmp_path):
+    """(It was a raw OSError from the check before the write, which a caller that keeps work on a failed write
+    did not catch.)"""
+    with pytest.raises(UserError, match="^cannot write .*a{300}: File name too long"):
+        write_json({}, tmp_path / ("a" * 300))
+
+
 def test_a_lock_holds_an_output_for_one_command_and_is_let_go_on_every_way_out(tmp_path):
     """A second plan locking the same output is refused, naming the process that holds it; the lock goes with
     the plan's block however it ends (here a Ctrl-C), and leaves no file behind, nor the folder made for it."""

@@ -104,6 +104,7 @@ def test_eval_reproduces_main_accuracy(cli, trained):
         (["main", "--out", "{tmp}/metrics.json"], "give a name ending in .pt"),
         (["main", "--out", "{tmp}/m"], "{tmp}/m: give a name ending in .pt"),
         (["main", "--out", "{tmp}/m.pt "], "{tmp}/m.pt : give a name ending in .pt"),
+        (["main", "--out", "{tmp}/.pt"], "{tmp}/.pt: give a name ending in .pt, such as lenet5.pt"),
         (["main", "--out", "{tmp}/m.resume.pt"], "a name ending in .resume.pt is an interrupted run's resume file"),
         (["main", "--report-dir", "{tmp}/garbage.pt"], "--report-dir {tmp}/garbage.pt is a file, not a folder"),
         (["main", "--data-dir", "{tmp}/mnist", *TINY[:2], "--batch-size", "97"], "--batch-size 97 is more than the 96"),

@@ -239,6 +239,54 @@ def test_a_stop_where_the_resume_file_cannot_be_written_saves_it_in_the_temporar
     assert out.exists() and not saved.exists()
 
 
+def test_another_runs_resume_file_put_beside_out_during_the_run_is_kept_at_a_stop(
+    cli, interrupted, tmp_path, monkeypatch
+):
+    """Another run's resume file, copied beside --out while this run trains, was replaced by this run's state at
+    a stop (the start refuses the same file): it is kept, and this run's state goes to the temporary folder."""
+    import train
+
+    common, _, theirs = interrupted
+    out, spare = tmp_path / "mine" / "lenet5.pt", tmp_path / "spare"
+    spare.mkdir()
+    place, calls = train.place_batch, []
+
+    def copied_in_then_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            shutil.copy(theirs, out.with_name("lenet5.resume.pt"))
+        if len(calls) == 9:  # in epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return place(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "place_batch", copied_in_then_ctrl_c)
+        patched.setattr(tempfile, "tempdir", str(spare))
+        done = cli("main", *common, "--out", out)
+    (saved,) = spare.glob("*.resume.pt")
+    kept = f"{out.with_name('lenet5.resume.pt')} appeared while this run trained, and is kept"
+    assert done.returncode == 130, done.stderr
+    assert f"saved the state after epoch 1 to {saved} instead of beside the checkpoint ({kept})" in done.stdout
+    assert out.with_name("lenet5.resume.pt").read_bytes() == theirs.read_bytes()
+
+
+def test_a_resume_file_another_run_already_removed_is_no_warning(cli, interrupted, monkeypatch):
+    """Two runs resumed one file into two --outs at once: the second to finish warned that the file "changed"
+    and was "left", though the first had removed it."""
+    import main
+
+    common, out, resume = interrupted
+    evaluate = main.evaluate
+
+    def the_other_run_finished_first(*args):
+        resume.unlink()
+        return evaluate(*args)
+
+    monkeypatch.setattr(main, "evaluate", the_other_run_finished_first)
+    done = cli("main", *common, "--resume", resume)
+    assert done.returncode == 0 and out.exists() and "warning" not in done.stderr, done.stderr
+
+
 def test_a_new_run_into_an_out_whose_resume_file_waits_is_refused(cli, interrupted):
     """An unrelated run into the same --out, stopped in turn, replaced the interrupted run's only copy: it is refused
     at its start, naming the way to continue the one that waits."""

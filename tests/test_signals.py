@@ -5,6 +5,7 @@ import signal
 import sys
 
 import pytest
+from conftest import run_script
 
 from support import signals
 
@@ -74,3 +75,28 @@ def test_the_end_of_a_process_notes_a_first_stop_and_a_second_ends_it_at_once():
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == signals.EXIT_INTERRUPTED
     assert done.stdout == "went on, noted: True\n" and done.stderr == "last words\n"
+
+
+NOHUP = """
+import os, signal
+from support import signals
+signals.stop_raises()
+os.kill(os.getpid(), signal.SIGHUP)
+print("went on after SIGHUP")
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("stopped by SIGINT")
+"""
+
+
+def test_a_sighup_ignored_from_the_start_stays_ignored():
+    """`nohup python main.py &` (SIGHUP ignored when the process starts, so that closing the terminal leaves it
+    running): the run went on being stopped by it. A SIGINT ignored from the start (a script's `cmd &`) still stops."""
+
+    def as_nohup_and_a_background_job():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    done = run_script("-c", NOHUP, preexec_fn=as_nohup_and_a_background_job)
+    assert done.returncode == 0 and done.stdout.split("\n")[:2] == ["went on after SIGHUP", "stopped by SIGINT"], done
