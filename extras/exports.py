@@ -178,7 +178,7 @@ def plan(fmt: Format, out: Path, weights: Path) -> OutputPlan:
     outputs = OutputPlan({"the checkpoint given as --weights": weights})
     example = fmt.default_name
     if fmt.folder:
-        outputs.whole_folder(out, "--out")
+        outputs.whole_folder(out, "--out", kind=HUB_FOLDER)
     else:  # a file there already is replaced only when it is an earlier export of this program's
         outputs.file(out, "--out", kind=export_kind(fmt), example=example)
         if fmt.sidecar:
@@ -223,19 +223,29 @@ def _check_hub_folder(out: Path) -> None:
     (a file that was not in it, or that changed, is the user's: never replaced)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; a hub export is a folder: give a new folder's name")
+    problem = _hub_folder_problem(out)
+    if problem:
+        raise UserError(f"--out {out}{problem}")
+
+
+def _hub_folder_problem(out: Path) -> str | None:
+    """What makes the folder `out` one a hub export may not replace, in words to follow its name; None: it may."""
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     record = hub_record(out) if names else {}
     foreign = [name for name in names if name not in record]
     if foreign:
-        raise UserError(
-            f"--out {out} holds files that are not an earlier export of this program's ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder"
-        )
+        return (f" holds files that are not an earlier export of this program's ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")  # fmt: skip
     changed = [name for name in names if not _as_written(out / name, record[name])]
     if changed:
         it, was = ("it", "was") if len(changed) == 1 else ("them", "were")
-        raise UserError(f"--out {out}: {' and '.join(changed)} {was} changed since this program wrote {it}; move "
-                        f"{it} or choose another --out")  # fmt: skip
+        return f": {' and '.join(changed)} {was} changed since this program wrote {it}; move {it} or choose another " \
+               "--out"  # fmt: skip
+    return None
+
+
+# Checked again as the new export takes the folder's place: one the user put there, or changed, meanwhile is kept.
+HUB_FOLDER = Kind("a hub export", lambda folder: _hub_folder_problem(folder) is None)
 
 
 def hub_record(folder: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError
+from support.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, UserError, one_line
 
 import torch
 
@@ -256,7 +256,7 @@ class InterruptedRun:
             path, instead = self._save(training, when, failure)
             command = self.command if not instead else _with_out(self.command, self.out)
             continuing = f"continue with: {command} --resume {shlex.quote(str(path))}"
-            saved = f"saved the state {when} to {path}{instead}"
+            saved = one_line(f"saved the state {when} to {path}{instead}")
             if failure:
                 print(f"error: {failure}; {saved}; {continuing}", file=sys.stderr, flush=True)
             else:
@@ -275,7 +275,7 @@ class InterruptedRun:
             except (UserError, OSError) as err:
                 beside = err
         else:  # another run's resume file, copied there meanwhile: kept
-            beside = f"{path} appeared while this run trained, and is kept"
+            beside = f"{path} appeared while this run trained, and is kept: move it before continuing"
         stem = os.fsdecode(os.fsencode(self.out.stem)[:150])  # (the name within a file system's 255 bytes)
         spare = Path(tempfile.gettempdir()) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.resume.pt"
         try:

@@ -101,7 +101,7 @@ def check_output_dir(directory: Path, flag: str, files: tuple[str, ...] = (), ke
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"{flag}: cannot create {directory}: {_reason(err)}; choose another location") from None
-        _probe(directory, flag)
+        _probe(resolve_output(directory, flag), flag)  # (resolved: mkstemp reads "link/../x" as "x")
     except BaseException:
         _remove_empty(created)
         raise
@@ -274,9 +274,11 @@ class OutputPlan:
             self._expect(Path(directory) / name, kind)
         return Path(directory)
 
-    def whole_folder(self, directory: Path, flag: str) -> Path:
-        """A folder the command writes whole (it replaces one that holds its own earlier output)."""
+    def whole_folder(self, directory: Path, flag: str, kind: Kind | None = None) -> Path:
+        """A folder the command writes whole (it replaces one that holds its own earlier output; kind: what a folder
+        there may be to be replaced, checked again when it is, as for file())."""
         self._claim(directory, flag, "whole")
+        self._expect(directory, kind)
         return Path(directory)
 
     def _claim(self, path: Path, what: str, kind: str) -> None:
@@ -469,16 +471,29 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         raise
 
 
-def _refuse_newcomer(path: Path, target: Path) -> None:
-    """A planned output's name taken, since the plan's check, by a file this program did not write, or by a link
-    (`target`: where `path` leads now): it is kept, and nothing is written through it."""
+def _refuse_newcomer(path: Path, target: Path, folder: bool = False) -> None:
+    """A planned output's name taken, since the plan's check, by a file (or, folder=True, a folder) this program
+    did not write, or by a link (`target`: where `path` leads now): it is kept, and nothing is written through it."""
     resolved, kind = _planned.get(os.path.abspath(path), (target, None))
     if target != resolved:
-        raise UserError(f"{path} became a link to {target} while this command ran: nothing was written through it; "
-                        "remove the link")  # fmt: skip
-    if kind is not None and target.is_file() and not kind.ours(target):
-        raise UserError(f"{target} appeared while this command ran and is not {kind.name} this program wrote: it is "
-                        "kept, and nothing was written in its place; move it")  # fmt: skip
+        link = _deepest_link(Path(os.path.abspath(path)))
+        raise UserError(f"{link} became a link to {resolve_output(link, str(link))} while this command ran: nothing "
+                        f"was written through it (to {target}); remove the link")  # fmt: skip
+    there = target.is_dir() if folder else target.is_file()
+    if kind is not None and there and not kind.ours(target):
+        raise UserError(f"{target} was put there or changed while this command ran, and is not {kind.name} this "
+                        "program wrote: it is kept, and nothing was written in its place; move it")  # fmt: skip
+
+
+def _deepest_link(path: Path) -> Path:
+    """The link nearest to `path` on its way (itself, or the folder that became one)."""
+    return next((step for step in (path, *path.parents) if step.is_symlink()), path)
+
+
+def _refuse_file_for_folder(path: Path) -> None:
+    """A file in the place of a folder `path` is in: mkdir would say only "File exists"."""
+    if any(folder.exists() and not folder.is_dir() for folder in path.parents):
+        raise UserError(f"cannot write {path}: a file is in the place of its folder; move that file")
 
 
 class WriteError(UserError):
@@ -501,7 +516,8 @@ def _names(paths: list[Path]) -> str:
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield an empty folder beside `path`; when the block succeeds it takes `path`'s place (a previous
     folder there is moved aside first, then deleted), otherwise it is deleted. Never half a folder."""
-    path = resolve_output(path, "--out")
+    given, path = Path(path), resolve_output(path, "--out")
+    _refuse_file_for_folder(path)
     created = missing_folders(path.parent)  # removed again if the block fails
     old = tmp = None
     held = contextlib.ExitStack()
@@ -512,6 +528,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         _remove_stale_temps(path)
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders
+        _refuse_newcomer(given, resolve_output(given, "--out"), folder=True)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old)  # (an empty folder is replaced by a rename)
@@ -587,8 +604,7 @@ def _one_writer_at_a_time(directories: set[Path]) -> Iterator[None]:
 def _writable_target(path: Path) -> Path:
     path = resolve_output(path, "cannot write")  # through a symlink, as check_output_file says
     try:
-        if any(folder.exists() and not folder.is_dir() for folder in path.parents):  # (mkdir: "File exists")
-            raise UserError(f"cannot write {path}: a file is in the place of its folder; move that file")
+        _refuse_file_for_folder(path)
         if path.is_dir():
             raise UserError(f"cannot write {path}: it is a directory; choose a file name")
         refuse_special_file(path, "cannot write")

@@ -56,6 +56,44 @@ def test_a_hub_export_whose_files_the_user_changed_is_not_replaced(tmp_path, wei
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
 
 
+@pytest.mark.parametrize("mischief", ["a folder of the user's", "a link to one", "the earlier export edited"])
+def test_a_hub_folder_put_at_out_or_changed_during_the_export_is_kept(tmp_path, weights, cli, monkeypatch, mischief):
+    """The folder check ran at the start only: a folder of the user's put at --out while the export ran, or a link to
+    one, or an edit to the earlier export there, was replaced whole (rc 0). Now each is kept, in one line."""
+    import dataclasses
+
+    from extras import exports
+
+    folder, mine = tmp_path / "hub", tmp_path / "mine"
+    args = ["--weights", weights, "--format", "hub", "--out", folder, "--data-dir", tmp_path / "no-mnist",
+            "--no-download", "--verify-images", "4"]  # fmt: skip
+    if mischief == "the earlier export edited":
+        assert cli("export", *args).returncode == 0
+    hub = exports.FORMATS["hub"]
+
+    def meanwhile(*written):
+        if mischief == "the earlier export edited":
+            with open(folder / "README.md", "a") as card:
+                card.write("my edit\n")
+        else:
+            mine.mkdir()
+            (mine / "notes.txt").write_text("mine")
+            (folder.symlink_to if mischief == "a link to one" else mine.rename)(mine if mischief == "a link to one"
+                                                                                else folder)  # fmt: skip
+        return hub.write(*written)
+
+    monkeypatch.setitem(exports.FORMATS, "hub", dataclasses.replace(hub, write=meanwhile))
+    done = cli("export", *args)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    said = "became a link to" if mischief == "a link to one" else "was put there or changed while this command ran"
+    assert said in done.stderr, done.stderr
+    if mischief == "the earlier export edited":
+        assert (folder / "README.md").read_text().endswith("-->\nmy edit\n")
+        assert sorted(path.name for path in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    else:
+        assert [(path.name, path.read_text()) for path in folder.iterdir()] == [("notes.txt", "mine")]
+
+
 @pytest.mark.parametrize("fmt, name", [("onnx", "y.onnx"), ("torchscript", "y.pt"), ("safetensors", "y.safetensors")])
 @pytest.mark.parametrize("ending", ["/", "/.", "/.."])
 def test_a_file_formats_out_that_names_a_folder_is_refused(tmp_path, weights, cli, fmt, name, ending):

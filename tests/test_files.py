@@ -245,7 +245,7 @@ def test_a_file_put_at_a_planned_name_while_the_command_runs_is_kept(tmp_path):
         plan.file(note, "--out", kind=kind)
         plan.file(other, "--out's other", kind=kind)
         note.write_text("the user's own notes")  # after the check
-        message = rf"^{note} appeared while this command ran and is not a note this program wrote: it is kept"
+        message = rf"^{note} was put there or changed while this command ran, and is not a note this program wrote"
         with pytest.raises(UserError, match=message):
             with atomic_outputs(other, note) as temps:
                 for tmp in temps:
@@ -268,14 +268,25 @@ def test_a_link_put_at_a_planned_name_while_the_command_runs_is_not_written_thro
     out = tmp_path / "reports" / "loss.png"
     with OutputPlan() as plan:
         plan.folder(out.parent, "--report-dir", {"loss.png": ANY})
+        link = out if where == "the file" else out.parent  # (the one the line names: removing it loses nothing)
         if where == "the file":
             out.parent.mkdir()
             out.symlink_to(mine / "loss.png")
         else:
             out.parent.symlink_to(mine)
-        with pytest.raises(UserError, match="became a link to .* while this command ran: nothing was written through"):
+        message = f"^{link} became a link to {link.resolve()} while this command ran: nothing was written through it"
+        with pytest.raises(UserError, match=message):
             write_json({"a": 1}, out)
     assert (mine / "loss.png").read_text() == "the user's own figure" and sorted(os.listdir(mine)) == ["loss.png"]
+
+
+def test_a_folder_named_through_a_link_and_dot_dot_is_the_one_the_system_makes(tmp_path):
+    """`--report-dir lnk/../rep` is lnk's target's sibling for the system (mkdir makes it there), but mkstemp reads the
+    name without the link (rep beside lnk): the writable check said "no such file or directory"."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "a" / "b")
+    check_output_dir(tmp_path / "lnk" / ".." / "rep", "--report-dir")
+    assert (tmp_path / "a" / "rep").is_dir()
 
 
 def test_a_name_too_long_to_write_is_a_user_error_naming_it(tmp_path):

@@ -404,7 +404,7 @@ def test_a_file_of_the_users_put_at_an_outputs_name_during_the_run_is_kept(cli, 
         patched.setattr(train, "place_batch", the_user_writes)
         done = cli("main", "--data-dir", data, *TINY, "--epochs", "1", "--out", out, "--report-dir", reports)
     assert mine.read_text() == "the user's own" and "Traceback" not in done.stderr
-    appeared = f"{mine} appeared while this command ran and is not a"
+    appeared = f"{mine} was put there or changed while this command ran, and is not a"
     if name == "m.json":
         assert done.returncode == 1 and done.stderr.startswith(f"error: the checkpoint could not be saved ({appeared}")
         assert sorted(os.listdir(tmp_path)) == ["m.json", "m.resume.pt", "mnist"]

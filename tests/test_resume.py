@@ -264,9 +264,9 @@ def test_another_runs_resume_file_put_beside_out_during_the_run_is_kept_at_a_sto
         patched.setattr(tempfile, "tempdir", str(spare))
         done = cli("main", *common, "--out", out)
     (saved,) = spare.glob("*.resume.pt")
-    kept = f"{out.with_name('lenet5.resume.pt')} appeared while this run trained, and is kept"
+    kept = f"{out.with_name('lenet5.resume.pt')} appeared while this run trained, and is kept: move it before"
     assert done.returncode == 130, done.stderr
-    assert f"saved the state after epoch 1 to {saved} instead of beside the checkpoint ({kept})" in done.stdout
+    assert f"saved the state after epoch 1 to {saved} instead of beside the checkpoint ({kept}" in done.stdout
     assert out.with_name("lenet5.resume.pt").read_bytes() == theirs.read_bytes()
 
 
