@@ -296,7 +296,7 @@ def export(checkpoint: Checkpoint, fmt: Format, out: Path, images: torch.Tensor,
 def _staged(fmt: Format, out: Path) -> Iterator[tuple[Path, Path | None]]:
     """Temporary places beside `out` (and its .json) that take their names only when the block succeeds."""
     if fmt.folder:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, portable.HUB_FILES) as tmp:
             yield tmp, None
     elif fmt.sidecar:
         with atomic_outputs(out, sidecar_path(out)) as (tmp, tmp_sidecar):

@@ -473,8 +473,10 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
 
 def _refuse_newcomer(path: Path, target: Path, folder: bool = False) -> None:
     """A planned output's name taken, since the plan's check, by a file (or, folder=True, a folder) this program
-    did not write, or by a link (`target`: where `path` leads now): it is kept, and nothing is written through it."""
+    did not write, or by a link (`target`: where `path` led when the write began; unplanned, that is what it must
+    still lead to): it is kept, and nothing is written through it."""
     resolved, kind = _planned.get(os.path.abspath(path), (target, None))
+    target = resolve_output(path, "cannot write")  # now
     if target != resolved:
         link = _deepest_link(Path(os.path.abspath(path)))
         raise UserError(f"{link} became a link to {resolve_output(link, str(link))} while this command ran: nothing "
@@ -513,9 +515,10 @@ def _names(paths: list[Path]) -> str:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
+def atomic_folder(path: Path, holds: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield an empty folder beside `path`; when the block succeeds it takes `path`'s place (a previous
-    folder there is moved aside first, then deleted), otherwise it is deleted. Never half a folder."""
+    folder there is moved aside first, then deleted), otherwise it is deleted. Never half a folder.
+    holds: the names of the files the block writes (a killed writer's leftover holds no others)."""
     given, path = Path(path), resolve_output(path, "--out")
     _refuse_file_for_folder(path)
     created = missing_folders(path.parent)  # removed again if the block fails
@@ -525,10 +528,10 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
         held.enter_context(_in_use(tmp))  # until it is renamed or removed: no later run takes it for a leftover
-        _remove_stale_temps(path)
+        _remove_stale_temps(path, holds)
         yield tmp
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders
-        _refuse_newcomer(given, resolve_output(given, "--out"), folder=True)
+        _refuse_newcomer(given, path, folder=True)
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old)  # (an empty folder is replaced by a rename)
@@ -564,15 +567,16 @@ def _in_use(folder: Path) -> Iterator[None]:
         yield
 
 
-def _remove_stale_temps(path: Path) -> None:
+def _remove_stale_temps(path: Path, holds: tuple[str, ...]) -> None:
     """Remove the temporary folders beside `path` that atomic_folder made for it in a process that was killed
-    (SIGKILL, a power cut): named .<name>.XXXXXXXX.tmp as mkdtemp names them, and no live writer's lock on them."""
+    (SIGKILL, a power cut): named .<name>.XXXXXXXX.tmp as mkdtemp names them, holding only files of the names it
+    writes (`holds`, or their temporary files), and no live writer's lock on them. Any other is the user's."""
     if fcntl is None:  # (where folders cannot be locked, a live writer's folder cannot be told from a leftover)
         return
     prefix = _temp_prefix(path)
     for entry in os.scandir(path.parent):
         shape = entry.name.startswith(prefix) and entry.name.endswith(".tmp") and len(entry.name) == len(prefix) + 12
-        if not (shape and entry.is_dir(follow_symlinks=False)):
+        if not (shape and entry.is_dir(follow_symlinks=False) and _holds_only(Path(entry.path), holds)):
             continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -585,6 +589,20 @@ def _remove_stale_temps(path: Path) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def _holds_only(folder: Path, names: tuple[str, ...]) -> bool:
+    """Whether `folder` holds nothing but files named `names` (or their temporary files, .<name>.XXXXXXXX.tmp)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    temps = tuple(_temp_prefix(Path(name)) for name in names)
+    return all(
+        entry.is_file(follow_symlinks=False)
+        and (entry.name in names or (entry.name.startswith(temps) and entry.name.endswith(".tmp")))
+        for entry in entries
+    )
 
 
 @contextlib.contextmanager

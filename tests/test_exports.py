@@ -113,7 +113,8 @@ with atomic_folder(Path(sys.argv[1])) as tmp:
 
 def test_a_later_export_removes_the_folder_a_killed_one_left(tmp_path, weights):
     """SIGKILL during `export.py --format hub` left .hub.XXXXXXXX.tmp beside --out for good; the next export removes
-    it, but not the folder of an export still writing (its lock says so)."""
+    it, but not the folder of an export still writing (its lock says so), nor a folder of the user's that only has
+    such a name (it holds a file no export writes)."""
     from conftest import run_script
 
     from extras.exports import FORMATS, export
@@ -123,11 +124,15 @@ def test_a_later_export_removes_the_folder_a_killed_one_left(tmp_path, weights):
     out = tmp_path / "hub"
     assert run_script("-c", KILLED_IN_THE_BLOCK, str(out)).returncode == -9
     (left,) = tmp_path.glob(".hub.*.tmp")
+    mine = tmp_path / ".hub.abcdefgh.tmp"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
     with atomic_folder(tmp_path / "hub") as writing:  # another export of the same --out, not finished
         export(load_checkpoint(weights), FORMATS["hub"], out, torch.randn(4, 1, 32, 32), "noise")
         assert writing.is_dir() and not left.exists()
         (writing / "config.json").write_text("{}")  # (it ends as it would: its folder takes the place)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hub.abcdefgh.tmp", "hub", "model.pt"]
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors", "hub"])

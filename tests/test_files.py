@@ -280,6 +280,23 @@ def test_a_link_put_at_a_planned_name_while_the_command_runs_is_not_written_thro
     assert (mine / "loss.png").read_text() == "the user's own figure" and sorted(os.listdir(mine)) == ["loss.png"]
 
 
+def test_a_folder_that_becomes_a_link_while_its_file_is_written_is_the_link_named(tmp_path):
+    """The swap lands after the write began (its temporary file made): the line named the user's file at the link's
+    end ("move it"), not the link."""
+    mine, out = tmp_path / "mine", tmp_path / "o" / "p.png"
+    mine.mkdir()
+    (mine / "p.png").write_text("the user's own")
+    with OutputPlan() as plan:
+        plan.file(out, "--out", kind=ANY)
+        message = f"^{out.parent} became a link to {mine} while this command ran: nothing was written through it"
+        with pytest.raises(UserError, match=message):
+            with atomic_outputs(out) as (tmp,):
+                out.parent.rename(tmp_path / "o_moved")
+                out.parent.symlink_to(mine)
+                tmp.write_text("new")  # (through the link)
+    assert (mine / "p.png").read_text() == "the user's own" and os.listdir(mine) == ["p.png"]
+
+
 def test_a_folder_named_through_a_link_and_dot_dot_is_the_one_the_system_makes(tmp_path):
     """`--report-dir lnk/../rep` is lnk's target's sibling for the system (mkdir makes it there), but mkstemp reads the
     name without the link (rep beside lnk): the writable check said "no such file or directory"."""
