@@ -140,6 +140,9 @@ def plan_outputs(paths: Outputs, resume: Path | None, inputs: dict[str, Path | N
     out = paths.checkpoint_flag
     rewritten = {resolve_output(path, out) for path in (paths.checkpoint, resume_path(paths.checkpoint))}
     replaced = resume and resolve_output(resume, "--resume") in rewritten  # a run may replace what it resumes
+    if replaced and resume.is_file() and not CHECKPOINT.ours(resume):  # (said as what it is given as, not as --out)
+        raise UserError(f"--resume {resume} is not a checkpoint this program saved; pass the .resume.pt file an "
+                        "interrupted run saved")  # fmt: skip
     plan = OutputPlan({**(inputs or {}), "the file given as --resume": None if replaced else resume})
     plan.file(paths.checkpoint, out, kind=CHECKPOINT)
     if paths.checkpoint.suffix != ".pt":  # (`m` or "m.pt " would share m.pt's m.json, and replace it; ".pt" has none)

@@ -88,6 +88,12 @@ def is_own_figure(path: Path) -> bool:
 FIGURE = Kind("a figure", is_own_figure)
 
 
+def printable(name: str) -> str:
+    """A file name as a figure can draw it: the bytes of a name that is not UTF-8 (os.fsdecode's surrogates, which
+    matplotlib refuses) as escapes, as `ls -b` shows them."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def mosaic(images: torch.Tensor, columns: int, gap: int = 4, fill: float = float("nan")) -> torch.Tensor:
     """K x H x W images -> one (rows * (H + gap) - gap) x (columns * (W + gap) - gap) picture, NaN between them
     (drawn as the background): one imshow for a whole grid, far cheaper than a subplot per image."""
@@ -234,7 +240,7 @@ def plot_predictions(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.6 * len(rows)), squeeze=False, layout="constrained")
     for (ax_in, ax_digit, ax_bar), r in zip(axes, rows):
         ax_in.imshow(r["grey"].numpy(), cmap="gray", vmin=0, vmax=255)
-        ax_in.set_title(r["name"], fontsize=9)
+        ax_in.set_title(printable(r["name"]), fontsize=9)
         ax_digit.imshow(r["digit"].numpy(), cmap="gray", vmin=0, vmax=255)
         ax_digit.set_title("as the network sees it (28x28)", fontsize=9)
         for ax in (ax_in, ax_digit):

@@ -528,8 +528,10 @@ def atomic_folder(path: Path, holds: tuple[str, ...] = ()) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
         held.enter_context(_in_use(tmp))  # until it is renamed or removed: no later run takes it for a leftover
+        (tmp / STAGING_MARK).touch()  # (only a folder with it is ever swept as a killed writer's leftover)
         _remove_stale_temps(path, holds)
         yield tmp
+        (tmp / STAGING_MARK).unlink()
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700 folders
         _refuse_newcomer(given, path, folder=True)
         if path.exists():
@@ -591,16 +593,20 @@ def _remove_stale_temps(path: Path, holds: tuple[str, ...]) -> None:
             os.close(fd)
 
 
+STAGING_MARK = ".atomic_folder-staging"  # in a folder atomic_folder is filling, until it takes its place
+
+
 def _holds_only(folder: Path, names: tuple[str, ...]) -> bool:
-    """Whether `folder` holds nothing but files named `names` (or their temporary files, .<name>.XXXXXXXX.tmp)."""
+    """Whether `folder` is one atomic_folder was filling: its mark, and nothing but files named `names` (or their
+    temporary files, .<name>.XXXXXXXX.tmp)."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return False
     temps = tuple(_temp_prefix(Path(name)) for name in names)
-    return all(
+    return any(entry.name == STAGING_MARK for entry in entries) and all(
         entry.is_file(follow_symlinks=False)
-        and (entry.name in names or (entry.name.startswith(temps) and entry.name.endswith(".tmp")))
+        and (entry.name in (*names, STAGING_MARK) or (entry.name.startswith(temps) and entry.name.endswith(".tmp")))
         for entry in entries
     )
 

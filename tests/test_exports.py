@@ -124,15 +124,16 @@ def test_a_later_export_removes_the_folder_a_killed_one_left(tmp_path, weights):
     out = tmp_path / "hub"
     assert run_script("-c", KILLED_IN_THE_BLOCK, str(out)).returncode == -9
     (left,) = tmp_path.glob(".hub.*.tmp")
-    mine = tmp_path / ".hub.abcdefgh.tmp"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("mine")
+    mine, draft = tmp_path / ".hub.abcdefgh.tmp", tmp_path / ".hub.ijklmnop.tmp"
+    for folder, name in ((mine, "notes.txt"), (draft, "README.md")):  # (the second, a name an export writes)
+        folder.mkdir()
+        (folder / name).write_text("mine")
     with atomic_folder(tmp_path / "hub") as writing:  # another export of the same --out, not finished
         export(load_checkpoint(weights), FORMATS["hub"], out, torch.randn(4, 1, 32, 32), "noise")
         assert writing.is_dir() and not left.exists()
         (writing / "config.json").write_text("{}")  # (it ends as it would: its folder takes the place)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".hub.abcdefgh.tmp", "hub", "model.pt"]
-    assert (mine / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hub.abcdefgh.tmp", ".hub.ijklmnop.tmp", "hub", "model.pt"]
+    assert (mine / "notes.txt").read_text() == "mine" and (draft / "README.md").read_text() == "mine"
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors", "hub"])

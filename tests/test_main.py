@@ -147,6 +147,14 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, weights, args, message)
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, no folder left behind
 
 
+def test_a_foreign_file_given_as_resume_is_named_as_resume(cli, tmp_path):
+    """Its default --out's resume file is the file itself: it was refused as "--resume's finished checkpoint's resume
+    file … choose another --out", a flag not given."""
+    (tmp_path / "o.resume.pt").write_text("not mine")
+    done = cli("main", "--resume", tmp_path / "o.resume.pt", "--report-dir", tmp_path / "r")
+    assert_user_error(done, f"--resume {tmp_path / 'o.resume.pt'} is not a checkpoint this program saved; pass the")
+
+
 def test_a_pipe_given_as_resume_is_named_as_resume(cli, tmp_path):
     os.mkfifo(tmp_path / "f.png")
     done = cli("main", "--resume", tmp_path / "f.png", "--report-dir", tmp_path / "r")  # (no --out: beside --resume)

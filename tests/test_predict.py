@@ -50,6 +50,16 @@ def test_predict_cli_answers_the_good_images_and_reports_the_bad(cli, tmp_path, 
     assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_image_whose_name_is_not_utf8_is_drawn_with_its_name_escaped(cli, tmp_path, weights):
+    """A file named with the byte 0xff (os.fsdecode: a surrogate) ended --out's figure in matplotlib's traceback."""
+    import os
+
+    name = os.fsdecode(b"\xff.png")
+    as_file(draw_seven(), tmp_path, name)
+    done = cli("predict", tmp_path / name, "--weights", weights, "--out", tmp_path / "show.png")
+    assert done.returncode == 0 and (tmp_path / "show.png").exists(), done.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
