@@ -266,7 +266,7 @@ def report(state: TrainState, final: dict[str, Any], setup: Setup, paths: Output
             written = save_trained(paths.checkpoint, final, setup, result, state.device, started)
             if setup.resume:
                 setup.resume.finished(paths.checkpoint)
-    except UserError as err:  # a disk filled or a folder gone during the run: the training is kept where it can be
+    except UserError as err:  # a disk filled, or a file put in the folder's place, during the run: the training is kept
         setup.interrupted.save_and_exit(final, "with training finished", f"the checkpoint could not be saved ({err})")
     print(f"\n{format_report(result)}")
     # The checkpoint holds the run; what follows is optional (support/optional.py): a failure is one warning.

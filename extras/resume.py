@@ -264,8 +264,8 @@ class InterruptedRun:
         sys.exit(EXIT_SOME_FAILED if failure else EXIT_INTERRUPTED)
 
     def _save(self, training: dict[str, Any], when: str, failure: str | None) -> tuple[Path, str]:
-        """Save beside the checkpoint, or, where that cannot be written (its disk full, its folder gone), in the
-        system's temporary folder: (where it went, and why not beside the checkpoint, or "")."""
+        """Save beside the checkpoint, or, where that cannot be written (its disk full, a file in its folder's place),
+        in the system's temporary folder: (where it went, and why not beside the checkpoint, or "")."""
         path = resume_path(self.out)
         there = _identity(path)
         if there in ((), self.found):  # nothing, or the file this run resumed from: replaced
