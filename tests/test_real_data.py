@@ -38,7 +38,7 @@ def independent_accuracy(model, images, labels) -> float:
 
 @pytest.mark.parametrize(
     "name, at_least, recipe",
-    [("lenet5.pt", 0.991, "default"), ("lenet5-best.pt", 0.9945, "best"), ("lenet5-lecun1998.pt", 0.9875, "lecun1998")],
+    [("lenet5.pt", 0.991, "default"), ("lenet5-best.pt", 0.9945, "best"), ("lenet5-lecun1998.pt", 0.989, "lecun1998")],
 )
 def test_committed_checkpoints_agree_with_an_independent_evaluation(mnist, name, at_least, recipe):
     path = PROJECT_DIR / "checkpoints" / name

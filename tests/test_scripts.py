@@ -185,13 +185,13 @@ def test_lecun1998_choices_are_each_a_valid_recipe_changing_what_they_say(cli, i
         assert bool(changed) == (name != "1998 recipe"), name  # every variant changes something, the first nothing
     data = ["--data-dir", str(idx_dir), "--allow-custom-data", "--no-download", "--limit", "64", "--val-size", "16"]
     out = tmp_path / "choices.json"
-    done = cli("scripts.lecun1998", "choices", *data, "--epochs", "1", "--only", "batches of 8 -> 1",
+    done = cli("scripts.lecun1998", "choices", *data, "--epochs", "1", "--only", "one pattern -> batches of 8",
                "--out-dir", tmp_path / "runs", "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["variant"] == "batches of 8 -> 1" and 0 <= row["val_error"] <= 1
-    metrics = json.loads((tmp_path / "runs" / "batches_of_8_1" / "lenet5.json").read_text())
-    assert metrics["recipe"]["batch_size"] == 1 and metrics["epochs"][-1]["eval_split"] == "val"
+    assert row["variant"] == "one pattern -> batches of 8" and 0 <= row["val_error"] <= 1
+    metrics = json.loads((tmp_path / "runs" / "one_pattern_batches_of_8" / "lenet5.json").read_text())
+    assert metrics["recipe"]["batch_size"] == 8 and metrics["epochs"][-1]["eval_split"] == "val"
 
 
 def lecun1998_run(path, seed: int = 0, passes: int = 3, **recipe) -> Path:
