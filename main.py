@@ -86,6 +86,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--report-dir", type=Path, help="folder for metrics.json and the figures (default: see above)")
     resume = "continue a checkpoint saved by a stop signal, with its own recipe"
     p.add_argument("--resume", type=through_link, help=resume)
+    compiled = "train through torch.compile (a first run compiles for seconds to a minute; later runs reuse its cache)"
+    p.add_argument("--compile", action="store_true", help=compiled)
     p.add_argument("--log-interval", type=number(int, 1), default=200, help="print the running loss every N steps")
     tensorboard = "also log curves, weights and images for TensorBoard into a new run folder under DIR"
     p.add_argument("--tensorboard", type=Path, metavar="DIR", help=tensorboard)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"device: {device}{processes}; recipe: {asdict(recipe)}")
         sizes = len(loaders.train.dataset), recipe.val_size, len(loaders.test.dataset)
         print("data: {:,} training, {:,} validation, {:,} test images".format(*sizes))
-        state = TrainState(setup.config, recipe, loaders, device, world)
+        state = TrainState(setup.config, recipe, loaders, device, world, compiled=args.compile)
         print_architecture(state.model)
         if setup.resume:
             setup.resume.restore(state)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data import Loaders
 from lecun1998.training import SDLM, curvature, global_step, map_loss
 from LeNet5 import LeNet5
-from support.devices import place_batch, place_model
+from support.devices import compile_network, place_batch, place_model
 from support.distributed import ONE, StopFlag, World, gather, peer_failure, sum_over_ranks
 from support.optimizers import make_optimizer
 from support.recipes import Recipe
@@ -130,11 +130,12 @@ class TrainState:
     depends on, behind PyTorch's Stateful pair state_dict() / load_state_dict().
 
     Under torchrun, `network` is the model wrapped in DistributedDataParallel (it averages the
-    gradients over the processes); `model` is always the plain LeNet5 that is saved and evaluated.
+    gradients over the processes); with compiled=True, it goes through torch.compile too. `model` is always
+    the plain LeNet5 that is saved and evaluated.
     """
 
     def __init__(self, config: dict[str, Any], recipe: Recipe, loaders: Loaders, device: torch.device,
-                 world: World = ONE):  # fmt: skip
+                 world: World = ONE, compiled: bool = False):  # fmt: skip
         torch.manual_seed(recipe.seed)  # the initial weights (the same in every process)
         self.model = place_model(LeNet5(**config), device)
         self.recipe, self.device, self.world = recipe, device, world
@@ -145,6 +146,8 @@ class TrainState:
         self.network = (
             DistributedDataParallel(self.model, forward_sync_buffers=False) if world.distributed else self.model
         )
+        if compiled:  # the training steps only: self.model, uncompiled, is what is evaluated and saved
+            self.network = compile_network(self.network, max(1, recipe.batch_size // world.size), device)
         self.optimizer = make_optimizer(self.model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, len(loaders.train))
         self.history = History(len(loaders.train))

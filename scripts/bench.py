@@ -10,6 +10,8 @@ data loading count) to the end of the first epoch whose test accuracy reaches --
 - peer: scripts/peer.py, the fastest public MNIST training we know of (tuomaso/train_mnist_fast,
   a 215k-parameter ReLU network, one epoch), timed to the end of its run;
 - fast: `python main.py --recipe fast`;
+- fast-compiled: the same with --compile, its torch.compile cache in a folder of the benchmark's own: an
+  untimed warm-up run fills it first (its cold time is reported), then the timed runs reuse it;
 - default: `python main.py`.
 They alternate (the baseline, then the others in an order that turns each round) so that drift of
 the machine hits all alike; every side runs with the same threads. A secondary line times
@@ -23,11 +25,13 @@ the README and docs/outputs/bench_output.txt.
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,8 @@ from train import TrainState, train_one_epoch
 
 RESULT = json_kind("a benchmark result", {"machine", "sides"})  # --out: replaces only its own kind
 
-SIDES = ("baseline", "peer", "fast", "default")
+SIDES = ("baseline", "peer", "fast", "fast-compiled", "default")
+COMPILED = "-compiled"  # a side's suffix: its recipe, run with main.py --compile
 QUICK_SIDES = ("baseline", "peer", "fast")  # --quick checks the machinery; default runs the same code as fast
 BASELINE_EPOCHS = 20
 BEST_TARGET = 0.995
@@ -75,8 +80,24 @@ def launch(side: str, data_flags: list[str], out_dir: Path, target: float, quick
     if side == "peer":
         command = ["-m", "scripts.peer", *data_flags, "--out", str(out_dir / "peer.json")]
         return run_timed(command, out_dir / "peer.json", out_dir / "train.log", target)
-    flags = [*data_flags, "--recipe", side] + (["--epochs", "1"] if quick else [])
-    return run_main(flags, out_dir, target)
+    recipe = side.removesuffix(COMPILED)
+    flags = [*data_flags, "--recipe", recipe] + (["--compile"] if recipe != side else [])
+    return run_main(flags + (["--epochs", "1"] if quick else []), out_dir, target)
+
+
+@contextlib.contextmanager
+def compile_cache(folder: Path) -> Iterator[None]:
+    """torch.compile's cache (Inductor's) in `folder` for the runs launched meanwhile: empty at first, whatever
+    earlier runs on this machine left in torch's own cache."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def round_order(sides: list[str], round_number: int) -> list[str]:
@@ -92,14 +113,18 @@ def time_to_accuracy(data_flags: list[str], device_flags: list[str], rounds: int
     """rounds x the sides (in SIDES' order, the baseline first), alternating; returns every run of every side."""
     chosen = [side for side in (QUICK_SIDES if quick else SIDES) if side in sides]
     runs: dict[str, list[Run]] = {side: [] for side in chosen}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, compile_cache(Path(tmp) / "torch-compile-cache"):
+        for side in (side for side in chosen if side.endswith(COMPILED)):
+            run = launch(side, data_flags + device_flags, Path(tmp) / f"{side}-warmup", target, quick)
+            runs[f"{side} (cold)"] = [run]  # (reported, not alternated: the first run alone is cold)
+            say(f"warm-up: {side}", run, target)
         for round_number in range(1, rounds + 1):
-            for side in round_order(list(runs), round_number):
+            for side in round_order(chosen, round_number):
                 flags = data_flags + (device_flags if side != "baseline" else [])
                 # round r runs seed r - 1 on every side: the peer's own result is a mean over seeds
                 run = launch(side, flags, Path(tmp) / f"{side}{round_number}", target, quick, round_number - 1)
                 runs[side].append(run)
-                say(f"round {round_number}: {side:<8}", run, target)
+                say(f"round {round_number}: {side:<13}", run, target)
     return runs
 
 
@@ -230,7 +255,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 def print_report(r: dict[str, Any]) -> None:
     m, t = r["machine"], r["target"]
     print(f"\nmachine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {m['device']}; data: {r['data']}")
-    header = f"{'side':<9}{f's to {100 * t:.1f}%':>12}{'vs baseline':>12}{'vs peer':>9}{'epochs':>10}"
+    header = f"{'side':<21}{f's to {100 * t:.1f}%':>12}{'vs baseline':>12}{'vs peer':>9}{'epochs':>10}"
     print(header + f"{'final test acc':>22}{'train img/s':>13}")
     for side, row in r["sides"].items():
         seconds = f"{row['seconds_to_target']:.1f}" if row["seconds_to_target"] else "not reached"
@@ -242,13 +267,15 @@ def print_report(r: dict[str, Any]) -> None:
         peer = f"{peer:.2f}x" if peer else "-"
         finals = ", ".join(f"{100 * a:.2f}" for a in row["final_test_accuracy"])
         epochs = ", ".join(str(e) for e in row["epoch_reached"])
-        print(f"{side:<9}{seconds:>12}{ratio:>12}{peer:>9}{epochs:>10}{finals:>22}{row['images_per_second']:>13,.0f}")
-    if "peer" in r["sides"] and "fast" in r["sides"]:
-        ratio = r["sides"]["fast"].get("times_sooner_than_peer")
+        print(f"{side:<21}{seconds:>12}{ratio:>12}{peer:>9}{epochs:>10}{finals:>22}{row['images_per_second']:>13,.0f}")
+    for side in ("fast", "fast-compiled"):
+        if "peer" not in r["sides"] or side not in r["sides"]:
+            continue
+        ratio = r["sides"][side].get("times_sooner_than_peer")
         peer = r["sides"]["peer"]
         finals = ", ".join(f"{100 * a:.2f}" for a in peer["final_test_accuracy"])
         said = f"reached {100 * t:.1f}% {ratio:.2f}x as soon as" if ratio else f"missed {100 * t:.1f}% against"
-        print(f"fast {said} the peer (tuomaso/train_mnist_fast) ended its run: {peer['wall_seconds']:.1f} s from "
+        print(f"{side} {said} the peer (tuomaso/train_mnist_fast) ended its run: {peer['wall_seconds']:.1f} s from "
               f"launch to exit (median), at {finals}% test accuracy")  # fmt: skip
     best = r.get("best")
     if best:

@@ -1,6 +1,6 @@
 """Where the model runs and in what memory layout: the one place that chooses a device and places tensors."""
 
-from support.cli import UserError
+from support.cli import UserError, one_line
 
 import torch
 from torch import nn
@@ -27,3 +27,18 @@ def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
 
 def place_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return images.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
+
+
+def compile_network(network: nn.Module, batch_size: int, device: torch.device | str) -> nn.Module:
+    """torch.compile(network), compiled now on a batch of the training's shape: a machine that cannot compile
+    (no C compiler, say) is told so before the first step, in one line, rather than in a traceback mid-epoch.
+    Inductor keeps what it compiled in its cache on disk, so a later run of the same model starts in seconds."""
+    compiled = torch.compile(network)
+    try:
+        compiled(place_batch(torch.zeros(batch_size, 1, 32, 32), device)).sum().backward()
+    except Exception as err:  # (torch's compile errors have no common public base)
+        first = next(iter(str(err).strip().splitlines()), "")  # (torch adds paragraphs on its debugging switches)
+        raise UserError(one_line(f"--compile: torch.compile failed ({type(err).__name__}: {first}); run without "
+                                 "--compile")) from None  # fmt: skip
+    network.zero_grad(set_to_none=True)  # (the warm-up's gradients are not the first step's)
+    return compiled

@@ -17,7 +17,7 @@ def test_bench_quick_runs_end_to_end(tmp_path, cli):
         (run,) = row["runs"]
         assert run["epochs"] == 1 and run["eval_split"] == "test" and run["epoch_reached"] == 1, side
         assert 0 < run["train_seconds"] < run["seconds_to_target"] <= run["wall_seconds"], side
-        assert f"{side:<9}{run['seconds_to_target']:>12.1f}" in done.stdout
+        assert f"{side:<21}{run['seconds_to_target']:>12.1f}" in done.stdout
     assert f"{result['sides']['fast']['times_sooner_than_baseline']:.1f}x" in done.stdout  # the report shows the JSON's
     peer = result["sides"]["fast"]["times_sooner_than_peer"]
     assert f"fast reached 5.0% {peer:.2f}x as soon as the peer" in done.stdout
