@@ -141,13 +141,12 @@ class TrainState:
         self.recipe, self.device, self.world = recipe, device, world
         self.generators = loaders.generators
         self.average = WeightAverage(self.model, recipe.ema_decay) if recipe.ema_decay > 0 else None  # (before DDP)
+        network = self.model  # with --compile, the training steps go through torch.compile; self.model is saved
+        if compiled:
+            network = compile_network(self.model, max(1, recipe.batch_size // world.size), device, world)
         # forward_sync_buffers=False: the only buffer, C3's connection mask, is a constant (and a
         # channels_last 16x6x1x1 tensor, which the per-step buffer broadcast refuses).
-        self.network = (
-            DistributedDataParallel(self.model, forward_sync_buffers=False) if world.distributed else self.model
-        )
-        if compiled:  # the training steps only: self.model, uncompiled, is what is evaluated and saved
-            self.network = compile_network(self.network, max(1, recipe.batch_size // world.size), device)
+        self.network = DistributedDataParallel(network, forward_sync_buffers=False) if world.distributed else network
         self.optimizer = make_optimizer(self.model, recipe)
         self.scheduler = make_scheduler(self.optimizer, recipe, len(loaders.train))
         self.history = History(len(loaders.train))

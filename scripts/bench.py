@@ -1,9 +1,9 @@
 """Speed as a user feels it: the time from typing the command to a model with 99.0 % test accuracy.
 
-    python -m scripts.bench --data-dir ../shared/mnist --sides peer fast default --rounds 3 --best-rounds 0 \
-        --out docs/outputs/bench.json
+    python -m scripts.bench --data-dir ../shared/mnist --sides peer fast fast-compiled default --rounds 3 \
+        --best-rounds 0 --out docs/outputs/bench.json
 
-Four sides, each launched as a fresh process and timed from launch (cold start: imports and
+Five sides, each launched as a fresh process and timed from launch (cold start: imports and
 data loading count) to the end of the first epoch whose test accuracy reaches --target:
 - baseline: scripts/baseline.py, the reference write-up's pipeline (per-sample PIL transforms,
   SGD lr 0.01 momentum 0.9 constant, batch 64, a .item() per step), capped at 20 epochs;
@@ -16,7 +16,7 @@ data loading count) to the end of the first epoch whose test accuracy reaches --
 They alternate (the baseline, then the others in an order that turns each round) so that drift of
 the machine hits all alike; every side runs with the same threads. A secondary line times
 `python main.py --recipe best` the same way to --best-target (99.5 %), --best-rounds times, after
-the three sides (minutes per run, so it is not alternated). Other secondary numbers:
+the other sides (minutes per run, so it is not alternated). Other secondary numbers:
 training images/s of the baseline and of the package (read off the same runs), inference images/s,
 and FLOPs per training image against the CPU's measured matmul peak. `--quick` is a seconds-long
 synthetic run that checks the machinery (for tests), not a measurement. The measured results are in
@@ -110,7 +110,8 @@ def round_order(sides: list[str], round_number: int) -> list[str]:
 
 def time_to_accuracy(data_flags: list[str], device_flags: list[str], rounds: int, target: float, quick: bool,
                      sides: tuple[str, ...] = SIDES):  # fmt: skip
-    """rounds x the sides (in SIDES' order, the baseline first), alternating; returns every run of every side."""
+    """rounds x the sides (in SIDES' order, the baseline first), alternating; returns every run of every side, and
+    under "SIDE (cold)" the warm-up run of each compiled side (its compilation into an empty cache)."""
     chosen = [side for side in (QUICK_SIDES if quick else SIDES) if side in sides]
     runs: dict[str, list[Run]] = {side: [] for side in chosen}
     with tempfile.TemporaryDirectory() as tmp, compile_cache(Path(tmp) / "torch-compile-cache"):

@@ -5,6 +5,8 @@ from support.cli import UserError, one_line
 import torch
 from torch import nn
 
+from support.distributed import ONE, World, agree
+
 # channels_last (NHWC) is the layout oneDNN's CPU convolutions work in natively, so the batches and
 # the model are kept in it rather than converted at every convolution.
 MEMORY_FORMAT = torch.channels_last
@@ -29,16 +31,19 @@ def place_batch(images: torch.Tensor, device: torch.device | str) -> torch.Tenso
     return images.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
 
 
-def compile_network(network: nn.Module, batch_size: int, device: torch.device | str) -> nn.Module:
-    """torch.compile(network), compiled now on a batch of the training's shape: a machine that cannot compile
-    (no C compiler, say) is told so before the first step, in one line, rather than in a traceback mid-epoch.
-    Inductor keeps what it compiled in its cache on disk, so a later run of the same model starts in seconds."""
-    compiled = torch.compile(network)
+def compile_network(model: nn.Module, batch_size: int, device: torch.device | str, world: World = ONE) -> nn.Module:
+    """torch.compile(model), compiled now on a batch of the training's shape: a machine that cannot compile
+    (no C++ compiler, say) is told so before the first step, in one line, rather than in a traceback mid-epoch.
+    Under torchrun each process compiles the plain model (no collective in the warm-up) and all agree on the
+    outcome, so one that cannot compile ends the job instead of leaving the others waiting. Inductor keeps what
+    it compiled in its cache on disk, so a later run of the same model starts in seconds."""
+    compiled, error = torch.compile(model), None
     try:
         compiled(place_batch(torch.zeros(batch_size, 1, 32, 32), device)).sum().backward()
     except Exception as err:  # (torch's compile errors have no common public base)
         first = next(iter(str(err).strip().splitlines()), "")  # (torch adds paragraphs on its debugging switches)
-        raise UserError(one_line(f"--compile: torch.compile failed ({type(err).__name__}: {first}); run without "
-                                 "--compile")) from None  # fmt: skip
-    network.zero_grad(set_to_none=True)  # (the warm-up's gradients are not the first step's)
+        error = UserError(one_line(f"--compile: torch.compile failed ({type(err).__name__}: {first}); run without "
+                                   "--compile"))  # fmt: skip
+    agree(error, world)
+    model.zero_grad(set_to_none=True)  # (the warm-up's gradients are not the first step's)
     return compiled

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from scripts.bench import round_order, summarize_sides
+from scripts.bench import print_report, round_order, summarize_sides
 from scripts.runs import Run
 
 
@@ -63,3 +63,17 @@ def test_the_package_sides_are_compared_with_the_peer_too():
     assert missed["fast"]["times_sooner_than_peer"] == pytest.approx(14 / 5)
     assert "times_sooner_than_baseline" not in missed["fast"]
     assert summarize_sides({"peer": [run(12)], "fast": [run(None)]})["fast"]["times_sooner_than_peer"] is None
+
+
+def test_a_compiled_sides_cold_run_is_reported_and_compared_like_a_side(capsys):
+    """The warm-up of a compiled side (its compilation into an empty cache) is a row of its own, outside the rounds."""
+    runs = {"peer": [run(7, wall=8)], "fast-compiled": [run(4), run(5)], "fast-compiled (cold)": [run(16)]}
+    sides = summarize_sides(runs)
+    assert sides["fast-compiled"]["times_sooner_than_peer"] == pytest.approx(8 / 4.5)
+    assert sides["fast-compiled (cold)"]["times_sooner_than_peer"] == pytest.approx(8 / 16)
+    machine = {"cpu": "test", "threads": 2, "torch": "2.14.1", "device": "cpu"}
+    print_report({"machine": machine, "data": "MNIST", "target": 0.99, "sides": sides, "best": None,
+                  "throughput_ratio": None, "inference_images_per_second": 1.0, "hardware": None})  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"{'fast-compiled (cold)':<21}{16.0:>12.1f}" in out and f"{'fast-compiled':<21}{4.5:>12.1f}" in out
+    assert "fast-compiled reached 99.0% 1.78x as soon as the peer" in out

@@ -1,5 +1,8 @@
 """devices.py: the device choice, the memory layout and torch.compile."""
 
+import os
+import shutil
+
 from support.cli import UserError
 
 import pytest
@@ -42,6 +45,7 @@ def train(tmp_path, name: str, *flags: str, env: dict[str, str]):
     return done, out
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++") is None, reason="torch.compile needs a C++ compiler")
 def test_a_compiled_run_saves_the_plain_model_with_the_eager_runs_weights(tmp_path):
     """--compile sends the training steps through torch.compile (into a cache of this test's own, so it compiles
     from nothing); the checkpoint holds the plain LeNet5 (no torch.compile wrapper in its names), and after the
