@@ -29,6 +29,7 @@ import torch
 from helper import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from support import signals
 from support.distributed import World
+from support.files import cut_name
 from support.optimizers import make_optimizer
 from support.optional import attempt
 from support.recipes import Recipe, flag_text, recipe_from_saved
@@ -276,7 +277,7 @@ class InterruptedRun:
                 beside = err
         else:  # another run's resume file, copied there meanwhile: kept
             beside = f"{path} appeared while this run trained, and is kept: move it before continuing"
-        stem = os.fsdecode(os.fsencode(self.out.stem)[:150])  # (the name within a file system's 255 bytes)
+        stem = cut_name(self.out.stem, 150)  # (with the date, pid and suffix, within a file system's 255 bytes)
         spare = Path(tempfile.gettempdir()) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.resume.pt"
         try:
             save_checkpoint(spare, self.config, training, data=self.data)

@@ -418,10 +418,16 @@ def _same_file(fd: int, path: Path) -> bool:
 TEMP_NAME_BYTES = 200  # of the target's name, in the temporary and lock files beside it: within 255 with their marks
 
 
+def cut_name(name: str, max_bytes: int) -> str:
+    """`name` cut to its first max_bytes bytes (as the file system counts them), for a name built from it that must
+    stay within a file system's 255 bytes."""
+    return os.fsdecode(os.fsencode(name)[:max_bytes])
+
+
 def _temp_prefix(path: Path) -> str:
     """The ".<name>." of the temporary files and folders beside `path` (mkstemp adds 8 characters and a suffix), its
     name cut so that theirs stays within a file system's 255 bytes."""
-    return f".{os.fsdecode(os.fsencode(path.name)[:TEMP_NAME_BYTES])}."
+    return f".{cut_name(path.name, TEMP_NAME_BYTES)}."
 
 
 @contextlib.contextmanager
@@ -471,12 +477,12 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
         raise
 
 
-def _refuse_newcomer(path: Path, target: Path, folder: bool = False) -> None:
+def _refuse_newcomer(path: Path, began: Path, folder: bool = False) -> None:
     """A planned output's name taken, since the plan's check, by a file (or, folder=True, a folder) this program
-    did not write, or by a link (`target`: where `path` led when the write began; unplanned, that is what it must
+    did not write, or by a link (`began`: where `path` led when the write began; unplanned, that is what it must
     still lead to): it is kept, and nothing is written through it."""
-    resolved, kind = _planned.get(os.path.abspath(path), (target, None))
-    target = resolve_output(path, "cannot write")  # now
+    resolved, kind = _planned.get(os.path.abspath(path), (began, None))
+    target = resolve_output(path, "cannot write")  # where it leads now
     if target != resolved:
         link = _deepest_link(Path(os.path.abspath(path)))
         raise UserError(f"{link} became a link to {resolve_output(link, str(link))} while this command ran: nothing "
