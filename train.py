@@ -66,6 +66,7 @@ class EpochStats:
     eval_split: str  # "val" or "test"
     eval_accuracy: float
     finished_at: float  # time.time() at the end of the epoch: gives cold-start time to an accuracy
+    compiled: bool = False  # its steps went through torch.compile (main.py --compile): its seconds depend on it
 
 
 @dataclass
@@ -138,7 +139,7 @@ class TrainState:
                  world: World = ONE, compiled: bool = False):  # fmt: skip
         torch.manual_seed(recipe.seed)  # the initial weights (the same in every process)
         self.model = place_model(LeNet5(**config), device)
-        self.recipe, self.device, self.world = recipe, device, world
+        self.recipe, self.device, self.world, self.compiled = recipe, device, world, compiled
         self.generators = loaders.generators
         self.average = WeightAverage(self.model, recipe.ema_decay) if recipe.ema_decay > 0 else None  # (before DDP)
         network = self.model  # with --compile, the training steps go through torch.compile; self.model is saved
@@ -329,7 +330,7 @@ def train_and_evaluate_epoch(
     held_out = accuracy(state.eval_model, loaders.held_out, state.device, state.world)
     with state.stop.holding():  # the epoch is done: a Ctrl-C from here on keeps it rather than falling back
         stats = EpochStats(state.epoch + 1, r.train_loss, r.train_accuracy, r.seconds, r.images_per_second,
-                           loaders.held_out_split, held_out, time.time())  # fmt: skip
+                           loaders.held_out_split, held_out, time.time(), state.compiled)  # fmt: skip
         state.history.step_losses += r.step_losses
         state.history.epochs.append(stats)
         if state.world.is_main:

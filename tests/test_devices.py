@@ -1,5 +1,6 @@
 """devices.py: the device choice, the memory layout and torch.compile."""
 
+import json
 import os
 import shutil
 
@@ -58,6 +59,8 @@ def test_a_compiled_run_saves_the_plain_model_with_the_eager_runs_weights(tmp_pa
         weights[name] = torch.load(out, weights_only=True)["state_dict"]
         compiled_graphs = tmp_path / "compile-cache" / "fxgraph"
         assert compiled_graphs.exists() == (name == "compiled")  # it compiled; the eager run did not
+        epochs = json.loads(out.with_suffix(".json").read_text())["epochs"]
+        assert [e["compiled"] for e in epochs] == [name == "compiled"]  # so its timings are read for what they are
     eager, compiled = weights["eager"], weights["compiled"]
     assert compiled.keys() == eager.keys() and "c1.weight" in compiled
     for key in eager:
