@@ -20,6 +20,8 @@ from support import signals
 from support.synthetic import synthetic_digits, synthetic_mnist
 
 N_TRAIN, N_TEST = 96, 40
+# main.py's flags for a tiny run on those sets (your own IDX files, never a download, batches of 16)
+TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pyproject.toml runs two test processes (pytest-xdist)
     # They share the machine's cores: one thread each, and for the processes they start, or they trip

@@ -8,7 +8,7 @@ from support.cli import UserError
 
 import pytest
 import torch
-from conftest import assert_user_error, run_script, write_idx_dir
+from conftest import TINY, assert_user_error, run_script, write_idx_dir
 
 from LeNet5 import LeNet5
 from support.devices import MEMORY_FORMAT, choose_device, place_batch, place_model
@@ -40,8 +40,7 @@ def train(tmp_path, name: str, *flags: str, env: dict[str, str]):
     """A tiny `python main.py` run in a fresh process (torch.compile's state is per process): (result, checkpoint)."""
     data = tmp_path / "mnist" if (tmp_path / "mnist").is_dir() else write_idx_dir(tmp_path / "mnist")
     out = tmp_path / name / "lenet5.pt"
-    tiny = ["--allow-custom-data", "--no-download", "--batch-size", "16", "--epochs", "1"]
-    done = run_script("main.py", "--data-dir", str(data), *tiny, *flags, "--out", str(out),
+    done = run_script("main.py", "--data-dir", str(data), *TINY, "--epochs", "1", *flags, "--out", str(out),
                       "--report-dir", str(tmp_path / name / "reports"), env=env, timeout=600)  # fmt: skip
     return done, out
 

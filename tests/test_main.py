@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import N_TEST, PROJECT_DIR, assert_user_error, limited, run_script, write_idx_dir
+from conftest import N_TEST, PROJECT_DIR, TINY, assert_user_error, limited, run_script, write_idx_dir
 
 from helper import state_digest
-
-TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
 
 @pytest.fixture

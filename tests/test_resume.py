@@ -18,11 +18,9 @@ from support.cli import run_cli
 
 import pytest
 import torch
-from conftest import Finished, assert_user_error, write_idx_dir
+from conftest import TINY, Finished, assert_user_error, write_idx_dir
 
 from helper import state_digest
-
-TINY = ["--allow-custom-data", "--no-download", "--batch-size", "16"]
 
 
 def interrupt_at_step(monkeypatch, step: int) -> None:
